@@ -1,0 +1,3 @@
+//! Meridian's bootstrap edge.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]

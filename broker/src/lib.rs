@@ -1,0 +1,3 @@
+//! Meridian's MQTT broker.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]

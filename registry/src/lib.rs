@@ -1,0 +1,19 @@
+//! Meridian's shared domain model, device signatures, and the durable store with its change feed.
+//!
+//! This crate holds no network code: daemons follow the store's change feed to keep their own
+//! in-memory views, and the control plane writes through [`Registry`].
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod clock;
+pub mod ids;
+pub mod keys;
+pub mod model;
+mod registry;
+pub mod secret;
+pub mod signature;
+pub mod store;
+
+pub use registry::{
+    CreatedDevice, MAX_DEVICES_PER_BATCH, NewDevice, Registry, RegistryError, decode, encode,
+};

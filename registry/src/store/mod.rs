@@ -1,0 +1,180 @@
+//! The revisioned key/value store behind the registry, and its change feed.
+//!
+//! The [`Store`] trait is deliberately the shape of a distributed key/value engine with watch
+//! (NATS JetStream KV is the planned scale-out backend), not of a SQL database:
+//!
+//! | here                          | JetStream KV                                         |
+//! |-------------------------------|------------------------------------------------------|
+//! | [`Revision`]                  | stream sequence of the bucket                        |
+//! | [`Store::get`]                | `Store::entry(key)`                                  |
+//! | [`Store::put`]                | `Store::put` (returns the sequence)                  |
+//! | [`Expect::Absent`]            | `Store::create`                                      |
+//! | [`Expect::Revision`]          | `Store::update(key, value, last_revision)`           |
+//! | [`Store::scan_prefix`]        | `keys()` + `entry()` over `prefix.>`                 |
+//! | [`Store::batch`]              | atomic batch publish, one sequence per message       |
+//! | [`Store::watch_from`]         | ordered consumer, `DeliverPolicy::ByStartSequence`   |
+//!
+//! Every write gets its own revision, strictly increasing across the whole store, and the change
+//! feed holds exactly one [`Change`] per revision. A batch gets consecutive revisions and becomes
+//! visible all at once or not at all.
+//!
+//! What this module does not do: interpret values (the registry layer encodes typed records),
+//! or expire keys.
+
+mod redb;
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::Stream;
+
+pub use self::redb::RedbStore;
+
+/// Position in the change feed. `0` means "before the first write".
+pub type Revision = u64;
+
+/// A stored value with the revision that last wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub value: Bytes,
+    /// Revision of the write that produced this value (JetStream's per-entry `revision`).
+    pub revision: Revision,
+}
+
+/// A consistent read of many keys: every entry as of `revision`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub entries: Vec<Entry>,
+    /// The store's revision when the snapshot was read; watch from here to follow it.
+    pub revision: Revision,
+}
+
+/// One committed change, as the feed delivers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub revision: Revision,
+    pub key: String,
+    /// The new value, or `None` when the key was deleted.
+    pub value: Option<Bytes>,
+}
+
+/// Precondition of a write, checked atomically with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Write whatever is there.
+    Any,
+    /// The key must not exist (create).
+    Absent,
+    /// The key must exist and have been last written at exactly this revision (update).
+    Revision(Revision),
+}
+
+/// One write inside a [`Store::batch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Op {
+    pub key: String,
+    /// `None` deletes the key.
+    pub value: Option<Bytes>,
+    pub expect: Expect,
+}
+
+impl Op {
+    pub fn put(key: impl Into<String>, value: impl Into<Bytes>) -> Op {
+        Op { key: key.into(), value: Some(value.into()), expect: Expect::Any }
+    }
+
+    pub fn delete(key: impl Into<String>) -> Op {
+        Op { key: key.into(), value: None, expect: Expect::Any }
+    }
+
+    /// Adds a precondition to this write.
+    pub fn expecting(mut self, expect: Expect) -> Op {
+        self.expect = expect;
+        self
+    }
+}
+
+/// The change feed: every change after the starting revision, in order, then new ones as they
+/// commit. It ends only on an error.
+pub type Watch = Pin<Box<dyn Stream<Item = Result<Change, StoreError>> + Send>>;
+
+/// Errors from a [`Store`].
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A precondition did not hold; nothing in the batch was written.
+    #[error("conflict on key {key:?}: expected {expected:?}, found revision {found:?}")]
+    Conflict { key: String, expected: Expect, found: Option<Revision> },
+    /// The key is empty or holds characters a distributed backend cannot carry.
+    #[error("invalid key {0:?}: keys are non-empty, of [A-Za-z0-9_=/.-], without empty segments")]
+    InvalidKey(String),
+    /// A batch named the same key twice; its meaning would depend on order.
+    #[error("batch writes key {0:?} more than once")]
+    DuplicateKey(String),
+    /// The feed before this revision was compacted away; re-read a snapshot and watch from it.
+    #[error("revisions up to {compacted} were compacted; cannot watch from {requested}")]
+    Compacted { requested: Revision, compacted: Revision },
+    /// The storage engine failed (I/O, corruption); the write did not happen.
+    #[error("storage backend: {0}")]
+    Backend(String),
+}
+
+/// A revisioned key/value store with a change feed. See the module docs for the contract.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The current value of `key`.
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError>;
+
+    /// Every key starting with `prefix`, in key order, from one consistent read.
+    async fn scan_prefix(&self, prefix: &str) -> Result<Snapshot, StoreError>;
+
+    /// Applies all `ops` atomically, each with its own consecutive revision, if every
+    /// precondition holds; otherwise writes nothing. Returns the last revision written (the
+    /// current revision when every op was a no-op delete).
+    async fn batch(&self, ops: Vec<Op>) -> Result<Revision, StoreError>;
+
+    /// The revision of the newest committed change.
+    async fn revision(&self) -> Result<Revision, StoreError>;
+
+    /// Streams every change with a revision greater than `after`, then new ones as they commit.
+    fn watch_from(&self, after: Revision) -> Watch;
+
+    /// Drops the feed up to and including `through` (current values are kept). Watchers asking
+    /// for older revisions get [`StoreError::Compacted`].
+    async fn compact(&self, through: Revision) -> Result<(), StoreError>;
+
+    /// Writes `value` whatever was there.
+    async fn put(&self, key: &str, value: Bytes) -> Result<Revision, StoreError> {
+        self.batch(vec![Op::put(key, value)]).await
+    }
+
+    /// Writes `value` (or deletes, for `None`) only if `expect` holds.
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expect: Expect,
+        value: Option<Bytes>,
+    ) -> Result<Revision, StoreError> {
+        self.batch(vec![Op { key: key.to_owned(), value, expect }]).await
+    }
+
+    /// Deletes `key`; deleting a missing key is a no-op.
+    async fn delete(&self, key: &str) -> Result<Revision, StoreError> {
+        self.batch(vec![Op::delete(key)]).await
+    }
+}
+
+/// Checks that `key` can be carried unchanged by every backend. JetStream KV keys are
+/// `[-/_=.a-zA-Z0-9]+` and `.` separates tokens, so a key must not start or end with `.` or `/`
+/// nor hold an empty segment.
+pub fn validate_key(key: &str) -> Result<(), StoreError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '/' | '_' | '=' | '.');
+    let well_formed = !key.is_empty()
+        && key.chars().all(allowed)
+        && key.split(['.', '/']).all(|segment| !segment.is_empty());
+    if well_formed { Ok(()) } else { Err(StoreError::InvalidKey(key.to_owned())) }
+}
+
+#[cfg(test)]
+mod tests;

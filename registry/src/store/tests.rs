@@ -1,0 +1,262 @@
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::*;
+
+fn open() -> (tempfile::TempDir, RedbStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = RedbStore::open(dir.path().join("store.redb")).expect("open");
+    (dir, store)
+}
+
+fn value(text: &str) -> Bytes {
+    Bytes::copy_from_slice(text.as_bytes())
+}
+
+/// Reads exactly `n` changes from a watch.
+async fn take(watch: &mut Watch, n: usize) -> Vec<Change> {
+    let mut changes = Vec::with_capacity(n);
+    while changes.len() < n {
+        let change = watch.next().await.expect("watch ended").expect("watch error");
+        changes.push(change);
+    }
+    changes
+}
+
+#[tokio::test]
+async fn put_get_and_revisions_increase() {
+    let (_dir, store) = open();
+    assert_eq!(store.revision().await.unwrap(), 0);
+    assert_eq!(store.get("a").await.unwrap(), None);
+
+    let r1 = store.put("a", value("1")).await.unwrap();
+    let r2 = store.put("b", value("2")).await.unwrap();
+    let r3 = store.put("a", value("3")).await.unwrap();
+    assert_eq!((r1, r2, r3), (1, 2, 3));
+
+    let a = store.get("a").await.unwrap().unwrap();
+    assert_eq!((a.value, a.revision), (value("3"), 3));
+    assert_eq!(store.revision().await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn compare_and_swap_conflicts() {
+    let (_dir, store) = open();
+    let created = store.compare_and_swap("k", Expect::Absent, Some(value("v1"))).await.unwrap();
+
+    let again = store.compare_and_swap("k", Expect::Absent, Some(value("v2"))).await;
+    assert!(matches!(
+        again,
+        Err(StoreError::Conflict { ref key, expected: Expect::Absent, found: Some(r) }) if key == "k" && r == created
+    ));
+
+    let stale = store.compare_and_swap("k", Expect::Revision(created + 7), Some(value("v2"))).await;
+    assert!(matches!(stale, Err(StoreError::Conflict { found: Some(r), .. }) if r == created));
+
+    let missing = store.compare_and_swap("nope", Expect::Revision(1), Some(value("x"))).await;
+    assert!(matches!(missing, Err(StoreError::Conflict { found: None, .. })));
+
+    let updated = store.compare_and_swap("k", Expect::Revision(created), Some(value("v2"))).await;
+    let updated = updated.unwrap();
+    assert_eq!(store.get("k").await.unwrap().unwrap().value, value("v2"));
+
+    // Conditional delete.
+    store.compare_and_swap("k", Expect::Revision(updated), None).await.unwrap();
+    assert_eq!(store.get("k").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn failed_batch_writes_nothing() {
+    let (_dir, store) = open();
+    store.put("existing", value("old")).await.unwrap();
+    let before = store.revision().await.unwrap();
+
+    let result = store
+        .batch(vec![
+            Op::put("fresh/1", value("a")),
+            Op::put("existing", value("new")),
+            Op::put("existing2", value("b")).expecting(Expect::Revision(99)),
+        ])
+        .await;
+    assert!(matches!(result, Err(StoreError::Conflict { ref key, .. }) if key == "existing2"));
+
+    assert_eq!(store.revision().await.unwrap(), before);
+    assert_eq!(store.get("fresh/1").await.unwrap(), None);
+    assert_eq!(store.get("existing").await.unwrap().unwrap().value, value("old"));
+    assert_eq!(store.scan_prefix("").await.unwrap().entries.len(), 1);
+
+    // The feed holds nothing of the failed batch either.
+    store.put("after", value("x")).await.unwrap();
+    let mut watch = store.watch_from(before);
+    let change = take(&mut watch, 1).await.remove(0);
+    assert_eq!((change.key.as_str(), change.revision), ("after", before + 1));
+}
+
+#[tokio::test]
+async fn batch_gets_consecutive_revisions() {
+    let (_dir, store) = open();
+    store.put("x", value("0")).await.unwrap();
+    let last = store
+        .batch(vec![Op::put("a", value("1")), Op::put("b", value("2")), Op::delete("x")])
+        .await
+        .unwrap();
+    assert_eq!(last, 4);
+    let changes = take(&mut store.watch_from(1), 3).await;
+    let got: Vec<_> =
+        changes.iter().map(|c| (c.revision, c.key.as_str(), c.value.clone())).collect();
+    assert_eq!(got, vec![(2, "a", Some(value("1"))), (3, "b", Some(value("2"))), (4, "x", None)]);
+}
+
+#[tokio::test]
+async fn deleting_a_missing_key_is_a_no_op() {
+    let (_dir, store) = open();
+    store.put("a", value("1")).await.unwrap();
+    assert_eq!(store.delete("missing").await.unwrap(), 1);
+    assert_eq!(store.revision().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn rejects_bad_keys_and_duplicates() {
+    let (_dir, store) = open();
+    for bad in ["", "has space", "a..b", "a//b", "/lead", "trail.", "dev@ice", "x:y"] {
+        let result = store.put(bad, value("v")).await;
+        assert!(matches!(result, Err(StoreError::InvalidKey(_))), "{bad:?} accepted");
+    }
+    let dup = store.batch(vec![Op::put("k", value("1")), Op::delete("k")]).await;
+    assert!(matches!(dup, Err(StoreError::DuplicateKey(k)) if k == "k"));
+    assert_eq!(store.revision().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn scan_prefix_is_ordered_and_bounded() {
+    let (_dir, store) = open();
+    for key in ["devices/p1/b", "devices/p1/a", "devices/p2/a", "products/p1", "devices/p10/z"] {
+        store.put(key, value(key)).await.unwrap();
+    }
+    let snapshot = store.scan_prefix("devices/p1/").await.unwrap();
+    let keys: Vec<_> = snapshot.entries.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, vec!["devices/p1/a", "devices/p1/b"]);
+    assert_eq!(snapshot.revision, 5);
+}
+
+#[tokio::test]
+async fn committed_data_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    {
+        let store = RedbStore::open(&path).unwrap();
+        store.put("a", value("1")).await.unwrap();
+        store.batch(vec![Op::put("b", value("2")), Op::put("c", value("3"))]).await.unwrap();
+        store.delete("a").await.unwrap();
+    }
+    let store = RedbStore::open(&path).unwrap();
+    assert_eq!(store.revision().await.unwrap(), 4);
+    assert_eq!(store.get("a").await.unwrap(), None);
+    assert_eq!(store.get("c").await.unwrap().unwrap().revision, 3);
+    // The feed survives too, and new writes continue the numbering.
+    assert_eq!(store.put("d", value("4")).await.unwrap(), 5);
+    let changes = take(&mut store.watch_from(0), 5).await;
+    let revisions: Vec<_> = changes.iter().map(|c| c.revision).collect();
+    assert_eq!(revisions, vec![1, 2, 3, 4, 5]);
+}
+
+/// Several writers race while one watcher follows from the start and another resumes half way;
+/// each must see every revision exactly once, in order, with the value that revision wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watch_sees_every_change_once_under_concurrent_writers() {
+    const WRITERS: usize = 4;
+    const WRITES: usize = 150;
+    const TOTAL: usize = WRITERS * WRITES;
+    let (_dir, store) = open();
+    let mut from_start = store.watch_from(0);
+
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            let mut written = Vec::new();
+            for i in 0..WRITES {
+                let key = format!("w{w}/k{}", i % 7);
+                let body = format!("{w}-{i}");
+                let revision = if i % 5 == 4 {
+                    // Every fifth write is a two-key batch.
+                    let other = format!("w{w}/b{i}");
+                    store
+                        .batch(vec![
+                            Op::put(other.clone(), value(&body)),
+                            Op::put(key.clone(), value(&body)),
+                        ])
+                        .await
+                        .unwrap()
+                } else {
+                    store.put(&key, value(&body)).await.unwrap()
+                };
+                written.push((revision, key, body));
+            }
+            written
+        }));
+    }
+
+    let mut expected: HashMap<Revision, (String, String)> = HashMap::new();
+    for writer in writers {
+        for (revision, key, body) in writer.await.unwrap() {
+            expected.insert(revision, (key, body));
+        }
+    }
+    let batches = WRITERS * WRITES / 5;
+    let total = TOTAL + batches;
+    assert_eq!(store.revision().await.unwrap() as usize, total);
+
+    let seen = take(&mut from_start, total).await;
+    for (i, change) in seen.iter().enumerate() {
+        assert_eq!(change.revision as usize, i + 1, "gap or duplicate at {i}");
+        if let Some((key, body)) = expected.get(&change.revision) {
+            assert_eq!(&change.key, key);
+            assert_eq!(change.value.as_deref(), Some(body.as_bytes()));
+        }
+    }
+
+    // A watcher resuming from a revision sees exactly the rest.
+    let half = (total / 2) as Revision;
+    let resumed = take(&mut store.watch_from(half), total - half as usize).await;
+    assert_eq!(resumed.first().unwrap().revision, half + 1);
+    assert_eq!(resumed.last().unwrap().revision as usize, total);
+    assert_eq!(&resumed[..], &seen[half as usize..]);
+}
+
+#[tokio::test]
+async fn watch_streams_new_changes_after_catching_up() {
+    let (_dir, store) = open();
+    store.put("a", value("1")).await.unwrap();
+    let mut watch = store.watch_from(0);
+    assert_eq!(take(&mut watch, 1).await[0].key, "a");
+
+    let writer = store.clone();
+    let handle = tokio::spawn(async move {
+        tokio::task::yield_now().await;
+        writer.put("b", value("2")).await.unwrap();
+    });
+    let change = take(&mut watch, 1).await.remove(0);
+    assert_eq!((change.key.as_str(), change.revision), ("b", 2));
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn compacted_feed_refuses_old_watchers() {
+    let (_dir, store) = open();
+    for i in 0..10 {
+        store.put(&format!("k{i}"), value("v")).await.unwrap();
+    }
+    store.compact(6).await.unwrap();
+    let mut old = store.watch_from(3);
+    let error = old.next().await.unwrap().unwrap_err();
+    assert!(matches!(error, StoreError::Compacted { requested: 3, compacted: 6 }));
+    assert!(old.next().await.is_none(), "a failed watch ends");
+
+    let rest = take(&mut store.watch_from(6), 4).await;
+    assert_eq!(rest[0].revision, 7);
+    // Values are untouched by compaction.
+    assert_eq!(store.scan_prefix("k").await.unwrap().entries.len(), 10);
+}
