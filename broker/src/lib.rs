@@ -1,3 +1,25 @@
-//! Meridian's MQTT broker.
+//! Meridian's MQTT 3.1.1 broker: device signature authentication, per-device ACL, persistent
+//! sessions, and force-offline for distribution.
+//!
+//! Layout: `codec` frames bytes, `session` is the sans-I/O protocol state machine, `router`
+//! holds subscriptions, retained messages and sessions, `connection` drives one socket, `broker`
+//! accepts and offers the force-offline API; `auth` and `acl` decide who may do what from the
+//! in-memory registry `view`. What it does not do: MQTT 5, clustering (one broker per
+//! instance), or write device state back into the registry.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
+
+pub mod acl;
+pub mod auth;
+mod broker;
+pub mod codec;
+pub mod config;
+mod connection;
+mod metrics;
+pub mod router;
+pub mod session;
+pub mod topic;
+mod trie;
+pub mod view;
+
+pub use broker::{Broker, ForcedOffline};

@@ -1,0 +1,149 @@
+//! Who may publish and subscribe where (SPEC §3), and the limits of each kind of client.
+//!
+//! Decisions are pure functions of the connection's [`Principal`], the topic or filter, and the
+//! registry view (for application clients, which products an account owns); they hold no state.
+
+use meridian_registry::ids::{AccountId, DeviceKey};
+
+use crate::view::RegistryView;
+
+/// Who is on the other end of a connection, decided once at CONNECT.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Principal {
+    /// A standard MQTT client from the broker configuration: full MQTT 3.1.1, any topic.
+    Standard { username: Option<String> },
+    /// A device, authenticated by its SPEC §2 signature; only its own topics.
+    Device(DeviceKey),
+    /// An account's application client (server-side subscription): its products' device
+    /// topics on this instance.
+    Application { account: AccountId },
+}
+
+/// Per-connection limits that depend on the kind of client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Profile {
+    pub max_payload: usize,
+    pub max_topic_len: usize,
+    pub max_subscriptions: usize,
+    /// Highest QoS granted or accepted (0, 1 or 2).
+    pub max_qos: u8,
+    pub retain: bool,
+    pub will: bool,
+}
+
+impl Profile {
+    /// SPEC §3 device profile.
+    pub const DEVICE: Profile = Profile {
+        max_payload: 256 * 1024,
+        max_topic_len: 128,
+        max_subscriptions: 100,
+        max_qos: 1,
+        retain: false,
+        will: false,
+    };
+
+    /// Standard clients get the whole protocol, bounded by the broker's packet size.
+    pub fn standard(max_packet: usize, max_subscriptions: usize) -> Profile {
+        Profile {
+            max_payload: max_packet,
+            max_topic_len: 65_535,
+            max_subscriptions,
+            max_qos: 2,
+            retain: true,
+            will: true,
+        }
+    }
+}
+
+impl Principal {
+    /// Filters this principal is subscribed to from the moment it connects, without sending
+    /// SUBSCRIBE: the real SDKs never subscribe to their `/sys/...` downlink (SPEC §3).
+    pub fn implicit_filters(&self) -> Vec<String> {
+        match self {
+            Principal::Device(key) => vec![format!("/sys/{}/{}/#", key.product_key, key.device_name)],
+            _ => Vec::new(),
+        }
+    }
+
+    pub fn may_publish(&self, topic: &str, view: &RegistryView) -> bool {
+        match self {
+            Principal::Standard { .. } => true,
+            Principal::Device(key) => device_topic(key, topic, false),
+            Principal::Application { account } => application_topic(account, topic, view),
+        }
+    }
+
+    pub fn may_subscribe(&self, filter: &str, view: &RegistryView) -> bool {
+        match self {
+            Principal::Standard { .. } => true,
+            Principal::Device(key) => device_topic(key, filter, true),
+            Principal::Application { account } => application_topic(account, filter, view),
+        }
+    }
+
+    /// The device this connection is, if it is one.
+    pub fn device(&self) -> Option<&DeviceKey> {
+        match self {
+            Principal::Device(key) => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// Whether `topic` (a name, or a filter when `subscribe`) lies inside the device's own
+/// namespace. Wildcards may only appear after the levels that name the device.
+fn device_topic(key: &DeviceKey, topic: &str, subscribe: bool) -> bool {
+    let (pk, dn) = (key.product_key.as_str(), key.device_name.as_str());
+    let levels: Vec<&str> = topic.split('/').collect();
+    // Every device topic starts with `/`.
+    let Some(("", rest)) = levels.split_first().map(|(first, rest)| (*first, rest)) else {
+        return false;
+    };
+    match rest {
+        // /sys/{pk}/{dn}/thing/..., /sys/{pk}/{dn}/rrpc/..., and the implicit /sys/{pk}/{dn}/#
+        ["sys", p, d, tail @ ..] if *p == pk && *d == dn => match tail {
+            ["thing" | "rrpc", _, ..] => true,
+            ["#"] => subscribe,
+            _ => false,
+        },
+        // /{pk}/{dn}/user/..., /{pk}/{dn}/update, /{pk}/{dn}/get
+        [p, d, tail @ ..] if *p == pk && *d == dn => {
+            matches!(tail, ["user", _, ..] | ["update"] | ["get"])
+        }
+        // /ext/rrpc/{messageId}/{own topic without its leading /}
+        ["ext", "rrpc", id, own @ ..] if !own.is_empty() && (subscribe || !is_wildcard(id)) => {
+            let inner = format!("/{}", own.join("/"));
+            !inner.starts_with("/ext/") && device_topic(key, &inner, subscribe)
+        }
+        // /shadow/{update|get}/{pk}/{dn}
+        ["shadow", action, p, d] => !is_wildcard(action) && *p == pk && *d == dn,
+        // /ota/device/{inform|upgrade|progress|request}/{pk}/{dn}
+        ["ota", "device", action, p, d] => !is_wildcard(action) && *p == pk && *d == dn,
+        // /broadcast/{pk}/... (subscribe only)
+        ["broadcast", p, _, ..] => subscribe && *p == pk,
+        _ => false,
+    }
+}
+
+/// Whether an application client of `account` may use `topic`: the product level must name a
+/// product the account owns, spelled out (not a wildcard).
+fn application_topic(account: &AccountId, topic: &str, view: &RegistryView) -> bool {
+    let levels: Vec<&str> = topic.split('/').collect();
+    let product = match levels.as_slice() {
+        ["", "sys", pk, _, ..] => pk,
+        ["", "ext", "rrpc", _, "sys", pk, ..] => pk,
+        ["", "shadow", _, pk, ..] => pk,
+        ["", "ota", "device", _, pk, ..] => pk,
+        ["", "broadcast", pk, ..] => pk,
+        ["", pk, _, _, ..] => pk,
+        _ => return false,
+    };
+    !is_wildcard(product) && view.account_owns_product(account, product)
+}
+
+fn is_wildcard(level: &str) -> bool {
+    level == "+" || level == "#"
+}
+
+#[cfg(test)]
+mod tests;

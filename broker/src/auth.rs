@@ -1,0 +1,166 @@
+//! Who may connect (SPEC §2): standard users from the configuration, devices by their HMAC
+//! signature against the in-memory credential view, and application clients.
+//!
+//! Every refusal maps to one MQTT 3.1.1 CONNACK code. A wrong signature, an unknown device and a
+//! malformed username all answer "bad username or password", never a hint of which part failed;
+//! placement and disabled checks run only after the signature proved the secret is held.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use meridian_registry::ids::{AccountId, DeviceKey, InstanceId};
+use meridian_registry::signature::DeviceLogin;
+use mqttbytes::v4::ConnectReturnCode;
+use subtle::ConstantTimeEq;
+
+use crate::acl::{Principal, Profile};
+use crate::view::{Admission, RegistryView};
+
+/// SPEC §2 device keepalive bounds, in seconds.
+pub const DEVICE_MIN_KEEPALIVE: u16 = 30;
+pub const DEVICE_MAX_KEEPALIVE: u16 = 1200;
+
+/// What the CONNECT packet offered.
+#[derive(Clone, Copy, Debug)]
+pub struct Credentials<'a> {
+    pub client_id: &'a str,
+    pub username: Option<&'a str>,
+    pub password: Option<&'a [u8]>,
+    pub keep_alive: u16,
+}
+
+/// A connection that may proceed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    pub principal: Principal,
+    pub profile: Profile,
+    /// The keepalive the broker enforces (devices' values above 1200 s are capped).
+    pub keep_alive: u16,
+}
+
+/// A configured standard user or application credential.
+#[derive(Clone)]
+pub struct Secret(Arc<[u8]>);
+
+impl Secret {
+    pub fn new(secret: &str) -> Secret {
+        Secret(secret.as_bytes().into())
+    }
+
+    fn matches(&self, offered: &[u8]) -> bool {
+        bool::from(self.0.as_ref().ct_eq(offered))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// An application client's credential: logs in as `username`, acts for `account`.
+#[derive(Clone, Debug)]
+pub struct ApplicationCredential {
+    pub password: Secret,
+    pub account: AccountId,
+}
+
+/// Decides CONNECTs for one broker instance.
+pub struct Authenticator {
+    instance: InstanceId,
+    view: Arc<RegistryView>,
+    users: HashMap<String, Secret>,
+    applications: HashMap<String, ApplicationCredential>,
+    allow_anonymous: bool,
+    standard_profile: Profile,
+}
+
+impl Authenticator {
+    pub fn new(
+        instance: InstanceId,
+        view: Arc<RegistryView>,
+        users: HashMap<String, Secret>,
+        applications: HashMap<String, ApplicationCredential>,
+        allow_anonymous: bool,
+        standard_profile: Profile,
+    ) -> Authenticator {
+        Authenticator { instance, view, users, applications, allow_anonymous, standard_profile }
+    }
+
+    pub fn view(&self) -> &Arc<RegistryView> {
+        &self.view
+    }
+
+    pub fn instance(&self) -> &InstanceId {
+        &self.instance
+    }
+
+    pub fn authenticate(&self, offered: Credentials<'_>) -> Result<Accepted, ConnectReturnCode> {
+        let standard = |principal| Accepted {
+            principal,
+            profile: self.standard_profile,
+            keep_alive: offered.keep_alive,
+        };
+        let Some(username) = offered.username else {
+            return if self.allow_anonymous {
+                Ok(standard(Principal::Standard { username: None }))
+            } else {
+                Err(ConnectReturnCode::NotAuthorized)
+            };
+        };
+        let password = offered.password.unwrap_or_default();
+        if let Some(secret) = self.users.get(username) {
+            return if secret.matches(password) {
+                Ok(standard(Principal::Standard { username: Some(username.to_owned()) }))
+            } else {
+                Err(ConnectReturnCode::BadUserNamePassword)
+            };
+        }
+        if let Some(application) = self.applications.get(username) {
+            return if application.password.matches(password) {
+                Ok(standard(Principal::Application { account: application.account.clone() }))
+            } else {
+                Err(ConnectReturnCode::BadUserNamePassword)
+            };
+        }
+        if username.contains('&') {
+            return self.authenticate_device(offered.client_id, username, password, offered.keep_alive);
+        }
+        Err(ConnectReturnCode::BadUserNamePassword)
+    }
+
+    fn authenticate_device(
+        &self,
+        client_id: &str,
+        username: &str,
+        password: &[u8],
+        keep_alive: u16,
+    ) -> Result<Accepted, ConnectReturnCode> {
+        let login = DeviceLogin::parse(client_id, username).map_err(|error| {
+            tracing::debug!(%error, "device CONNECT with a malformed clientId or username");
+            ConnectReturnCode::BadUserNamePassword
+        })?;
+        let key = DeviceKey {
+            product_key: login.username.product_key.parse().map_err(|_| ConnectReturnCode::BadUserNamePassword)?,
+            device_name: login.username.device_name.parse().map_err(|_| ConnectReturnCode::BadUserNamePassword)?,
+        };
+        let Some(device) = self.view.device(&key) else {
+            return Err(ConnectReturnCode::BadUserNamePassword);
+        };
+        if !login.verify(device.secret.expose().as_bytes(), password) {
+            return Err(ConnectReturnCode::BadUserNamePassword);
+        }
+        if keep_alive < DEVICE_MIN_KEEPALIVE {
+            return Err(ConnectReturnCode::ServiceUnavailable);
+        }
+        match self.view.admits(&key, &self.instance) {
+            Admission::Allowed => Ok(Accepted {
+                principal: Principal::Device(key),
+                profile: Profile::DEVICE,
+                keep_alive: keep_alive.min(DEVICE_MAX_KEEPALIVE),
+            }),
+            Admission::Unknown => Err(ConnectReturnCode::BadUserNamePassword),
+            Admission::Disabled | Admission::Elsewhere => Err(ConnectReturnCode::NotAuthorized),
+        }
+    }
+}

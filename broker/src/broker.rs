@@ -1,0 +1,212 @@
+//! One broker instance: the shared state every connection task uses, the accept loops, and the
+//! force-offline API.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meridian_registry::ids::DeviceKey;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use crate::auth::Authenticator;
+use crate::config::LimitsConfig;
+use crate::router::{Kick, Router};
+use crate::session::{Limits, Message};
+use crate::view::{Admission, RegistryView};
+use crate::{connection, metrics as m};
+
+/// What a force-offline did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForcedOffline {
+    /// The device had an online connection here.
+    pub was_online: bool,
+    /// The device answered the notify on `…/notify_reply` before it was disconnected.
+    pub replied: bool,
+}
+
+pub struct Broker {
+    router: Router,
+    auth: Authenticator,
+    limits: LimitsConfig,
+    connections: AtomicU64,
+    /// Force-offline calls waiting for a device's `notify_reply`.
+    reply_waiters: Mutex<HashMap<DeviceKey, Vec<oneshot::Sender<()>>>>,
+    /// Source of notify message ids: decimal, unique per broker run (and so per device per day).
+    notify_ids: AtomicU64,
+}
+
+impl Broker {
+    pub fn new(auth: Authenticator, limits: LimitsConfig) -> Arc<Broker> {
+        let session_limits = Limits { inflight: limits.inflight, queued: limits.queued };
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |elapsed| elapsed.as_millis() as u64);
+        Arc::new(Broker {
+            router: Router::new(session_limits, limits.slow_consumer_drops),
+            auth,
+            limits,
+            connections: AtomicU64::new(0),
+            reply_waiters: Mutex::new(HashMap::new()),
+            notify_ids: AtomicU64::new(seed),
+        })
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.auth
+    }
+
+    pub fn view(&self) -> &RegistryView {
+        self.auth.view()
+    }
+
+    pub fn limits(&self) -> &LimitsConfig {
+        &self.limits
+    }
+
+    /// The session id a device's connections share, so its newest connection always wins
+    /// whatever clientId parameters it sends.
+    pub fn device_session_id(device: &DeviceKey) -> String {
+        format!("device:{}/{}", device.product_key, device.device_name)
+    }
+
+    pub(crate) fn next_connection_id(&self) -> u64 {
+        self.connections.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A client id for a clean-session client that sent an empty one (MQTT 3.1.1 §3.1.3.1).
+    pub(crate) fn assign_client_id(&self) -> String {
+        format!("auto-{}", self.next_connection_id())
+    }
+
+    /// Routes a message from inside the broker (wills, notifies).
+    pub fn publish(&self, message: Message) {
+        m::message_in(message.qos);
+        let routed = self.router.publish(message);
+        m::routed(routed.delivered, routed.dropped);
+    }
+
+    /// Accepts plain TCP connections until `shutdown` resolves, then kicks every client and
+    /// waits for their tasks to finish.
+    pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        self.serve(listener, |stream| async move { Ok(stream) }, shutdown).await;
+    }
+
+    /// Accepts connections, upgrading each with `wrap` (TLS handshake, WebSocket upgrade)
+    /// inside its own task so a slow handshake never blocks the accept loop.
+    pub async fn serve<W, F, S>(self: Arc<Self>, listener: TcpListener, wrap: W, shutdown: impl Future<Output = ()>)
+    where
+        W: Fn(tokio::net::TcpStream) -> F + Send + Sync + 'static,
+        F: Future<Output = std::io::Result<S>> + Send + 'static,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let wrap = Arc::new(wrap);
+        let mut tasks = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(accepted) => accepted,
+                        Err(error) => {
+                            // Out of file descriptors and the like: back off rather than spin.
+                            tracing::warn!(%error, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let broker = self.clone();
+                    let wrap = wrap.clone();
+                    let handshake = self.limits.connect_timeout;
+                    tasks.spawn(async move {
+                        match tokio::time::timeout(handshake, wrap(stream)).await {
+                            Ok(Ok(stream)) => connection::serve(broker, stream, peer).await,
+                            Ok(Err(error)) => tracing::debug!(%peer, %error, "handshake failed"),
+                            Err(_) => tracing::debug!(%peer, "handshake timed out"),
+                        }
+                    });
+                }
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                () = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        self.router.kick_all(Kick::Shutdown);
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Tells an online device to re-bootstrap (SPEC §5), waits up to `reply_wait` for its
+    /// `notify_reply`, then disconnects it.
+    pub async fn force_offline(&self, device: &DeviceKey, reply_wait: Duration) -> ForcedOffline {
+        let session_id = Broker::device_session_id(device);
+        if !self.router.is_online(&session_id) {
+            return ForcedOffline { was_online: false, replied: false };
+        }
+        let (replied_tx, replied_rx) = oneshot::channel();
+        lock(&self.reply_waiters).entry(device.clone()).or_default().push(replied_tx);
+
+        let id = self.notify_ids.fetch_add(1, Ordering::Relaxed);
+        let payload = format!(
+            r#"{{"id":"{id}","version":"1.0","method":"thing.bootstrap.notify","params":{{"cmd":0}}}}"#
+        );
+        let topic = format!("/sys/{}/{}/thing/bootstrap/notify", device.product_key, device.device_name);
+        self.publish(Message { topic: topic.into(), payload: payload.into(), qos: 1, retain: false });
+        m::notify_sent();
+
+        let replied = tokio::time::timeout(reply_wait, replied_rx).await.is_ok_and(|r| r.is_ok());
+        lock(&self.reply_waiters).remove(device);
+        self.router.kick(&session_id, Kick::NotAllowed);
+        ForcedOffline { was_online: true, replied }
+    }
+
+    /// Notices a device's `notify_reply` for a waiting force-offline.
+    pub(crate) fn observe_device_publish(&self, device: &DeviceKey, topic: &str) {
+        if !topic.ends_with("/thing/bootstrap/notify_reply") {
+            return;
+        }
+        if let Some(waiters) = lock(&self.reply_waiters).remove(device) {
+            for waiter in waiters {
+                let _ = waiter.send(());
+            }
+        }
+    }
+
+    /// Re-checks each changed device that is online here; one that may no longer connect is
+    /// notified and forced offline. Runs until the sender side closes.
+    pub async fn enforce_placement(self: Arc<Self>, mut changed: mpsc::UnboundedReceiver<DeviceKey>, reply_wait: Duration) {
+        let mut tasks = JoinSet::new();
+        loop {
+            tokio::select! {
+                Some(device) = changed.recv() => {
+                    if !self.router.is_online(&Broker::device_session_id(&device)) {
+                        continue;
+                    }
+                    if self.view().admits(&device, self.auth.instance()) == Admission::Allowed {
+                        continue;
+                    }
+                    let broker = self.clone();
+                    tasks.spawn(async move {
+                        let outcome = broker.force_offline(&device, reply_wait).await;
+                        tracing::info!(%device, replied = outcome.replied, "device no longer allowed here: forced offline");
+                    });
+                }
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                else => break,
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Poisoning only follows a panic elsewhere; the map is still valid.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,206 @@
+//! MQTT 3.1.1 framing on top of `mqttbytes`, with the checks it leaves out.
+//!
+//! `mqttbytes` parses packets but does not enforce fixed-header flag bits, CONNECT's reserved and
+//! will flags, or the protocol level (it would read an MQTT 5 CONNECT with 3.1.1 rules). Those
+//! checks run here on the raw bytes first, so everything the session sees is well formed.
+
+use bytes::BytesMut;
+use mqttbytes::v4::{self, Packet};
+
+/// Why bytes from a client could not become a packet.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The CONNECT asks for a protocol level other than 3.1.1 (answered with CONNACK 0x01).
+    #[error("unacceptable protocol level")]
+    UnacceptableProtocol,
+    /// The packet exceeds the broker's maximum packet size.
+    #[error("packet of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    /// The bytes break MQTT 3.1.1 framing or a packet's rules.
+    #[error("malformed packet: {0}")]
+    Malformed(&'static str),
+}
+
+/// Takes one complete packet off the front of `buffer`, or `Ok(None)` if more bytes are needed.
+pub fn decode(buffer: &mut BytesMut, max_packet: usize) -> Result<Option<Packet>, DecodeError> {
+    let Some(&first) = buffer.first() else { return Ok(None) };
+    check_flags(first)?;
+    let header_len = match mqttbytes::check(buffer.iter(), max_packet) {
+        Ok(_) => fixed_header_len(buffer),
+        Err(mqttbytes::Error::InsufficientBytes(_)) => return Ok(None),
+        Err(mqttbytes::Error::PayloadSizeLimitExceeded(size)) => {
+            return Err(DecodeError::TooLarge(size));
+        }
+        Err(_) => return Err(DecodeError::Malformed("bad remaining length")),
+    };
+    if first >> 4 == 1 {
+        check_connect(&buffer[header_len..])?;
+    }
+    v4::read(buffer, max_packet).map(Some).map_err(|error| DecodeError::Malformed(describe(&error)))
+}
+
+/// Appends `packet` to `out`.
+pub fn encode(packet: &Packet, out: &mut BytesMut) -> Result<(), DecodeError> {
+    let result = match packet {
+        Packet::Connect(p) => p.write(out),
+        Packet::ConnAck(p) => p.write(out),
+        Packet::Publish(p) => p.write(out),
+        Packet::PubAck(p) => p.write(out),
+        Packet::PubRec(p) => p.write(out),
+        Packet::PubRel(p) => p.write(out),
+        Packet::PubComp(p) => p.write(out),
+        Packet::Subscribe(p) => p.write(out),
+        Packet::SubAck(p) => p.write(out),
+        Packet::Unsubscribe(p) => p.write(out),
+        Packet::UnsubAck(p) => p.write(out),
+        Packet::PingReq => v4::PingReq.write(out),
+        Packet::PingResp => v4::PingResp.write(out),
+        Packet::Disconnect => v4::Disconnect.write(out),
+    };
+    result.map(drop).map_err(|error| DecodeError::Malformed(describe(&error)))
+}
+
+/// Length of the fixed header (type byte plus 1-4 remaining-length bytes) of a buffer whose
+/// header `mqttbytes::check` already accepted.
+fn fixed_header_len(buffer: &[u8]) -> usize {
+    let length_bytes = buffer.iter().skip(1).take(4).position(|byte| byte & 0x80 == 0);
+    1 + length_bytes.map_or(4, |position| position + 1)
+}
+
+/// MQTT 3.1.1 §2.2.2: the low nibble of the first byte is fixed per packet type.
+fn check_flags(first: u8) -> Result<(), DecodeError> {
+    let flags = first & 0x0F;
+    let ok = match first >> 4 {
+        0 | 15 => return Err(DecodeError::Malformed("reserved packet type")),
+        3 => {
+            let qos = (flags >> 1) & 0b11;
+            qos != 3 && !(qos == 0 && flags & 0b1000 != 0)
+        }
+        6 | 8 | 10 => flags == 0b0010,
+        _ => flags == 0,
+    };
+    if ok { Ok(()) } else { Err(DecodeError::Malformed("invalid fixed header flags")) }
+}
+
+/// MQTT 3.1.1 §3.1.2: protocol name and level, reserved flag, will and password flags.
+fn check_connect(body: &[u8]) -> Result<(), DecodeError> {
+    let short = || DecodeError::Malformed("truncated CONNECT header");
+    let length = body.get(..2).ok_or_else(short)?;
+    let name_len = usize::from(u16::from_be_bytes([length[0], length[1]]));
+    let name = body.get(2..2 + name_len).ok_or_else(short)?;
+    let level = *body.get(2 + name_len).ok_or_else(short)?;
+    let flags = *body.get(3 + name_len).ok_or_else(short)?;
+    match (name, level) {
+        (b"MQTT", 4) => {}
+        (b"MQTT", _) | (b"MQIsdp", _) => return Err(DecodeError::UnacceptableProtocol),
+        _ => return Err(DecodeError::Malformed("unknown protocol name")),
+    }
+    if flags & 0b0000_0001 != 0 {
+        return Err(DecodeError::Malformed("reserved CONNECT flag set"));
+    }
+    let will = flags & 0b0000_0100 != 0;
+    let will_qos = (flags >> 3) & 0b11;
+    let will_retain = flags & 0b0010_0000 != 0;
+    if will_qos == 3 || (!will && (will_qos != 0 || will_retain)) {
+        return Err(DecodeError::Malformed("invalid will flags"));
+    }
+    let username = flags & 0b1000_0000 != 0;
+    let password = flags & 0b0100_0000 != 0;
+    if password && !username {
+        return Err(DecodeError::Malformed("password without username"));
+    }
+    Ok(())
+}
+
+fn describe(error: &mqttbytes::Error) -> &'static str {
+    use mqttbytes::Error as E;
+    match error {
+        E::TopicNotUtf8 => "string is not UTF-8",
+        E::InvalidQoS(_) => "invalid QoS",
+        E::PacketIdZero => "packet identifier 0",
+        E::MalformedRemainingLength => "bad remaining length",
+        E::PayloadRequired => "packet requires a payload",
+        E::BoundaryCrossed(_) | E::MalformedPacket | E::IncorrectPacketFormat => "packet body does not match its length",
+        E::InvalidProtocol | E::InvalidProtocolLevel(_) => "invalid protocol",
+        E::InvalidSubscribeReasonCode(_) => "invalid subscription options",
+        _ => "invalid packet",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(bytes: &[u8]) -> Result<Option<Packet>, DecodeError> {
+        decode(&mut BytesMut::from(bytes), 1024)
+    }
+
+    fn connect_bytes(name: &[u8], level: u8, flags: u8) -> Vec<u8> {
+        let mut body = vec![0, name.len() as u8];
+        body.extend_from_slice(name);
+        body.extend_from_slice(&[level, flags, 0, 60, 0, 1, b'c']);
+        let mut packet = vec![0x10, body.len() as u8];
+        packet.extend_from_slice(&body);
+        packet
+    }
+
+    #[test]
+    fn partial_packets_wait_for_more() {
+        assert_eq!(decode_all(&[]), Ok(None));
+        assert_eq!(decode_all(&[0x30]), Ok(None));
+        assert_eq!(decode_all(&[0x30, 10, 0]), Ok(None));
+    }
+
+    #[test]
+    fn round_trips() {
+        let mut out = BytesMut::new();
+        let publish = v4::Publish::new("a/b", mqttbytes::QoS::AtLeastOnce, vec![1, 2, 3]);
+        let mut publish = publish;
+        publish.pkid = 7;
+        encode(&Packet::Publish(publish.clone()), &mut out).unwrap();
+        encode(&Packet::PingResp, &mut out).unwrap();
+        assert_eq!(decode(&mut out, 1024), Ok(Some(Packet::Publish(publish))));
+        assert_eq!(decode(&mut out, 1024), Ok(Some(Packet::PingResp)));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn connect_checks() {
+        assert!(matches!(decode_all(&connect_bytes(b"MQTT", 4, 0x02)), Ok(Some(Packet::Connect(_)))));
+        assert_eq!(decode_all(&connect_bytes(b"MQTT", 5, 0x02)), Err(DecodeError::UnacceptableProtocol));
+        assert_eq!(decode_all(&connect_bytes(b"MQIsdp", 3, 0x02)), Err(DecodeError::UnacceptableProtocol));
+        assert!(matches!(decode_all(&connect_bytes(b"HTTP", 4, 0x02)), Err(DecodeError::Malformed(_))));
+        assert!(matches!(decode_all(&connect_bytes(b"MQTT", 4, 0x03)), Err(DecodeError::Malformed(_))));
+        // Will QoS without the will flag; will QoS 3; password without username.
+        for flags in [0x0A, 0x1E, 0x42] {
+            assert!(matches!(decode_all(&connect_bytes(b"MQTT", 4, flags)), Err(DecodeError::Malformed(_))), "{flags:#x}");
+        }
+    }
+
+    #[test]
+    fn fixed_header_checks() {
+        // SUBSCRIBE must carry flags 0b0010.
+        assert!(matches!(decode_all(&[0x80, 0]), Err(DecodeError::Malformed(_))));
+        // PUBLISH with QoS 3, and QoS 0 with DUP.
+        assert!(matches!(decode_all(&[0x36, 0]), Err(DecodeError::Malformed(_))));
+        assert!(matches!(decode_all(&[0x38, 0]), Err(DecodeError::Malformed(_))));
+        // Reserved types.
+        assert!(matches!(decode_all(&[0x00, 0]), Err(DecodeError::Malformed(_))));
+        assert!(matches!(decode_all(&[0xF0, 0]), Err(DecodeError::Malformed(_))));
+        // Five remaining-length bytes.
+        assert!(matches!(decode_all(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]), Err(DecodeError::Malformed(_))));
+        // PINGREQ with flags.
+        assert!(matches!(decode_all(&[0xC1, 0]), Err(DecodeError::Malformed(_))));
+    }
+
+    #[test]
+    fn oversize_is_refused_before_reading_the_body() {
+        assert_eq!(decode(&mut BytesMut::from(&[0x30u8, 0x80, 0x08][..]), 100), Err(DecodeError::TooLarge(1024)));
+    }
+
+    #[test]
+    fn bad_utf8_topic() {
+        let bytes = [0x30, 5, 0, 2, 0xC3, 0x28, b'x'];
+        assert!(matches!(decode_all(&bytes), Err(DecodeError::Malformed(_))));
+    }
+}

@@ -1,0 +1,79 @@
+//! The broker's metrics, through the `metrics` facade; the process installs the Prometheus
+//! exporter. Names are `meridian_broker_*`; label values are fixed strings, never client input.
+
+use metrics::{counter, gauge};
+use mqttbytes::v4::{ConnectReturnCode, Packet};
+
+pub fn connect_result(result: &'static str) {
+    counter!("meridian_broker_connects_total", "result" => result).increment(1);
+}
+
+/// The metric label for a refused CONNECT.
+pub fn refusal(code: ConnectReturnCode) -> &'static str {
+    match code {
+        ConnectReturnCode::Success => "accepted",
+        ConnectReturnCode::RefusedProtocolVersion => "unacceptable_protocol",
+        ConnectReturnCode::BadClientId => "identifier_rejected",
+        ConnectReturnCode::ServiceUnavailable => "server_unavailable",
+        ConnectReturnCode::BadUserNamePassword => "bad_username_password",
+        ConnectReturnCode::NotAuthorized => "not_authorized",
+    }
+}
+
+pub fn connection_opened() {
+    gauge!("meridian_broker_connections").increment(1.0);
+}
+
+pub fn connection_closed() {
+    gauge!("meridian_broker_connections").decrement(1.0);
+}
+
+pub fn packet_in(packet: &Packet) {
+    if let Packet::Publish(publish) = packet {
+        message_in(publish.qos as u8);
+    }
+}
+
+pub fn packet_out(packet: &Packet) {
+    if let Packet::Publish(publish) = packet {
+        counter!("meridian_broker_messages_out_total", "qos" => qos_label(publish.qos as u8)).increment(1);
+    }
+}
+
+pub fn message_in(qos: u8) {
+    counter!("meridian_broker_messages_in_total", "qos" => qos_label(qos)).increment(1);
+}
+
+pub fn routed(_delivered: usize, dropped: usize) {
+    if dropped > 0 {
+        counter!("meridian_broker_dropped_total", "reason" => "subscriber_queue_full").increment(dropped as u64);
+    }
+}
+
+pub fn dropped(reason: &'static str) {
+    counter!("meridian_broker_dropped_total", "reason" => reason).increment(1);
+}
+
+pub fn publish_denied() {
+    counter!("meridian_broker_publish_denied_total").increment(1);
+}
+
+pub fn notify_sent() {
+    counter!("meridian_broker_bootstrap_notify_total").increment(1);
+}
+
+pub fn bytes_in(n: usize) {
+    counter!("meridian_broker_bytes_in_total").increment(n as u64);
+}
+
+pub fn bytes_out(n: usize) {
+    counter!("meridian_broker_bytes_out_total").increment(n as u64);
+}
+
+fn qos_label(qos: u8) -> &'static str {
+    match qos {
+        0 => "0",
+        1 => "1",
+        _ => "2",
+    }
+}

@@ -1,0 +1,277 @@
+//! Shared broker state: the subscription index, retained messages, and the table of sessions
+//! (online connections and parked persistent sessions).
+//!
+//! Connection tasks call into the router directly; there is no router task. Publishing takes
+//! the index's read lock and the session table's lock once per message, so fan-out to many
+//! subscribers costs one lock acquisition each, not one per subscriber.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::session::{Delivery, Limits, Message, Parked};
+use crate::trie::SubscriptionIndex;
+
+/// Why the broker is closing a connection from outside its task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kick {
+    /// A newer connection of the same client (or device) took the session over.
+    TakenOver,
+    /// The device may no longer connect here (distributed, disabled or deleted).
+    NotAllowed,
+    /// The client did not read its messages fast enough.
+    SlowConsumer,
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+/// How the router reaches one online connection.
+#[derive(Clone)]
+pub struct Handle {
+    pub connection: u64,
+    pub mailbox: mpsc::Sender<Delivery>,
+    pub control: mpsc::UnboundedSender<Kick>,
+    /// Closed (sender dropped) when the connection task has finished and parked its state.
+    pub finished: watch::Receiver<()>,
+}
+
+enum Slot {
+    Online { handle: Handle, clean: bool, consecutive_drops: u32 },
+    Offline(Parked),
+}
+
+/// Counts the router keeps for metrics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Routed {
+    /// Deliveries queued to a subscriber (online or parked).
+    pub delivered: usize,
+    /// Deliveries dropped because a subscriber's queue was full.
+    pub dropped: usize,
+}
+
+pub struct Router {
+    index: RwLock<SubscriptionIndex>,
+    retained: RwLock<HashMap<Arc<str>, Arc<Message>>>,
+    sessions: Mutex<HashMap<Arc<str>, Slot>>,
+    limits: Limits,
+    /// Consecutive full-mailbox drops after which a slow consumer is disconnected.
+    slow_consumer_drops: u32,
+}
+
+/// How long a new connection waits for the one it takes over to finish before replacing it
+/// anyway.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+impl Router {
+    pub fn new(limits: Limits, slow_consumer_drops: u32) -> Router {
+        Router {
+            index: RwLock::new(SubscriptionIndex::default()),
+            retained: RwLock::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+            limits,
+            slow_consumer_drops,
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Registers a new connection for `session_id`, taking over any online one (which is kicked
+    /// and awaited). Returns the parked state to resume, if the client asked to keep it.
+    pub async fn connect(&self, session_id: &Arc<str>, clean: bool, handle: Handle) -> Option<Parked> {
+        let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+        loop {
+            let mut finished = {
+                let mut sessions = lock(&self.sessions);
+                match sessions.get(session_id) {
+                    Some(Slot::Online { handle: old, .. }) if tokio::time::Instant::now() < deadline => {
+                        let _ = old.control.send(Kick::TakenOver);
+                        old.finished.clone()
+                    }
+                    _ => {
+                        let previous = sessions.insert(
+                            session_id.clone(),
+                            Slot::Online { handle, clean, consecutive_drops: 0 },
+                        );
+                        drop(sessions);
+                        let parked = match previous {
+                            Some(Slot::Offline(parked)) => Some(parked),
+                            _ => None,
+                        };
+                        return match (clean, parked) {
+                            (false, parked) => parked,
+                            (true, Some(old)) => {
+                                self.remove_subscriptions(session_id, old.subscriptions.keys());
+                                None
+                            }
+                            (true, None) => None,
+                        };
+                    }
+                }
+            };
+            // Resolves when the old task drops its sender (after parking), or at the deadline.
+            let _ = tokio::time::timeout_at(deadline, finished.changed()).await;
+        }
+    }
+
+    /// Called by a connection task as it ends. A persistent session is parked (keeping its
+    /// subscriptions); a clean one is forgotten with all its `filters`. A connection that was
+    /// already replaced changes nothing.
+    pub fn disconnect(&self, session_id: &Arc<str>, connection: u64, parked: Parked, filters: &[String]) {
+        let mut sessions = lock(&self.sessions);
+        let Some(Slot::Online { handle, clean, .. }) = sessions.get(session_id) else { return };
+        if handle.connection != connection {
+            return;
+        }
+        if *clean {
+            sessions.remove(session_id);
+            drop(sessions);
+            self.remove_subscriptions(session_id, filters);
+        } else {
+            sessions.insert(session_id.clone(), Slot::Offline(parked));
+        }
+    }
+
+    /// Adds subscriptions and returns the retained messages they match.
+    pub fn subscribe(&self, session_id: &Arc<str>, filters: &[(String, u8)]) -> Vec<Delivery> {
+        {
+            let mut index = write(&self.index);
+            for (filter, qos) in filters {
+                index.insert(filter, session_id.clone(), *qos);
+            }
+        }
+        let retained = read(&self.retained);
+        let mut deliveries = Vec::new();
+        for (filter, qos) in filters {
+            for message in retained.values() {
+                if crate::topic::matches(filter, &message.topic) {
+                    deliveries.push(Delivery {
+                        message: message.clone(),
+                        qos: message.qos.min(*qos),
+                        retain: true,
+                    });
+                }
+            }
+        }
+        deliveries
+    }
+
+    pub fn unsubscribe<'a>(&self, session_id: &Arc<str>, filters: impl IntoIterator<Item = &'a String>) {
+        self.remove_subscriptions(session_id, filters);
+    }
+
+    fn remove_subscriptions<'a>(&self, session_id: &Arc<str>, filters: impl IntoIterator<Item = &'a String>) {
+        let mut index = write(&self.index);
+        for filter in filters {
+            index.remove(filter, session_id);
+        }
+    }
+
+    /// Routes a message to every matching subscriber and updates the retained store.
+    pub fn publish(&self, message: Message) -> Routed {
+        let message = Arc::new(message);
+        if message.retain {
+            let mut retained = write(&self.retained);
+            if message.payload.is_empty() {
+                retained.remove(&message.topic);
+            } else {
+                retained.insert(message.topic.clone(), message.clone());
+            }
+        }
+        let subscribers = read(&self.index).matches(&message.topic);
+        if subscribers.is_empty() {
+            return Routed::default();
+        }
+        let mut routed = Routed::default();
+        let mut sessions = lock(&self.sessions);
+        for (session_id, granted) in subscribers {
+            let delivery = Delivery { message: message.clone(), qos: message.qos.min(granted), retain: false };
+            match sessions.get_mut(&session_id) {
+                Some(Slot::Online { handle, consecutive_drops, .. }) => {
+                    match handle.mailbox.try_send(delivery) {
+                        Ok(()) => {
+                            *consecutive_drops = 0;
+                            routed.delivered += 1;
+                        }
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            routed.dropped += 1;
+                            *consecutive_drops += 1;
+                            if *consecutive_drops == self.slow_consumer_drops {
+                                let _ = handle.control.send(Kick::SlowConsumer);
+                            }
+                        }
+                        // The connection is ending; it will park or forget its session.
+                        Err(mpsc::error::TrySendError::Closed(_)) => routed.dropped += 1,
+                    }
+                }
+                Some(Slot::Offline(parked)) => {
+                    if parked.enqueue(delivery, &self.limits) {
+                        routed.delivered += 1;
+                    } else {
+                        routed.dropped += 1;
+                    }
+                }
+                None => {}
+            }
+        }
+        routed
+    }
+
+    /// Kicks the online connection of `session_id`, if any. Returns whether one was online.
+    pub fn kick(&self, session_id: &str, reason: Kick) -> bool {
+        let sessions = lock(&self.sessions);
+        match sessions.get(session_id) {
+            Some(Slot::Online { handle, .. }) => handle.control.send(reason).is_ok(),
+            _ => false,
+        }
+    }
+
+    /// Kicks every online connection (shutdown).
+    pub fn kick_all(&self, reason: Kick) {
+        for slot in lock(&self.sessions).values() {
+            if let Slot::Online { handle, .. } = slot {
+                let _ = handle.control.send(reason);
+            }
+        }
+    }
+
+    /// Whether `session_id` has an online connection.
+    pub fn is_online(&self, session_id: &str) -> bool {
+        matches!(lock(&self.sessions).get(session_id), Some(Slot::Online { .. }))
+    }
+
+    /// Ids of sessions with an online connection.
+    pub fn online(&self) -> Vec<Arc<str>> {
+        lock(&self.sessions)
+            .iter()
+            .filter(|(_, slot)| matches!(slot, Slot::Online { .. }))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Subscriptions in the index (explicit and implicit, online and parked).
+    pub fn subscription_count(&self) -> usize {
+        read(&self.index).len()
+    }
+
+    pub fn retained_count(&self) -> usize {
+        read(&self.retained).len()
+    }
+}
+
+// A poisoned lock means a thread panicked while holding it; the maps stay structurally valid
+// (every mutation is a single insert/remove), so keep serving rather than cascade the panic.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,452 @@
+//! The MQTT 3.1.1 session as a deterministic state machine: no sockets, no clock.
+//!
+//! Inputs are `handle_*(now, …)`; outputs are drained with [`Session::poll_transmit`] (packets
+//! for the client), [`Session::poll_event`] (work for the router) and
+//! [`Session::poll_timeout`] (when to call [`Session::handle_timeout`]). The tokio driver in
+//! `connection.rs` only moves bytes and timers, so every protocol rule is tested here in virtual
+//! time.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mqttbytes::QoS;
+use mqttbytes::v4::{
+    Packet, PubAck, PubComp, PubRec, PubRel, Publish, SubAck, Subscribe, SubscribeReasonCode,
+    UnsubAck, Unsubscribe,
+};
+
+use crate::acl::{Principal, Profile};
+use crate::topic;
+use crate::view::RegistryView;
+
+/// A message as routed between sessions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub topic: Arc<str>,
+    pub payload: Bytes,
+    pub qos: u8,
+    pub retain: bool,
+}
+
+/// A message on its way to one subscriber, at the QoS that subscriber was granted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    pub qos: u8,
+    /// Set when the message is sent because of a new subscription to a retained topic.
+    pub retain: bool,
+}
+
+/// Work the session hands to the router.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Route this message to subscribers (and, if `retain`, update the retained store).
+    Publish(Message),
+    /// Add these filters at these QoS (send matching retained messages).
+    Subscribe(Vec<(String, u8)>),
+    /// Remove these filters.
+    Unsubscribe(Vec<String>),
+    /// A publish the ACL refused (SPEC §3: dropped and counted).
+    PublishDenied { topic: String },
+}
+
+/// Why the session ended (or must end).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Close {
+    /// The client sent DISCONNECT; its will is discarded.
+    #[error("client disconnected")]
+    Disconnect,
+    /// No packet for 1.5 × keepalive.
+    #[error("keepalive expired")]
+    KeepaliveExpired,
+    /// The client broke MQTT 3.1.1 (or its profile's limits); the connection is closed.
+    #[error("protocol violation: {0}")]
+    ProtocolViolation(&'static str),
+}
+
+/// Tunables shared by every session of a broker.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// QoS 1/2 messages sent and not yet acknowledged.
+    pub inflight: usize,
+    /// QoS 1/2 messages waiting for the inflight window (online or parked offline).
+    pub queued: usize,
+}
+
+/// State that outlives a connection of a persistent (clean session = 0) client.
+#[derive(Debug, Default)]
+pub struct Parked {
+    pub subscriptions: HashMap<String, u8>,
+    inflight: BTreeMap<u16, Inflight>,
+    pending: VecDeque<Delivery>,
+    incoming_qos2: HashSet<u16>,
+    next_pkid: u16,
+    /// Messages dropped while parked because the queue was full (or they were QoS 0).
+    pub dropped: u64,
+}
+
+impl Parked {
+    /// Queues a delivery for when the client returns. QoS 0 is not kept for offline clients.
+    /// Returns false when the message was dropped.
+    pub fn enqueue(&mut self, delivery: Delivery, limits: &Limits) -> bool {
+        if delivery.qos == 0 || self.pending.len() >= limits.queued {
+            self.dropped += 1;
+            return false;
+        }
+        self.pending.push_back(delivery);
+        true
+    }
+
+    pub fn queued(&self) -> usize {
+        self.pending.len() + self.inflight.len()
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Inflight {
+    /// Sent, awaiting PUBACK (QoS 1) or PUBREC (QoS 2).
+    Sent(Publish),
+    /// PUBREL sent, awaiting PUBCOMP.
+    Released,
+}
+
+pub struct Session {
+    principal: Principal,
+    profile: Profile,
+    limits: Limits,
+    /// `None` when the client disabled keepalive (0).
+    keep_alive: Option<Duration>,
+    deadline: Option<Instant>,
+    will: Option<Message>,
+    /// Filters the client subscribed to, with the granted QoS.
+    subscriptions: HashMap<String, u8>,
+    /// Filters subscribed on the client's behalf (a device's downlink); not counted against
+    /// its subscription limit.
+    implicit: HashSet<String>,
+    next_pkid: u16,
+    inflight: BTreeMap<u16, Inflight>,
+    pending: VecDeque<Delivery>,
+    /// QoS 2 packet ids received and PUBREC'd, awaiting PUBREL: a duplicate PUBLISH with one
+    /// of these ids is acknowledged again but not routed twice.
+    incoming_qos2: HashSet<u16>,
+    transmit: VecDeque<Packet>,
+    events: VecDeque<Event>,
+    /// Messages dropped because the queue was full.
+    dropped: u64,
+}
+
+impl Session {
+    /// A session for a client whose CONNECT was accepted. `parked` is the state of a
+    /// persistent session being resumed: its unacknowledged messages are sent again with DUP.
+    pub fn new(
+        now: Instant,
+        principal: Principal,
+        profile: Profile,
+        limits: Limits,
+        keep_alive: u16,
+        will: Option<Message>,
+        parked: Option<Parked>,
+    ) -> Session {
+        let keep_alive = (keep_alive > 0).then(|| Duration::from_secs(u64::from(keep_alive)));
+        let parked = parked.unwrap_or_default();
+        let implicit: HashSet<String> = principal.implicit_filters().into_iter().collect();
+        let mut session = Session {
+            principal,
+            profile,
+            limits,
+            keep_alive,
+            deadline: None,
+            will: if profile.will { will } else { None },
+            subscriptions: parked.subscriptions,
+            implicit,
+            next_pkid: parked.next_pkid,
+            inflight: BTreeMap::new(),
+            pending: parked.pending,
+            incoming_qos2: parked.incoming_qos2,
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+            dropped: parked.dropped,
+        };
+        session.touch(now);
+        let implicit: Vec<_> =
+            session.implicit.iter().map(|filter| (filter.clone(), 1)).collect();
+        if !implicit.is_empty() {
+            session.events.push_back(Event::Subscribe(implicit));
+        }
+        for (pkid, inflight) in parked.inflight {
+            match &inflight {
+                Inflight::Sent(publish) => {
+                    let mut again = publish.clone();
+                    again.dup = true;
+                    session.transmit.push_back(Packet::Publish(again));
+                }
+                Inflight::Released => session.transmit.push_back(Packet::PubRel(PubRel::new(pkid))),
+            }
+            session.inflight.insert(pkid, inflight);
+        }
+        session.fill_window();
+        session
+    }
+
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    /// Every filter this session is subscribed to, explicit and implicit.
+    pub fn filters(&self) -> impl Iterator<Item = &str> {
+        self.subscriptions.keys().chain(self.implicit.iter()).map(String::as_str)
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// One packet from the client. An error means the connection must close now (the will, if
+    /// any, is published unless the error is [`Close::Disconnect`]).
+    pub fn handle_packet(
+        &mut self,
+        now: Instant,
+        packet: Packet,
+        view: &RegistryView,
+    ) -> Result<(), Close> {
+        self.touch(now);
+        match packet {
+            Packet::Publish(publish) => self.handle_publish(publish, view),
+            Packet::PubAck(PubAck { pkid }) => {
+                if matches!(self.inflight.get(&pkid), Some(Inflight::Sent(p)) if p.qos == QoS::AtLeastOnce)
+                {
+                    self.inflight.remove(&pkid);
+                    self.fill_window();
+                }
+                Ok(())
+            }
+            Packet::PubRec(PubRec { pkid }) => {
+                if let Some(entry) = self.inflight.get_mut(&pkid) {
+                    *entry = Inflight::Released;
+                }
+                // Answer even an unknown id, so a client that lost track still completes.
+                self.transmit.push_back(Packet::PubRel(PubRel::new(pkid)));
+                Ok(())
+            }
+            Packet::PubComp(PubComp { pkid }) => {
+                if matches!(self.inflight.get(&pkid), Some(Inflight::Released)) {
+                    self.inflight.remove(&pkid);
+                    self.fill_window();
+                }
+                Ok(())
+            }
+            Packet::PubRel(PubRel { pkid }) => {
+                self.incoming_qos2.remove(&pkid);
+                self.transmit.push_back(Packet::PubComp(PubComp::new(pkid)));
+                Ok(())
+            }
+            Packet::Subscribe(subscribe) => self.handle_subscribe(subscribe, view),
+            Packet::Unsubscribe(unsubscribe) => self.handle_unsubscribe(unsubscribe),
+            Packet::PingReq => {
+                self.transmit.push_back(Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect => {
+                self.will = None;
+                Err(Close::Disconnect)
+            }
+            Packet::Connect(_) => Err(Close::ProtocolViolation("second CONNECT")),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                Err(Close::ProtocolViolation("server-to-client packet sent by the client"))
+            }
+        }
+    }
+
+    fn handle_publish(&mut self, publish: Publish, view: &RegistryView) -> Result<(), Close> {
+        let qos = publish.qos as u8;
+        if qos > self.profile.max_qos {
+            return Err(Close::ProtocolViolation("QoS above this client's profile"));
+        }
+        if publish.payload.len() > self.profile.max_payload {
+            return Err(Close::ProtocolViolation("payload above this client's limit"));
+        }
+        if topic::validate_name(&publish.topic, self.profile.max_topic_len).is_err() {
+            return Err(Close::ProtocolViolation("invalid topic name"));
+        }
+        if qos > 0 && publish.pkid == 0 {
+            return Err(Close::ProtocolViolation("packet identifier 0"));
+        }
+        let duplicate_qos2 = qos == 2 && !self.incoming_qos2.insert(publish.pkid);
+        match qos {
+            1 => self.transmit.push_back(Packet::PubAck(PubAck::new(publish.pkid))),
+            2 => self.transmit.push_back(Packet::PubRec(PubRec::new(publish.pkid))),
+            _ => {}
+        }
+        if duplicate_qos2 {
+            return Ok(());
+        }
+        if !self.principal.may_publish(&publish.topic, view) {
+            self.events.push_back(Event::PublishDenied { topic: publish.topic });
+            return Ok(());
+        }
+        self.events.push_back(Event::Publish(Message {
+            topic: publish.topic.into(),
+            payload: publish.payload,
+            qos,
+            retain: publish.retain && self.profile.retain,
+        }));
+        Ok(())
+    }
+
+    fn handle_subscribe(&mut self, subscribe: Subscribe, view: &RegistryView) -> Result<(), Close> {
+        if subscribe.pkid == 0 {
+            return Err(Close::ProtocolViolation("packet identifier 0"));
+        }
+        if subscribe.filters.is_empty() {
+            return Err(Close::ProtocolViolation("SUBSCRIBE without filters"));
+        }
+        let mut codes = Vec::with_capacity(subscribe.filters.len());
+        let mut granted = Vec::new();
+        for filter in subscribe.filters {
+            if topic::validate_filter(&filter.path, self.profile.max_topic_len).is_err() {
+                return Err(Close::ProtocolViolation("invalid topic filter"));
+            }
+            let fresh = !self.subscriptions.contains_key(&filter.path);
+            let full = fresh && self.subscriptions.len() >= self.profile.max_subscriptions;
+            if full || !self.principal.may_subscribe(&filter.path, view) {
+                codes.push(SubscribeReasonCode::Failure);
+                continue;
+            }
+            let qos = (filter.qos as u8).min(self.profile.max_qos);
+            codes.push(SubscribeReasonCode::Success(qos_from(qos)));
+            self.subscriptions.insert(filter.path.clone(), qos);
+            granted.push((filter.path, qos));
+        }
+        self.transmit.push_back(Packet::SubAck(SubAck::new(subscribe.pkid, codes)));
+        if !granted.is_empty() {
+            self.events.push_back(Event::Subscribe(granted));
+        }
+        Ok(())
+    }
+
+    fn handle_unsubscribe(&mut self, unsubscribe: Unsubscribe) -> Result<(), Close> {
+        if unsubscribe.pkid == 0 {
+            return Err(Close::ProtocolViolation("packet identifier 0"));
+        }
+        if unsubscribe.topics.is_empty() {
+            return Err(Close::ProtocolViolation("UNSUBSCRIBE without filters"));
+        }
+        let removed: Vec<String> = unsubscribe
+            .topics
+            .into_iter()
+            .filter(|filter| self.subscriptions.remove(filter).is_some())
+            .collect();
+        self.transmit.push_back(Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)));
+        if !removed.is_empty() {
+            self.events.push_back(Event::Unsubscribe(removed));
+        }
+        Ok(())
+    }
+
+    /// A message routed to this client. Returns false when it was dropped (queue full).
+    pub fn handle_delivery(&mut self, delivery: Delivery) -> bool {
+        if delivery.qos == 0 {
+            self.transmit.push_back(Packet::Publish(publish_for(&delivery, 0)));
+            return true;
+        }
+        if self.pending.len() >= self.limits.queued {
+            self.dropped += 1;
+            return false;
+        }
+        self.pending.push_back(delivery);
+        self.fill_window();
+        true
+    }
+
+    /// Moves queued QoS 1/2 messages into the inflight window.
+    fn fill_window(&mut self) {
+        while self.inflight.len() < self.limits.inflight {
+            let Some(delivery) = self.pending.pop_front() else { return };
+            let Some(pkid) = self.next_free_pkid() else {
+                self.pending.push_front(delivery);
+                return;
+            };
+            let publish = publish_for(&delivery, pkid);
+            self.transmit.push_back(Packet::Publish(publish.clone()));
+            self.inflight.insert(pkid, Inflight::Sent(publish));
+        }
+    }
+
+    fn next_free_pkid(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+            if !self.inflight.contains_key(&self.next_pkid) {
+                return Some(self.next_pkid);
+            }
+        }
+        None
+    }
+
+    /// Checks the keepalive deadline.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), Close> {
+        match self.deadline {
+            Some(deadline) if now >= deadline => Err(Close::KeepaliveExpired),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Packet> {
+        self.transmit.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The will to publish because the connection ended without DISCONNECT.
+    pub fn take_will(&mut self) -> Option<Message> {
+        self.will.take()
+    }
+
+    /// The state to keep for a persistent session after its connection ends.
+    pub fn park(self) -> Parked {
+        Parked {
+            subscriptions: self.subscriptions,
+            inflight: self.inflight,
+            pending: self.pending,
+            incoming_qos2: self.incoming_qos2,
+            next_pkid: self.next_pkid,
+            dropped: self.dropped,
+        }
+    }
+
+    /// MQTT 3.1.1 §3.1.2.10: the server disconnects after one and a half keepalive periods
+    /// without a packet.
+    fn touch(&mut self, now: Instant) {
+        self.deadline = self.keep_alive.map(|keep_alive| now + keep_alive.mul_f32(1.5));
+    }
+}
+
+fn publish_for(delivery: &Delivery, pkid: u16) -> Publish {
+    let message = &delivery.message;
+    Publish {
+        dup: false,
+        qos: qos_from(delivery.qos),
+        retain: delivery.retain,
+        topic: message.topic.to_string(),
+        pkid,
+        payload: message.payload.clone(),
+    }
+}
+
+pub fn qos_from(qos: u8) -> QoS {
+    match qos {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,191 @@
+//! The broker's in-memory view of the registry: device credentials and products, kept current
+//! from the store's change feed, so CONNECT never reads the store.
+//!
+//! Data flows one way: the control plane writes the registry; [`follow`] applies the feed here.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use futures::StreamExt;
+use meridian_registry::ids::{AccountId, DeviceKey, InstanceId, ProductKey};
+use meridian_registry::model::{Device, DeviceStatus, Placement, Product};
+use meridian_registry::secret::{DeviceSecret, SecretKey};
+use meridian_registry::store::{Change, Revision, Store, StoreError};
+use meridian_registry::{decode, keys};
+use tokio::sync::{mpsc, watch};
+
+/// What the broker needs to know about one device.
+#[derive(Clone, Debug)]
+pub struct DeviceEntry {
+    /// Opened once when the record arrives, so verification is a plain HMAC.
+    pub secret: DeviceSecret,
+    pub owner: AccountId,
+    pub status: DeviceStatus,
+    pub placement: Placement,
+}
+
+#[derive(Clone, Debug)]
+pub struct ProductEntry {
+    pub owner: AccountId,
+    pub home: InstanceId,
+}
+
+/// Credentials and ownership, readable from every connection task without blocking.
+#[derive(Default)]
+pub struct RegistryView {
+    devices: DashMap<DeviceKey, DeviceEntry>,
+    products: DashMap<ProductKey, ProductEntry>,
+    /// The feed revision applied so far; tests and the supervisor wait on it.
+    applied: watch::Sender<Revision>,
+}
+
+impl RegistryView {
+    pub fn device(&self, key: &DeviceKey) -> Option<DeviceEntry> {
+        self.devices.get(key).map(|entry| entry.clone())
+    }
+
+    pub fn product(&self, key: &ProductKey) -> Option<ProductEntry> {
+        self.products.get(key).map(|entry| entry.clone())
+    }
+
+    /// Whether a device may connect to `instance` now: it exists, is not disabled, and its
+    /// placement names this instance.
+    pub fn admits(&self, key: &DeviceKey, instance: &InstanceId) -> Admission {
+        let Some(device) = self.devices.get(key) else {
+            return Admission::Unknown;
+        };
+        if device.status == DeviceStatus::Disabled {
+            return Admission::Disabled;
+        }
+        let Some(product) = self.products.get(&key.product_key) else {
+            return Admission::Unknown;
+        };
+        if device.placement.allows(instance, &product.home) {
+            Admission::Allowed
+        } else {
+            Admission::Elsewhere
+        }
+    }
+
+    pub fn account_owns_product(&self, account: &AccountId, product: &str) -> bool {
+        let Ok(product) = product.parse::<ProductKey>() else {
+            return false;
+        };
+        self.products.get(&product).is_some_and(|entry| &entry.owner == account)
+    }
+
+    pub fn device_count(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// The feed revision this view reflects.
+    pub fn revision(&self) -> Revision {
+        *self.applied.borrow()
+    }
+
+    /// Waits until the view reflects at least `revision`.
+    pub async fn caught_up(&self, revision: Revision) {
+        let mut applied = self.applied.subscribe();
+        // The sender lives in `self`, so `wait_for` cannot fail while we borrow it.
+        let _ = applied.wait_for(|applied| *applied >= revision).await;
+    }
+}
+
+/// Outcome of [`RegistryView::admits`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    Allowed,
+    /// No such device (or its product is unknown here).
+    Unknown,
+    Disabled,
+    /// Placed on another instance.
+    Elsewhere,
+}
+
+/// Loads the view from a snapshot, then applies the feed until `shutdown` or a feed error.
+/// `changed` receives every device whose record changed or disappeared, so the broker can
+/// re-check devices that are online.
+pub async fn follow(
+    store: Arc<dyn Store>,
+    sealer: SecretKey,
+    view: Arc<RegistryView>,
+    changed: mpsc::UnboundedSender<DeviceKey>,
+) -> Result<(), StoreError> {
+    let products = store.scan_prefix(keys::PRODUCTS).await?;
+    let devices = store.scan_prefix(keys::DEVICES).await?;
+    let from = products.revision.min(devices.revision);
+    for entry in products.entries.iter().chain(&devices.entries) {
+        let change = Change { revision: entry.revision, key: entry.key.clone(), value: Some(entry.value.clone()) };
+        apply(&view, &sealer, &change);
+    }
+    view.applied.send_replace(from);
+
+    let mut feed = store.watch_from(from);
+    while let Some(change) = feed.next().await {
+        let change = change?;
+        if let Some(device) = apply(&view, &sealer, &change) {
+            // The receiver going away only means nobody re-checks sessions (shutdown).
+            let _ = changed.send(device);
+        }
+        view.applied.send_replace(change.revision);
+    }
+    Ok(())
+}
+
+/// Applies one change; returns the device it touched, if any. Records that fail to decode are
+/// logged and skipped: one bad record must not stop the broker from following the feed.
+fn apply(view: &RegistryView, sealer: &SecretKey, change: &Change) -> Option<DeviceKey> {
+    if change.key.starts_with(keys::PRODUCTS) {
+        match &change.value {
+            Some(value) => match decode::<Product>(&change.key, value) {
+                Ok(product) => {
+                    let entry = ProductEntry { owner: product.owner, home: product.home_instance };
+                    view.products.insert(product.key, entry);
+                }
+                Err(error) => tracing::warn!(key = %change.key, %error, "skipping product record"),
+            },
+            None => {
+                let key = change.key.trim_start_matches(keys::PRODUCTS);
+                if let Ok(key) = key.parse::<ProductKey>() {
+                    view.products.remove(&key);
+                }
+            }
+        }
+        return None;
+    }
+    if !change.key.starts_with(keys::DEVICES) {
+        return None;
+    }
+    match &change.value {
+        Some(value) => {
+            let device = match decode::<Device>(&change.key, value) {
+                Ok(device) => device,
+                Err(error) => {
+                    tracing::warn!(key = %change.key, %error, "skipping device record");
+                    return None;
+                }
+            };
+            let secret = match sealer.open(&device.key, &device.secret) {
+                Ok(secret) => secret,
+                Err(error) => {
+                    tracing::warn!(device = %device.key, %error, "device secret does not open; device cannot connect");
+                    view.devices.remove(&device.key);
+                    return Some(device.key);
+                }
+            };
+            let entry = DeviceEntry {
+                secret,
+                owner: device.owner,
+                status: device.status,
+                placement: device.placement,
+            };
+            view.devices.insert(device.key.clone(), entry);
+            Some(device.key)
+        }
+        None => {
+            let key = keys::parse_device(&change.key)?;
+            view.devices.remove(&key);
+            Some(key)
+        }
+    }
+}
