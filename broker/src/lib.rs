@@ -15,6 +15,7 @@ mod broker;
 pub mod codec;
 pub mod config;
 mod connection;
+pub mod daemon;
 mod metrics;
 pub mod router;
 pub mod session;

@@ -1,0 +1,343 @@
+//! Devices against the broker: the real SDKs' CONNECT shapes, CONNACK codes, the device ACL,
+//! application clients, and the bootstrap notify / force offline.
+
+use std::time::Duration;
+
+use meridian_registry::model::Placement;
+use meridian_registry::signature::{SdkShape, sign_connect};
+use meridian_tests::{APPLICATION, Client, FRANKFURT, PRODUCT, SHANGHAI, TestRegistry};
+use rumqttc::{MqttOptions, Packet, QoS, SubscribeReasonCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const C_SDK_DEVICE: &str = "bootstrap_posix_demo";
+const C_SDK_SECRET: &str = "pZeRIoLApMRp2i1LAD4D5FREp3yPVBwy";
+const C_SDK_CLIENT_ID: &str = "a13FN5TplKq.bootstrap_posix_demo|timestamp=2524608000000,_ss=1,_v=sdk-c-4.1.0,securemode=3,signmethod=hmacsha256,ext=3,_conn=tls_0|";
+const C_SDK_USERNAME: &str = "bootstrap_posix_demo&a13FN5TplKq";
+const C_SDK_PASSWORD: &str = "0B8307DDC1BE4049045F3FAC6F9ED3DA0F11C58451F243004E711000144031D1";
+
+fn device_options(
+    addr: std::net::SocketAddr,
+    shape: SdkShape,
+    dn: &str,
+    secret: &str,
+) -> MqttOptions {
+    let signed = sign_connect(shape, PRODUCT, dn, secret, None);
+    let mut options = MqttOptions::new(signed.client_id, addr.ip().to_string(), addr.port());
+    options.set_credentials(signed.username, signed.password);
+    options.set_keep_alive(Duration::from_secs(60));
+    options
+}
+
+/// The C SDK 4.1.0 CONNECT, byte for byte as captured (SPEC §2), then its immediate PINGREQ.
+#[tokio::test]
+async fn c_sdk_capture_connects() {
+    let registry = TestRegistry::new().await;
+    registry.device(C_SDK_DEVICE, C_SDK_SECRET).await;
+    let broker = registry.broker(SHANGHAI, |_| {}).await;
+
+    let mut stream = TcpStream::connect(broker.addr).await.unwrap();
+    stream
+        .write_all(&device_connect(C_SDK_CLIENT_ID, C_SDK_USERNAME, C_SDK_PASSWORD, 60))
+        .await
+        .unwrap();
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "CONNACK accepted, remaining length 2");
+    stream.write_all(&[0xC0, 0x00]).await.unwrap();
+    let mut pingresp = [0u8; 2];
+    stream.read_exact(&mut pingresp).await.unwrap();
+    assert_eq!(pingresp, [0xD0, 0x00]);
+}
+
+#[tokio::test]
+async fn python_and_node_shapes_connect() {
+    let registry = TestRegistry::new().await;
+    registry.device("py-device", "python-secret-123").await;
+    registry.device("node-device", "node-secret-456").await;
+    let broker = registry.broker(SHANGHAI, |_| {}).await;
+    Client::connect(device_options(
+        broker.addr,
+        SdkShape::Python,
+        "py-device",
+        "python-secret-123",
+    ))
+    .await
+    .expect("python shape accepted");
+    Client::connect(device_options(broker.addr, SdkShape::Node, "node-device", "node-secret-456"))
+        .await
+        .expect("node shape accepted");
+}
+
+#[tokio::test]
+async fn refusals_have_spec_codes() {
+    let registry = TestRegistry::new().await;
+    let device = registry.device(C_SDK_DEVICE, C_SDK_SECRET).await;
+    registry.device("disabled-1", "secret-disabled").await;
+    let disabled = meridian_registry::ids::DeviceKey {
+        product_key: PRODUCT.parse().unwrap(),
+        device_name: "disabled-1".parse().unwrap(),
+    };
+    registry.registry.set_device_enabled(&disabled, false).await.unwrap();
+    let shanghai = registry.broker(SHANGHAI, |_| {}).await;
+    let frankfurt = registry.broker(FRANKFURT, |_| {}).await;
+
+    let code = |addr, client_id: String, username: String, password: String, keep_alive| async move {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(&device_connect(&client_id, &username, &password, keep_alive))
+            .await
+            .unwrap();
+        let mut connack = [0u8; 4];
+        stream.read_exact(&mut connack).await.unwrap();
+        assert_eq!(&connack[..2], &[0x20, 0x02]);
+        connack[3]
+    };
+    let c_sdk = |password: &str| {
+        (C_SDK_CLIENT_ID.to_owned(), C_SDK_USERNAME.to_owned(), password.to_owned())
+    };
+
+    let (id, user, _) = c_sdk("");
+    let wrong = C_SDK_PASSWORD.replace('0', "1");
+    assert_eq!(
+        code(shanghai.addr, id.clone(), user.clone(), wrong, 60).await,
+        4,
+        "wrong signature"
+    );
+    let lower = C_SDK_PASSWORD.to_lowercase();
+    assert_eq!(
+        code(shanghai.addr, id.clone(), user.clone(), lower, 60).await,
+        0,
+        "case-insensitive"
+    );
+    assert_eq!(
+        code(frankfurt.addr, id.clone(), user.clone(), C_SDK_PASSWORD.into(), 60).await,
+        5,
+        "placed elsewhere"
+    );
+    assert_eq!(
+        code(shanghai.addr, id.clone(), user.clone(), C_SDK_PASSWORD.into(), 10).await,
+        3,
+        "keepalive 10"
+    );
+    let signed = sign_connect(SdkShape::CSdk, PRODUCT, "disabled-1", "secret-disabled", None);
+    assert_eq!(
+        code(shanghai.addr, signed.client_id, signed.username, signed.password, 60).await,
+        5,
+        "disabled"
+    );
+    let unknown = sign_connect(SdkShape::CSdk, PRODUCT, "nobody-here", "whatever", None);
+    assert_eq!(
+        code(shanghai.addr, unknown.client_id, unknown.username, unknown.password, 60).await,
+        4,
+        "unknown device"
+    );
+
+    // Distribute the device to Frankfurt: now Frankfurt accepts and Shanghai refuses.
+    registry
+        .registry
+        .update_device(&device, |d| {
+            d.placement = Placement::Specified { instance: FRANKFURT.parse().unwrap() };
+            Ok(())
+        })
+        .await
+        .unwrap();
+    registry.sync(&shanghai).await;
+    registry.sync(&frankfurt).await;
+    assert_eq!(code(frankfurt.addr, id.clone(), user.clone(), C_SDK_PASSWORD.into(), 60).await, 0);
+    assert_eq!(code(shanghai.addr, id, user, C_SDK_PASSWORD.into(), 60).await, 5);
+}
+
+#[tokio::test]
+async fn device_acl_and_application_clients() {
+    let registry = TestRegistry::new().await;
+    registry.device("lamp-1", "lamp-secret-1").await;
+    registry.device("lamp-2", "lamp-secret-2").await;
+    let broker = registry.broker(SHANGHAI, |_| {}).await;
+
+    let mut app_options = MqttOptions::new("backend", "127.0.0.1", broker.addr.port());
+    app_options.set_credentials(APPLICATION.0, APPLICATION.1);
+    let (mut app, _) = Client::connect(app_options).await.unwrap();
+    app.client.subscribe(format!("/{PRODUCT}/+/user/#"), QoS::AtLeastOnce).await.unwrap();
+    app.client.subscribe("/b13FN5TplKq/+/user/#", QoS::AtLeastOnce).await.unwrap();
+    let codes = |p: &Packet| match p {
+        Packet::SubAck(ack) => Some(ack.return_codes.clone()),
+        _ => None,
+    };
+    let first = app.expect(|p| matches!(p, Packet::SubAck(_))).await;
+    assert_eq!(codes(&first).unwrap(), vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+    let second = app.expect(|p| matches!(p, Packet::SubAck(_))).await;
+    assert_eq!(
+        codes(&second).unwrap(),
+        vec![SubscribeReasonCode::Failure],
+        "another account's product"
+    );
+
+    let (mut lamp, _) =
+        Client::connect(device_options(broker.addr, SdkShape::Python, "lamp-1", "lamp-secret-1"))
+            .await
+            .unwrap();
+    lamp.client.subscribe(format!("/{PRODUCT}/lamp-1/user/get"), QoS::ExactlyOnce).await.unwrap();
+    let own = lamp.expect(|p| matches!(p, Packet::SubAck(_))).await;
+    assert_eq!(
+        codes(&own).unwrap(),
+        vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)],
+        "QoS capped at 1"
+    );
+    lamp.client.subscribe(format!("/{PRODUCT}/lamp-2/user/get"), QoS::AtLeastOnce).await.unwrap();
+    let other = lamp.expect(|p| matches!(p, Packet::SubAck(_))).await;
+    assert_eq!(
+        codes(&other).unwrap(),
+        vec![SubscribeReasonCode::Failure],
+        "another device's topic"
+    );
+
+    // A forbidden publish is dropped; the allowed one after it reaches the application.
+    lamp.client
+        .publish(format!("/{PRODUCT}/lamp-2/user/update"), QoS::AtLeastOnce, false, "spoof")
+        .await
+        .unwrap();
+    lamp.client
+        .publish(format!("/{PRODUCT}/lamp-1/user/update"), QoS::AtLeastOnce, false, "real")
+        .await
+        .unwrap();
+    let got = app.publish().await;
+    assert_eq!(
+        (got.topic, got.payload.as_ref()),
+        (format!("/{PRODUCT}/lamp-1/user/update"), &b"real"[..])
+    );
+
+    // Downlink from the application to the device.
+    app.client
+        .publish(format!("/{PRODUCT}/lamp-1/user/get"), QoS::AtLeastOnce, false, "cmd")
+        .await
+        .unwrap();
+    let got = lamp.publish().await;
+    assert_eq!(got.payload.as_ref(), b"cmd");
+}
+
+/// SPEC §5: the notify reaches a device that never subscribed, its reply is seen, and it is
+/// then forced offline.
+#[tokio::test]
+async fn bootstrap_notify_and_force_offline() {
+    let registry = TestRegistry::new().await;
+    let device = registry.device("mover-1", "mover-secret-1").await;
+    let broker = registry.broker(SHANGHAI, |_| {}).await;
+    let (mut mover, _) =
+        Client::connect(device_options(broker.addr, SdkShape::CSdk, "mover-1", "mover-secret-1"))
+            .await
+            .unwrap();
+
+    let handle = broker.daemon.broker.clone();
+    let key = device.clone();
+    let forced =
+        tokio::spawn(async move { handle.force_offline(&key, Duration::from_secs(30)).await });
+
+    let notify = mover.publish().await;
+    assert_eq!(notify.topic, format!("/sys/{PRODUCT}/mover-1/thing/bootstrap/notify"));
+    let body: serde_json::Value = serde_json::from_slice(&notify.payload).unwrap();
+    assert_eq!(body["version"], "1.0");
+    assert_eq!(body["method"], "thing.bootstrap.notify");
+    assert_eq!(body["params"], serde_json::json!({"cmd": 0}));
+    let id = body["id"].as_str().expect("id is a string");
+    assert!(!id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()));
+    let text = String::from_utf8(notify.payload.to_vec()).unwrap();
+    assert!(!text.contains(": ") && !text.contains(", "), "compact JSON: {text}");
+
+    let reply = format!(r#"{{"id":"{id}","code":200,"data":{{}}}}"#);
+    mover
+        .client
+        .publish(
+            format!("/sys/{PRODUCT}/mover-1/thing/bootstrap/notify_reply"),
+            QoS::AtMostOnce,
+            false,
+            reply,
+        )
+        .await
+        .unwrap();
+    let outcome = forced.await.unwrap();
+    assert!(outcome.was_online && outcome.replied);
+    mover.closed().await;
+
+    let absent = broker.daemon.broker.force_offline(&device, Duration::from_millis(10)).await;
+    assert!(!absent.was_online);
+}
+
+/// A placement change in the registry reaches the broker through the change feed: the online
+/// device is notified and disconnected, and may reconnect only where it is now placed.
+#[tokio::test]
+async fn placement_change_forces_device_offline() {
+    let registry = TestRegistry::new().await;
+    let device = registry.device("mover-2", "mover-secret-2").await;
+    let shanghai = registry
+        .broker(SHANGHAI, |config| config.notify_reply_wait = Duration::from_millis(100))
+        .await;
+    let frankfurt = registry.broker(FRANKFURT, |_| {}).await;
+    let (mut mover, _) =
+        Client::connect(device_options(shanghai.addr, SdkShape::Node, "mover-2", "mover-secret-2"))
+            .await
+            .unwrap();
+
+    registry
+        .registry
+        .update_device(&device, |d| {
+            d.placement = Placement::Specified { instance: FRANKFURT.parse().unwrap() };
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let notify = mover.publish().await;
+    assert!(notify.topic.ends_with("/thing/bootstrap/notify"));
+    mover.closed().await;
+
+    let refused =
+        Client::connect(device_options(shanghai.addr, SdkShape::Node, "mover-2", "mover-secret-2"))
+            .await;
+    let error = refused.err().expect("refused at the source");
+    assert!(error.contains("NotAuthorized"), "{error}");
+    registry.sync(&frankfurt).await;
+    Client::connect(device_options(frankfurt.addr, SdkShape::Node, "mover-2", "mover-secret-2"))
+        .await
+        .expect("accepted at the destination");
+}
+
+#[tokio::test]
+async fn same_device_twice_newest_wins() {
+    let registry = TestRegistry::new().await;
+    registry.device("twin-dev", "twin-secret").await;
+    let broker = registry.broker(SHANGHAI, |_| {}).await;
+    // Different clientIds (SDK shapes), same device: still one session.
+    let (mut first, _) =
+        Client::connect(device_options(broker.addr, SdkShape::Python, "twin-dev", "twin-secret"))
+            .await
+            .unwrap();
+    let (_second, _) =
+        Client::connect(device_options(broker.addr, SdkShape::CSdk, "twin-dev", "twin-secret"))
+            .await
+            .unwrap();
+    first.closed().await;
+}
+
+fn device_connect(client_id: &str, username: &str, password: &str, keep_alive: u16) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2];
+    body.extend_from_slice(&keep_alive.to_be_bytes());
+    for field in [client_id, username, password] {
+        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        body.extend_from_slice(field.as_bytes());
+    }
+    let mut packet = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        packet.push(byte);
+        if len == 0 {
+            break;
+        }
+    }
+    packet.extend_from_slice(&body);
+    packet
+}

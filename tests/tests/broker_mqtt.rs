@@ -1,0 +1,309 @@
+//! The broker as a standard MQTT 3.1.1 broker, driven by rumqttc and by raw bytes.
+
+use std::time::Duration;
+
+use meridian_tests::{Client, FRANKFURT, HANG, SHANGHAI, TestRegistry, user_options};
+use rumqttc::{LastWill, MqttOptions, Packet, QoS};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test]
+async fn qos_0_1_2_and_wildcards() {
+    let registry = TestRegistry::new().await;
+    let broker = registry.broker(SHANGHAI, |_| {}).await;
+
+    let (mut sub, _) = Client::connect(user_options(broker.addr, "sub")).await.unwrap();
+    sub.client.subscribe("plant/+/temp", QoS::ExactlyOnce).await.unwrap();
+    sub.client.subscribe("alarm/#", QoS::AtLeastOnce).await.unwrap();
+    sub.expect(|p| matches!(p, Packet::SubAck(_))).await;
+    sub.expect(|p| matches!(p, Packet::SubAck(_))).await;
+
+    let (publisher, _) = Client::connect(user_options(broker.addr, "pub")).await.unwrap();
+    for (topic, qos) in [
+        ("plant/a/temp", QoS::AtMostOnce),
+        ("plant/b/temp", QoS::AtLeastOnce),
+        ("plant/c/temp", QoS::ExactlyOnce),
+    ] {
+        publisher.client.publish(topic, qos, false, topic.as_bytes().to_vec()).await.unwrap();
+        let got = sub.publish().await;
+        assert_eq!((got.topic.as_str(), got.qos), (topic, qos));
+        assert_eq!(got.payload.as_ref(), topic.as_bytes());
+    }
+    // Delivered at the lower of the published and granted QoS.
+    publisher.client.publish("alarm/x/y", QoS::ExactlyOnce, false, "fire").await.unwrap();
+    let got = sub.publish().await;
+    assert_eq!((got.topic.as_str(), got.qos), ("alarm/x/y", QoS::AtLeastOnce));
+    // Not matched: a deeper topic under `+`.
+    publisher.client.publish("plant/a/b/temp", QoS::AtLeastOnce, false, "no").await.unwrap();
+    publisher.client.publish("plant/z/temp", QoS::AtLeastOnce, false, "yes").await.unwrap();
+    assert_eq!(sub.publish().await.topic, "plant/z/temp");
+}
+
+#[tokio::test]
+async fn retained_messages() {
+    let registry = TestRegistry::new().await;
+    let broker = registry.broker(SHANGHAI, |_| {}).await;
+    let (publisher, _) = Client::connect(user_options(broker.addr, "pub")).await.unwrap();
+    publisher.client.publish("state/lamp", QoS::AtLeastOnce, true, "on").await.unwrap();
+    publisher.client.publish("state/door", QoS::AtLeastOnce, true, "open").await.unwrap();
+    publisher.client.publish("state/door", QoS::AtLeastOnce, true, "").await.unwrap();
+    publisher.client.publish("state/lamp", QoS::AtLeastOnce, true, "off").await.unwrap();
+    // Wait until the broker has them all (the last one is acknowledged after routing).
+    let mut probe = Client::connect(user_options(broker.addr, "probe")).await.unwrap().0;
+    probe.client.subscribe("state/lamp", QoS::AtLeastOnce).await.unwrap();
+    loop {
+        if probe.publish().await.payload.as_ref() == b"off" {
+            break;
+        }
+        probe.client.unsubscribe("state/lamp").await.unwrap();
+        probe.client.subscribe("state/lamp", QoS::AtLeastOnce).await.unwrap();
+    }
+
+    let (mut late, _) = Client::connect(user_options(broker.addr, "late")).await.unwrap();
+    late.client.subscribe("state/#", QoS::AtLeastOnce).await.unwrap();
+    let got = late.publish().await;
+    assert_eq!(
+        (got.topic.as_str(), got.payload.as_ref(), got.retain),
+        ("state/lamp", &b"off"[..], true)
+    );
+    // A live publish is not flagged retained for existing subscribers.
+    publisher.client.publish("state/lamp", QoS::AtLeastOnce, true, "on").await.unwrap();
+    let got = late.publish().await;
+    assert!(!got.retain);
+}
+
+#[tokio::test]
+async fn will_is_published_on_abrupt_close_only() {
+    let registry = TestRegistry::new().await;
+    let broker = registry.broker(SHANGHAI, |_| {}).await;
+    let (mut watcher, _) = Client::connect(user_options(broker.addr, "watcher")).await.unwrap();
+    watcher.client.subscribe("wills/#", QoS::AtLeastOnce).await.unwrap();
+    watcher.expect(|p| matches!(p, Packet::SubAck(_))).await;
+
+    // A raw client with a will whose socket vanishes without DISCONNECT.
+    let mut mortal = TcpStream::connect(broker.addr).await.unwrap();
+    mortal.write_all(&raw_connect_with_will("mortal", "wills/mortal", "gone")).await.unwrap();
+    let mut connack = [0u8; 4];
+    mortal.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+    drop(mortal);
+    let got = watcher.publish().await;
+    assert_eq!((got.topic.as_str(), got.payload.as_ref()), ("wills/mortal", &b"gone"[..]));
+
+    // A clean DISCONNECT discards the will.
+    let mut options = user_options(broker.addr, "polite");
+    options.set_last_will(LastWill::new("wills/polite", "gone", QoS::AtLeastOnce, false));
+    let (polite, _) = Client::connect(options).await.unwrap();
+    polite.client.disconnect().await.unwrap();
+    let mut marker = TcpStream::connect(broker.addr).await.unwrap();
+    marker.write_all(&raw_connect_with_will("marker", "wills/marker", "after")).await.unwrap();
+    marker.read_exact(&mut connack).await.unwrap();
+    drop(marker);
+    assert_eq!(watcher.publish().await.topic, "wills/marker", "no will from the polite client");
+}
+
+#[tokio::test]
+async fn persistent_sessions_queue_while_offline() {
+    let registry = TestRegistry::new().await;
+    let broker = registry.broker(SHANGHAI, |_| {}).await;
+    let persistent = |id: &str| {
+        let mut options = user_options(broker.addr, id);
+        options.set_clean_session(false);
+        options
+    };
+    let (first, present) = Client::connect(persistent("keeper")).await.unwrap();
+    assert!(!present);
+    first.client.subscribe("jobs/#", QoS::AtLeastOnce).await.unwrap();
+    let mut first = first;
+    first.expect(|p| matches!(p, Packet::SubAck(_))).await;
+    first.client.disconnect().await.unwrap();
+    first.closed().await;
+
+    let (publisher, _) = Client::connect(user_options(broker.addr, "pub")).await.unwrap();
+    for n in 0..3 {
+        publisher.client.publish(format!("jobs/{n}"), QoS::AtLeastOnce, false, "x").await.unwrap();
+    }
+    publisher.client.publish("jobs/qos0", QoS::AtMostOnce, false, "lost").await.unwrap();
+    publisher.client.publish("jobs/last", QoS::AtLeastOnce, false, "x").await.unwrap();
+    // The publisher's QoS 1 acks arrive after routing, so once it has all four, they are queued.
+    let mut publisher = publisher;
+    for _ in 0..4 {
+        publisher.expect(|p| matches!(p, Packet::PubAck(_))).await;
+    }
+
+    let (mut back, present) = Client::connect(persistent("keeper")).await.unwrap();
+    assert!(present, "session_present for a resumed session");
+    let mut topics = Vec::new();
+    for _ in 0..4 {
+        topics.push(back.publish().await.topic);
+    }
+    assert_eq!(topics, ["jobs/0", "jobs/1", "jobs/2", "jobs/last"]);
+
+    // A clean session starts from nothing.
+    back.client.disconnect().await.unwrap();
+    let mut options = user_options(broker.addr, "keeper");
+    options.set_clean_session(true);
+    let (_clean, present) = Client::connect(options).await.unwrap();
+    assert!(!present);
+}
+
+#[tokio::test]
+async fn newest_connection_takes_over() {
+    let registry = TestRegistry::new().await;
+    let broker = registry.broker(SHANGHAI, |_| {}).await;
+    let (mut old, _) = Client::connect(user_options(broker.addr, "twin")).await.unwrap();
+    let (mut new, _) = Client::connect(user_options(broker.addr, "twin")).await.unwrap();
+    old.closed().await;
+    new.client.subscribe("t", QoS::AtLeastOnce).await.unwrap();
+    new.expect(|p| matches!(p, Packet::SubAck(_))).await;
+}
+
+#[tokio::test]
+async fn keepalive_is_enforced_at_one_and_a_half_times() {
+    let registry = TestRegistry::new().await;
+    let broker = registry.broker(SHANGHAI, |_| {}).await;
+    let mut stream = TcpStream::connect(broker.addr).await.unwrap();
+    stream.write_all(&raw_connect("sleepy", 1, Some(meridian_tests::USER))).await.unwrap();
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+    // Silence: the broker must close within 1.5 s of the last packet (we only check it does).
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(HANG, stream.read_to_end(&mut rest)).await.expect("closed");
+    assert!(read.is_ok() && rest.is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(1400), "not closed before 1.5 x keepalive");
+}
+
+#[tokio::test]
+async fn refusals_get_their_connack_codes() {
+    let registry = TestRegistry::new().await;
+    let broker = registry.broker(SHANGHAI, |_| {}).await;
+    let code = |bytes: Vec<u8>| async move {
+        let mut stream = TcpStream::connect(broker.addr).await.unwrap();
+        stream.write_all(&bytes).await.unwrap();
+        let mut connack = [0u8; 4];
+        stream.read_exact(&mut connack).await.unwrap();
+        assert_eq!(&connack[..2], &[0x20, 0x02], "CONNACK with remaining length 2");
+        connack[3]
+    };
+    assert_eq!(code(raw_connect("x", 30, Some(("alice", "wrong")))).await, 4);
+    assert_eq!(code(raw_connect("x", 30, Some(("mallory", "pw")))).await, 4);
+    assert_eq!(code(raw_connect("x", 30, None)).await, 5, "anonymous not allowed");
+    let mut v5 = raw_connect("x", 30, None);
+    v5[8] = 5;
+    assert_eq!(code(v5).await, 1, "unacceptable protocol level");
+    // Empty client id with clean session 0.
+    let mut persistent_empty = raw_connect("", 30, None);
+    persistent_empty[9] = 0;
+    assert_eq!(code(persistent_empty).await, 2);
+}
+
+#[tokio::test]
+async fn malformed_packets_close_only_that_connection() {
+    let registry = TestRegistry::new().await;
+    let broker = registry.broker(SHANGHAI, |_| {}).await;
+    let (mut bystander, _) = Client::connect(user_options(broker.addr, "bystander")).await.unwrap();
+    bystander.client.subscribe("still/#", QoS::AtLeastOnce).await.unwrap();
+    bystander.expect(|p| matches!(p, Packet::SubAck(_))).await;
+
+    let attacks: Vec<Vec<u8>> = vec![
+        vec![0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], // bad remaining length
+        vec![0x30, 0x05, 0x00, 0x02, 0xC3, 0x28, b'x'], // topic not UTF-8
+        vec![0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x00], // SUBSCRIBE with flags 0b0010? (valid)...
+        vec![0x80, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x00], // ...and with reserved flags 0
+        vec![0x30, 0xFF, 0xFF, 0xFF, 0x7F],                   // oversize (256 MiB)
+        vec![0x10, 0x00],                                     // second CONNECT
+    ];
+    for (n, attack) in attacks.into_iter().enumerate() {
+        let mut stream = TcpStream::connect(broker.addr).await.unwrap();
+        stream
+            .write_all(&raw_connect(&format!("attacker{n}"), 30, Some(meridian_tests::USER)))
+            .await
+            .unwrap();
+        let mut connack = [0u8; 4];
+        stream.read_exact(&mut connack).await.unwrap();
+        stream.write_all(&attack).await.unwrap();
+        let mut rest = Vec::new();
+        // A valid SUBSCRIBE gets its SUBACK and the connection stays; everything else is closed.
+        if attack[0] == 0x82 {
+            let mut suback = [0u8; 5];
+            stream.read_exact(&mut suback).await.unwrap();
+            assert_eq!(suback, [0x90, 0x03, 0x00, 0x01, 0x00]);
+            continue;
+        }
+        let closed =
+            tokio::time::timeout(HANG, stream.read_to_end(&mut rest)).await.expect("closed");
+        assert!(closed.is_ok(), "attack {n}: connection closed cleanly");
+    }
+
+    let (publisher, _) = Client::connect(user_options(broker.addr, "pub")).await.unwrap();
+    publisher.client.publish("still/alive", QoS::AtLeastOnce, false, "yes").await.unwrap();
+    assert_eq!(bystander.publish().await.topic, "still/alive");
+}
+
+#[tokio::test]
+async fn connect_must_arrive_in_time() {
+    let registry = TestRegistry::new().await;
+    let broker = registry
+        .broker(FRANKFURT, |config| config.limits.connect_timeout = Duration::from_millis(200))
+        .await;
+    let mut stream = TcpStream::connect(broker.addr).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(HANG, stream.read_to_end(&mut rest)).await.expect("closed");
+    assert!(closed.is_ok() && rest.is_empty());
+    let _ = MqttOptions::new("unused", "127.0.0.1", 1);
+}
+
+/// A 3.1.1 CONNECT with clean session, built byte by byte.
+fn raw_connect(client_id: &str, keep_alive: u16, login: Option<(&str, &str)>) -> Vec<u8> {
+    connect_packet(client_id, keep_alive, None, login)
+}
+
+/// A CONNECT of the standard user with a QoS 1 will.
+fn raw_connect_with_will(client_id: &str, topic: &str, message: &str) -> Vec<u8> {
+    connect_packet(client_id, 30, Some((topic, message)), Some(meridian_tests::USER))
+}
+
+fn connect_packet(
+    client_id: &str,
+    keep_alive: u16,
+    will: Option<(&str, &str)>,
+    login: Option<(&str, &str)>,
+) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4];
+    let will_flags = if will.is_some() { 0x04 | 0x08 } else { 0 };
+    let flags = 0x02 | will_flags | if login.is_some() { 0xC0 } else { 0 };
+    body.push(flags);
+    body.extend_from_slice(&keep_alive.to_be_bytes());
+    push_string(&mut body, client_id.as_bytes());
+    if let Some((topic, message)) = will {
+        push_string(&mut body, topic.as_bytes());
+        push_string(&mut body, message.as_bytes());
+    }
+    if let Some((user, password)) = login {
+        push_string(&mut body, user.as_bytes());
+        push_string(&mut body, password.as_bytes());
+    }
+    let mut packet = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        packet.push(byte);
+        if len == 0 {
+            break;
+        }
+    }
+    packet.extend_from_slice(&body);
+    packet
+}
+
+fn push_string(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s);
+}
