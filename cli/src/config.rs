@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use meridian_broker::config::{ApplicationConfig, LimitsConfig};
 use meridian_registry::ids::{AccountId, InstanceId, RegionId};
 use serde::Deserialize;
 
@@ -26,6 +27,45 @@ pub struct Config {
     pub instances: Vec<InstanceConfig>,
     #[serde(default)]
     pub demo: Option<DemoConfig>,
+    #[serde(default)]
+    pub broker: BrokerDefaults,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// Settings every broker of `meridian up` shares.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerDefaults {
+    /// Standard MQTT users: username → password.
+    #[serde(default)]
+    pub users: std::collections::HashMap<String, String>,
+    /// Application clients (server-side subscription): username → credential.
+    #[serde(default)]
+    pub applications: std::collections::HashMap<String, ApplicationConfig>,
+    #[serde(default)]
+    pub allow_anonymous: bool,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// The Prometheus endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` serving `/metrics`; empty disables it.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> MetricsConfig {
+        MetricsConfig { listen: default_metrics_listen() }
+    }
+}
+
+fn default_metrics_listen() -> String {
+    "127.0.0.1:9100".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,6 +103,15 @@ pub struct InstanceConfig {
     /// Host and port devices are told to connect to (what the bootstrap edge answers).
     pub mqtt_host: String,
     pub mqtt_port: u16,
+    /// Where this instance's broker listens; defaults to `mqtt_host:mqtt_port`.
+    #[serde(default)]
+    pub listen: Option<String>,
+}
+
+impl InstanceConfig {
+    pub fn listen(&self) -> String {
+        self.listen.clone().unwrap_or_else(|| format!("{}:{}", self.mqtt_host, self.mqtt_port))
+    }
 }
 
 /// A demo tenant created on first start so a fresh `meridian up` has something to show.

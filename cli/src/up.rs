@@ -12,7 +12,10 @@ use meridian_registry::secret::SecretKey;
 use meridian_registry::store::RedbStore;
 use meridian_registry::{Registry, RegistryError};
 
-use crate::config::{Config, SECRET_KEY_ENV};
+use meridian_broker::config::BrokerConfig;
+use meridian_broker::daemon::{self, Listeners};
+
+use crate::config::{Config, InstanceConfig, SECRET_KEY_ENV};
 
 /// How long seeded instances run before they expire; operators extend them through the API.
 const SEEDED_INSTANCE_LIFETIME: std::time::Duration =
@@ -27,19 +30,69 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let store = RedbStore::open(&config.store.path)
         .with_context(|| format!("opening store {}", config.store.path.display()))?;
     let sealer = load_secret_key(&config.secrets.key_file)?;
-    let registry = Registry::new(Arc::new(store), sealer, Arc::new(SystemClock));
+    let registry = Registry::new(Arc::new(store), sealer.clone(), Arc::new(SystemClock));
     seed(&registry, &config).await.context("seeding the registry from the configuration")?;
+    install_metrics(&config)?;
+
+    let mut brokers = Vec::with_capacity(config.instances.len());
+    for instance in &config.instances {
+        let broker_config = broker_config(&config, instance);
+        let listeners = Listeners::bind(&broker_config).await.with_context(|| {
+            format!("binding broker of {} on {}", instance.id, broker_config.listen)
+        })?;
+        let addr = listeners.tcp.local_addr()?;
+        let daemon =
+            daemon::start(broker_config, registry.store().clone(), sealer.clone(), listeners)
+                .await
+                .with_context(|| format!("starting broker of {}", instance.id))?;
+        tracing::info!(instance = %instance.id, %addr, "broker listening");
+        brokers.push(daemon);
+    }
 
     let revision = registry.store().revision().await?;
     tracing::info!(
         store = %config.store.path.display(),
         regions = config.regions.len(),
-        instances = config.instances.len(),
+        brokers = brokers.len(),
         revision,
         "meridian up: ready"
     );
     shutdown.await;
     tracing::info!("meridian up: shutting down");
+    for broker in brokers {
+        broker.shutdown().await;
+    }
+    Ok(())
+}
+
+/// One instance's broker settings from the shared `[broker]` section.
+fn broker_config(config: &Config, instance: &InstanceConfig) -> BrokerConfig {
+    BrokerConfig {
+        instance: instance.id.clone(),
+        listen: instance.listen(),
+        tls: None,
+        websocket_listen: None,
+        limits: config.broker.limits,
+        users: config.broker.users.clone(),
+        applications: config.broker.applications.clone(),
+        allow_anonymous: config.broker.allow_anonymous,
+        notify_reply_wait: std::time::Duration::from_secs(2),
+    }
+}
+
+/// Installs the process-wide Prometheus recorder, serving `/metrics` on its own listener.
+fn install_metrics(config: &Config) -> anyhow::Result<()> {
+    if config.metrics.listen.is_empty() {
+        return Ok(());
+    }
+    let addr: std::net::SocketAddr =
+        config.metrics.listen.parse().with_context(|| {
+            format!("metrics.listen {:?} is not host:port", config.metrics.listen)
+        })?;
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .with_context(|| format!("serving metrics on {addr}"))?;
     Ok(())
 }
 

@@ -1,6 +1,9 @@
 //! The `meridian` binary end to end: the documented default parses, and `meridian up` seeds the
 //! store, serves, and stops cleanly on SIGTERM, twice over the same data.
 
+// Test helpers outside `#[test]` functions panic on failure by design.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
@@ -10,34 +13,61 @@ fn meridian() -> Command {
     Command::new(env!("CARGO_BIN_EXE_meridian"))
 }
 
-/// Starts `meridian up` and returns once it logged that it is ready.
-fn start_up(config: &std::path::Path) -> Child {
+/// Starts `meridian up` and returns once it logged that it is ready, with the addresses its
+/// brokers listen on.
+fn start_up(config: &std::path::Path) -> (UpProcess, Vec<std::net::SocketAddr>) {
     let mut child = meridian()
         .args(["up", "--config"])
         .arg(config)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", "debug")
+        .env("NO_COLOR", "1")
         .env_remove("MERIDIAN_SECRET_KEY")
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn meridian up");
     let stderr = child.stderr.take().expect("piped stderr");
     let mut lines = BufReader::new(stderr).lines();
+    let mut brokers = Vec::new();
     loop {
         let line = lines.next().expect("meridian up exited before ready").expect("read stderr");
+        if line.contains("broker listening") {
+            let addr = line.split("addr=").nth(1).expect("addr field");
+            brokers.push(addr.split_whitespace().next().unwrap().parse().expect("socket address"));
+        }
         if line.contains("meridian up: ready") {
             break;
         }
     }
-    // Keep draining so the child never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    child
+    // Keep draining (and keeping) the log so the child never blocks on a full pipe.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        let _ = tx.send(rest.join("\n"));
+    });
+    (UpProcess { child, log: rx }, brokers)
 }
 
-fn terminate(mut child: Child) {
-    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+struct UpProcess {
+    child: Child,
+    log: std::sync::mpsc::Receiver<String>,
+}
+
+/// Stops `meridian up` with SIGTERM, checks it exited cleanly, and returns its log.
+fn terminate(mut up: UpProcess) -> String {
+    let status = Command::new("kill").arg("-TERM").arg(up.child.id().to_string()).status();
     assert!(status.expect("run kill").success());
-    let exit = child.wait().expect("wait for meridian up");
+    let exit = up.child.wait().expect("wait for meridian up");
     assert!(exit.success(), "meridian up exited with {exit}");
+    up.log.recv().unwrap_or_default()
+}
+
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to metrics");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
 }
 
 #[test]
@@ -53,12 +83,30 @@ fn generate_config_prints_the_documented_default() {
 async fn up_seeds_the_store_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("meridian.toml");
+    // Ephemeral ports, so the test never collides with anything else on the machine. The
+    // metrics exporter binds its own address, so borrow a free port for it.
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let text = String::from_utf8(meridian().arg("generate-config").output().unwrap().stdout)
         .unwrap()
-        .replace("../data/", "data/");
+        .replace("../data/", "data/")
+        .replace("mqtt_port = 1883", "mqtt_port = 1883\nlisten = \"127.0.0.1:0\"")
+        .replace("mqtt_port = 1884", "mqtt_port = 1884\nlisten = \"127.0.0.1:0\"")
+        .replace("mqtt_port = 1885", "mqtt_port = 1885\nlisten = \"127.0.0.1:0\"")
+        .replace("listen = \"127.0.0.1:9100\"", &format!("listen = \"{metrics}\""));
     std::fs::write(&config, text).unwrap();
 
-    terminate(start_up(&config));
+    let (up, brokers) = start_up(&config);
+    assert_eq!(brokers.len(), 3, "one broker per configured instance");
+    for broker in &brokers {
+        assert_eq!(mqtt_connect(*broker, "demo", "demo-password"), 0);
+        assert_eq!(mqtt_connect(*broker, "demo", "wrong"), 4);
+    }
+    let exposition = http_get(metrics, "/metrics");
+    assert!(exposition.contains("meridian_broker_connects_total"), "{exposition}");
+    assert!(exposition.contains("result=\"bad_username_password\""), "{exposition}");
+    let logs = terminate(up);
+    // Secrets never reach the logs, even at debug level.
+    assert!(!logs.contains("demo-password") && !logs.contains("wrong"), "secret in logs");
     let key_file = dir.path().join("data/secret.key");
     let key = std::fs::read_to_string(&key_file).unwrap();
     #[cfg(unix)]
@@ -69,7 +117,7 @@ async fn up_seeds_the_store_and_stops_on_sigterm() {
     }
 
     // A second start reuses the key and finds everything in place.
-    terminate(start_up(&config));
+    terminate(start_up(&config).0);
     assert_eq!(std::fs::read_to_string(&key_file).unwrap(), key);
 
     let store = RedbStore::open(dir.path().join("data/meridian.redb")).unwrap();
@@ -89,4 +137,22 @@ fn up_refuses_a_broken_config_with_a_clear_error() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("secrets"), "names the missing section: {stderr}");
+}
+
+/// A raw MQTT 3.1.1 CONNECT; returns the CONNACK return code.
+fn mqtt_connect(addr: std::net::SocketAddr, username: &str, password: &str) -> u8 {
+    use std::io::{Read, Write};
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2, 0, 30];
+    for field in ["up-test", username, password] {
+        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        body.extend_from_slice(field.as_bytes());
+    }
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend_from_slice(&body);
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to broker");
+    stream.write_all(&packet).unwrap();
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).unwrap();
+    assert_eq!(&connack[..2], &[0x20, 0x02]);
+    connack[3]
 }
