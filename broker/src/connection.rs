@@ -21,6 +21,8 @@ use crate::session::{Close, Event, Message, Session};
 /// Read buffer reserved when a read needs room. Small, because most packets are small and an
 /// idle connection should hold as little as possible.
 const READ_CHUNK: usize = 512;
+/// How long a closing connection may spend flushing its last packets.
+const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 /// Buffers grown beyond this by a large packet are released once empty.
 const KEEP_BUFFER: usize = 8 * 1024;
 
@@ -43,12 +45,20 @@ where
 {
     let mut buffer = BytesMut::new();
     let limits = broker.limits();
-    let connect = tokio::time::timeout(limits.connect_timeout, read_connect(&mut stream, &mut buffer, limits.max_packet)).await;
+    let connect = tokio::time::timeout(
+        limits.connect_timeout,
+        read_connect(&mut stream, &mut buffer, limits.max_packet),
+    )
+    .await;
     let connect = match connect {
         Ok(Ok(connect)) => connect,
         Ok(Err(Ended::Decode(DecodeError::UnacceptableProtocol))) => {
             m::connect_result("unacceptable_protocol");
-            let _ = write_packet(&mut stream, &Packet::ConnAck(ConnAck::new(ConnectReturnCode::RefusedProtocolVersion, false))).await;
+            let _ = write_packet(
+                &mut stream,
+                &Packet::ConnAck(ConnAck::new(ConnectReturnCode::RefusedProtocolVersion, false)),
+            )
+            .await;
             return;
         }
         Ok(Err(ended)) => {
@@ -122,8 +132,11 @@ where
     tracing::debug!(%peer, session = %session_id, session_present, "connected");
 
     let mut out = BytesMut::new();
-    codec::encode(&Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, session_present)), &mut out)
-        .unwrap_or_default();
+    codec::encode(
+        &Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, session_present)),
+        &mut out,
+    )
+    .unwrap_or_default();
     broker.drain_events(&session_id, &mut session);
 
     let ended = loop {
@@ -135,8 +148,15 @@ where
         }
         if !out.is_empty() {
             m::bytes_out(out.len());
-            if let Err(error) = stream.write_all(&out).await {
-                break Ended::Io(error);
+            // A client that stops reading blocks this write; a kick (slow consumer, takeover,
+            // shutdown) must still get through.
+            tokio::select! {
+                written = stream.write_all(&out) => {
+                    if let Err(error) = written {
+                        break Ended::Io(error);
+                    }
+                }
+                Some(kick) = control.recv() => break Ended::Kicked(kick),
             }
             out.clear();
             if out.capacity() > KEEP_BUFFER {
@@ -176,11 +196,16 @@ where
         }
     };
 
-    let graceful = matches!(ended, Ended::Session(Close::Disconnect) | Ended::Kicked(Kick::Shutdown));
-    if !out.is_empty() {
-        let _ = stream.write_all(&out).await;
-    }
-    let _ = stream.shutdown().await;
+    let graceful =
+        matches!(ended, Ended::Session(Close::Disconnect) | Ended::Kicked(Kick::Shutdown));
+    // Best effort, bounded: a peer that stopped reading must not hold the task open.
+    let _ = tokio::time::timeout(FINAL_FLUSH, async {
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+        }
+        stream.shutdown().await
+    })
+    .await;
     if !graceful && let Some(will) = session.take_will() {
         broker.publish(will);
     }
@@ -220,14 +245,22 @@ fn handle_input(
 }
 
 /// Reads until the first packet, which must be CONNECT.
-async fn read_connect<S>(stream: &mut S, buffer: &mut BytesMut, max_packet: usize) -> Result<Connect, Ended>
+async fn read_connect<S>(
+    stream: &mut S,
+    buffer: &mut BytesMut,
+    max_packet: usize,
+) -> Result<Connect, Ended>
 where
     S: AsyncRead + Unpin,
 {
     loop {
         match codec::decode(buffer, max_packet) {
             Ok(Some(Packet::Connect(connect))) => return Ok(connect),
-            Ok(Some(_)) => return Err(Ended::Session(Close::ProtocolViolation("first packet is not CONNECT"))),
+            Ok(Some(_)) => {
+                return Err(Ended::Session(Close::ProtocolViolation(
+                    "first packet is not CONNECT",
+                )));
+            }
             Ok(None) => {}
             Err(error) => return Err(Ended::Decode(error)),
         }
@@ -239,14 +272,20 @@ where
     }
 }
 
-async fn read_some<S: AsyncRead + Unpin>(stream: &mut S, buffer: &mut BytesMut) -> std::io::Result<usize> {
+async fn read_some<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buffer: &mut BytesMut,
+) -> std::io::Result<usize> {
     if buffer.capacity() - buffer.len() < READ_CHUNK / 4 {
         buffer.reserve(READ_CHUNK);
     }
     stream.read_buf(buffer).await
 }
 
-async fn write_packet<S: AsyncWrite + Unpin>(stream: &mut S, packet: &Packet) -> std::io::Result<()> {
+async fn write_packet<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    packet: &Packet,
+) -> std::io::Result<()> {
     let mut out = BytesMut::new();
     codec::encode(packet, &mut out).map_err(std::io::Error::other)?;
     stream.write_all(&out).await?;

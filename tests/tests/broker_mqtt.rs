@@ -307,3 +307,53 @@ fn push_string(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(&(s.len() as u16).to_be_bytes());
     out.extend_from_slice(s);
 }
+
+/// A subscriber that never reads: its queue fills, its messages are dropped and counted, it is
+/// disconnected, and a well-behaved subscriber of the same topic gets everything meanwhile.
+#[tokio::test]
+async fn slow_consumer_is_dropped_without_hurting_others() {
+    let registry = TestRegistry::new().await;
+    let broker = registry
+        .broker(SHANGHAI, |config| {
+            config.limits.mailbox = 8;
+            config.limits.queued = 8;
+            config.limits.slow_consumer_drops = 64;
+        })
+        .await;
+    let mut sloth = TcpStream::connect(broker.addr).await.unwrap();
+    sloth.write_all(&raw_connect("sloth", 60, Some(meridian_tests::USER))).await.unwrap();
+    let mut connack = [0u8; 4];
+    sloth.read_exact(&mut connack).await.unwrap();
+    // SUBSCRIBE flood/# at QoS 0, then never read again.
+    sloth
+        .write_all(&[
+            0x82, 0x0C, 0x00, 0x01, 0x00, 0x07, b'f', b'l', b'o', b'o', b'd', b'/', b'#', 0x00,
+        ])
+        .await
+        .unwrap();
+
+    let (mut good, _) = Client::connect(user_options(broker.addr, "good")).await.unwrap();
+    good.client.subscribe("flood/#", QoS::AtMostOnce).await.unwrap();
+    good.expect(|p| matches!(p, Packet::SubAck(_))).await;
+
+    let publisher = TcpStream::connect(broker.addr).await.unwrap();
+    let (mut reader, mut writer) = publisher.into_split();
+    writer.write_all(&raw_connect("flooder", 60, Some(meridian_tests::USER))).await.unwrap();
+    reader.read_exact(&mut connack).await.unwrap();
+    // 8000-byte payloads at QoS 0 until the sloth is gone (its socket buffers fill within a few
+    // MB). Remaining length 8008 = 2 + 6 + 8000.
+    let mut publish = vec![0x30, 0xC8, 0x3E, 0x00, 0x06];
+    publish.extend_from_slice(b"flood/");
+    publish.resize(publish.len() + 8000, b'x');
+    let mut sent = 0usize;
+    while broker.daemon.broker.router().is_online("sloth") {
+        writer.write_all(&publish).await.unwrap();
+        sent += 1;
+        let got = good.publish().await;
+        assert_eq!(got.payload.len(), 8000);
+        assert!(sent < 100_000, "slow consumer never disconnected");
+    }
+    // The good subscriber kept receiving every message in order the whole time.
+    writer.write_all(&publish).await.unwrap();
+    assert_eq!(good.publish().await.topic, "flood/");
+}
