@@ -60,7 +60,9 @@ impl Principal {
     /// SUBSCRIBE: the real SDKs never subscribe to their `/sys/...` downlink (SPEC §3).
     pub fn implicit_filters(&self) -> Vec<String> {
         match self {
-            Principal::Device(key) => vec![format!("/sys/{}/{}/#", key.product_key, key.device_name)],
+            Principal::Device(key) => {
+                vec![format!("/sys/{}/{}/#", key.product_key, key.device_name)]
+            }
             _ => Vec::new(),
         }
     }

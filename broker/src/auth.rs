@@ -124,7 +124,12 @@ impl Authenticator {
             };
         }
         if username.contains('&') {
-            return self.authenticate_device(offered.client_id, username, password, offered.keep_alive);
+            return self.authenticate_device(
+                offered.client_id,
+                username,
+                password,
+                offered.keep_alive,
+            );
         }
         Err(ConnectReturnCode::BadUserNamePassword)
     }
@@ -141,8 +146,16 @@ impl Authenticator {
             ConnectReturnCode::BadUserNamePassword
         })?;
         let key = DeviceKey {
-            product_key: login.username.product_key.parse().map_err(|_| ConnectReturnCode::BadUserNamePassword)?,
-            device_name: login.username.device_name.parse().map_err(|_| ConnectReturnCode::BadUserNamePassword)?,
+            product_key: login
+                .username
+                .product_key
+                .parse()
+                .map_err(|_| ConnectReturnCode::BadUserNamePassword)?,
+            device_name: login
+                .username
+                .device_name
+                .parse()
+                .map_err(|_| ConnectReturnCode::BadUserNamePassword)?,
         };
         let Some(device) = self.view.device(&key) else {
             return Err(ConnectReturnCode::BadUserNamePassword);

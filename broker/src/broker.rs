@@ -96,14 +96,22 @@ impl Broker {
 
     /// Accepts plain TCP connections until `shutdown` resolves, then kicks every client and
     /// waits for their tasks to finish.
-    pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    pub async fn serve_tcp(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) {
         self.serve(listener, |stream| async move { Ok(stream) }, shutdown).await;
     }
 
     /// Accepts connections, upgrading each with `wrap` (TLS handshake, WebSocket upgrade)
     /// inside its own task so a slow handshake never blocks the accept loop.
-    pub async fn serve<W, F, S>(self: Arc<Self>, listener: TcpListener, wrap: W, shutdown: impl Future<Output = ()>)
-    where
+    pub async fn serve<W, F, S>(
+        self: Arc<Self>,
+        listener: TcpListener,
+        wrap: W,
+        shutdown: impl Future<Output = ()>,
+    ) where
         W: Fn(tokio::net::TcpStream) -> F + Send + Sync + 'static,
         F: Future<Output = std::io::Result<S>> + Send + 'static,
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -158,8 +166,14 @@ impl Broker {
         let payload = format!(
             r#"{{"id":"{id}","version":"1.0","method":"thing.bootstrap.notify","params":{{"cmd":0}}}}"#
         );
-        let topic = format!("/sys/{}/{}/thing/bootstrap/notify", device.product_key, device.device_name);
-        self.publish(Message { topic: topic.into(), payload: payload.into(), qos: 1, retain: false });
+        let topic =
+            format!("/sys/{}/{}/thing/bootstrap/notify", device.product_key, device.device_name);
+        self.publish(Message {
+            topic: topic.into(),
+            payload: payload.into(),
+            qos: 1,
+            retain: false,
+        });
         m::notify_sent();
 
         let replied = tokio::time::timeout(reply_wait, replied_rx).await.is_ok_and(|r| r.is_ok());
@@ -182,7 +196,11 @@ impl Broker {
 
     /// Re-checks each changed device that is online here; one that may no longer connect is
     /// notified and forced offline. Runs until the sender side closes.
-    pub async fn enforce_placement(self: Arc<Self>, mut changed: mpsc::UnboundedReceiver<DeviceKey>, reply_wait: Duration) {
+    pub async fn enforce_placement(
+        self: Arc<Self>,
+        mut changed: mpsc::UnboundedReceiver<DeviceKey>,
+        reply_wait: Duration,
+    ) {
         let mut tasks = JoinSet::new();
         loop {
             tokio::select! {

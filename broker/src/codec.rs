@@ -120,7 +120,9 @@ fn describe(error: &mqttbytes::Error) -> &'static str {
         E::PacketIdZero => "packet identifier 0",
         E::MalformedRemainingLength => "bad remaining length",
         E::PayloadRequired => "packet requires a payload",
-        E::BoundaryCrossed(_) | E::MalformedPacket | E::IncorrectPacketFormat => "packet body does not match its length",
+        E::BoundaryCrossed(_) | E::MalformedPacket | E::IncorrectPacketFormat => {
+            "packet body does not match its length"
+        }
         E::InvalidProtocol | E::InvalidProtocolLevel(_) => "invalid protocol",
         E::InvalidSubscribeReasonCode(_) => "invalid subscription options",
         _ => "invalid packet",
@@ -166,14 +168,35 @@ mod tests {
 
     #[test]
     fn connect_checks() {
-        assert!(matches!(decode_all(&connect_bytes(b"MQTT", 4, 0x02)), Ok(Some(Packet::Connect(_)))));
-        assert_eq!(decode_all(&connect_bytes(b"MQTT", 5, 0x02)), Err(DecodeError::UnacceptableProtocol));
-        assert_eq!(decode_all(&connect_bytes(b"MQIsdp", 3, 0x02)), Err(DecodeError::UnacceptableProtocol));
-        assert!(matches!(decode_all(&connect_bytes(b"HTTP", 4, 0x02)), Err(DecodeError::Malformed(_))));
-        assert!(matches!(decode_all(&connect_bytes(b"MQTT", 4, 0x03)), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode_all(&connect_bytes(b"MQTT", 4, 0x02)),
+            Ok(Some(Packet::Connect(_)))
+        ));
+        assert_eq!(
+            decode_all(&connect_bytes(b"MQTT", 5, 0x02)),
+            Err(DecodeError::UnacceptableProtocol)
+        );
+        assert_eq!(
+            decode_all(&connect_bytes(b"MQIsdp", 3, 0x02)),
+            Err(DecodeError::UnacceptableProtocol)
+        );
+        assert!(matches!(
+            decode_all(&connect_bytes(b"HTTP", 4, 0x02)),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode_all(&connect_bytes(b"MQTT", 4, 0x03)),
+            Err(DecodeError::Malformed(_))
+        ));
         // Will QoS without the will flag; will QoS 3; password without username.
         for flags in [0x0A, 0x1E, 0x42] {
-            assert!(matches!(decode_all(&connect_bytes(b"MQTT", 4, flags)), Err(DecodeError::Malformed(_))), "{flags:#x}");
+            assert!(
+                matches!(
+                    decode_all(&connect_bytes(b"MQTT", 4, flags)),
+                    Err(DecodeError::Malformed(_))
+                ),
+                "{flags:#x}"
+            );
         }
     }
 
@@ -188,14 +211,20 @@ mod tests {
         assert!(matches!(decode_all(&[0x00, 0]), Err(DecodeError::Malformed(_))));
         assert!(matches!(decode_all(&[0xF0, 0]), Err(DecodeError::Malformed(_))));
         // Five remaining-length bytes.
-        assert!(matches!(decode_all(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode_all(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]),
+            Err(DecodeError::Malformed(_))
+        ));
         // PINGREQ with flags.
         assert!(matches!(decode_all(&[0xC1, 0]), Err(DecodeError::Malformed(_))));
     }
 
     #[test]
     fn oversize_is_refused_before_reading_the_body() {
-        assert_eq!(decode(&mut BytesMut::from(&[0x30u8, 0x80, 0x08][..]), 100), Err(DecodeError::TooLarge(1024)));
+        assert_eq!(
+            decode(&mut BytesMut::from(&[0x30u8, 0x80, 0x08][..]), 100),
+            Err(DecodeError::TooLarge(1024))
+        );
     }
 
     #[test]

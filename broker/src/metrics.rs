@@ -36,7 +36,8 @@ pub fn packet_in(packet: &Packet) {
 
 pub fn packet_out(packet: &Packet) {
     if let Packet::Publish(publish) = packet {
-        counter!("meridian_broker_messages_out_total", "qos" => qos_label(publish.qos as u8)).increment(1);
+        counter!("meridian_broker_messages_out_total", "qos" => qos_label(publish.qos as u8))
+            .increment(1);
     }
 }
 
@@ -46,7 +47,8 @@ pub fn message_in(qos: u8) {
 
 pub fn routed(_delivered: usize, dropped: usize) {
     if dropped > 0 {
-        counter!("meridian_broker_dropped_total", "reason" => "subscriber_queue_full").increment(dropped as u64);
+        counter!("meridian_broker_dropped_total", "reason" => "subscriber_queue_full")
+            .increment(dropped as u64);
     }
 }
 

@@ -81,13 +81,24 @@ impl Router {
 
     /// Registers a new connection for `session_id`, taking over any online one (which is kicked
     /// and awaited). Returns the parked state to resume, if the client asked to keep it.
-    pub async fn connect(&self, session_id: &Arc<str>, clean: bool, handle: Handle) -> Option<Parked> {
+    pub async fn connect(
+        &self,
+        session_id: &Arc<str>,
+        clean: bool,
+        handle: Handle,
+    ) -> Option<Parked> {
         let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
         loop {
             let mut finished = {
                 let mut sessions = lock(&self.sessions);
                 match sessions.get(session_id) {
-                    Some(Slot::Online { handle: old, .. }) if tokio::time::Instant::now() < deadline => {
+                    // A connection whose task already ended (its `finished` sender is gone,
+                    // e.g. it panicked before `disconnect`) is replaced at once: waiting on it
+                    // would spin until the deadline, kicking it on every turn.
+                    Some(Slot::Online { handle: old, .. })
+                        if tokio::time::Instant::now() < deadline
+                            && old.finished.has_changed().is_ok() =>
+                    {
                         let _ = old.control.send(Kick::TakenOver);
                         old.finished.clone()
                     }
@@ -120,7 +131,13 @@ impl Router {
     /// Called by a connection task as it ends. A persistent session is parked (keeping its
     /// subscriptions); a clean one is forgotten with all its `filters`. A connection that was
     /// already replaced changes nothing.
-    pub fn disconnect(&self, session_id: &Arc<str>, connection: u64, parked: Parked, filters: &[String]) {
+    pub fn disconnect(
+        &self,
+        session_id: &Arc<str>,
+        connection: u64,
+        parked: Parked,
+        filters: &[String],
+    ) {
         let mut sessions = lock(&self.sessions);
         let Some(Slot::Online { handle, clean, .. }) = sessions.get(session_id) else { return };
         if handle.connection != connection {
@@ -159,11 +176,19 @@ impl Router {
         deliveries
     }
 
-    pub fn unsubscribe<'a>(&self, session_id: &Arc<str>, filters: impl IntoIterator<Item = &'a String>) {
+    pub fn unsubscribe<'a>(
+        &self,
+        session_id: &Arc<str>,
+        filters: impl IntoIterator<Item = &'a String>,
+    ) {
         self.remove_subscriptions(session_id, filters);
     }
 
-    fn remove_subscriptions<'a>(&self, session_id: &Arc<str>, filters: impl IntoIterator<Item = &'a String>) {
+    fn remove_subscriptions<'a>(
+        &self,
+        session_id: &Arc<str>,
+        filters: impl IntoIterator<Item = &'a String>,
+    ) {
         let mut index = write(&self.index);
         for filter in filters {
             index.remove(filter, session_id);
@@ -188,7 +213,8 @@ impl Router {
         let mut routed = Routed::default();
         let mut sessions = lock(&self.sessions);
         for (session_id, granted) in subscribers {
-            let delivery = Delivery { message: message.clone(), qos: message.qos.min(granted), retain: false };
+            let delivery =
+                Delivery { message: message.clone(), qos: message.qos.min(granted), retain: false };
             match sessions.get_mut(&session_id) {
                 Some(Slot::Online { handle, consecutive_drops, .. }) => {
                     match handle.mailbox.try_send(delivery) {
@@ -275,3 +301,6 @@ fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+#[cfg(test)]
+mod tests;

@@ -170,8 +170,7 @@ impl Session {
             dropped: parked.dropped,
         };
         session.touch(now);
-        let implicit: Vec<_> =
-            session.implicit.iter().map(|filter| (filter.clone(), 1)).collect();
+        let implicit: Vec<_> = session.implicit.iter().map(|filter| (filter.clone(), 1)).collect();
         if !implicit.is_empty() {
             session.events.push_back(Event::Subscribe(implicit));
         }
@@ -302,12 +301,18 @@ impl Session {
         if subscribe.filters.is_empty() {
             return Err(Close::ProtocolViolation("SUBSCRIBE without filters"));
         }
+        // Validate every filter before granting any: a SUBSCRIBE that closes the connection
+        // must not leave earlier filters in `subscriptions` that the router never heard of.
+        if subscribe
+            .filters
+            .iter()
+            .any(|filter| topic::validate_filter(&filter.path, self.profile.max_topic_len).is_err())
+        {
+            return Err(Close::ProtocolViolation("invalid topic filter"));
+        }
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         let mut granted = Vec::new();
         for filter in subscribe.filters {
-            if topic::validate_filter(&filter.path, self.profile.max_topic_len).is_err() {
-                return Err(Close::ProtocolViolation("invalid topic filter"));
-            }
             let fresh = !self.subscriptions.contains_key(&filter.path);
             let full = fresh && self.subscriptions.len() >= self.profile.max_subscriptions;
             if full || !self.principal.may_subscribe(&filter.path, view) {
@@ -333,10 +338,14 @@ impl Session {
         if unsubscribe.topics.is_empty() {
             return Err(Close::ProtocolViolation("UNSUBSCRIBE without filters"));
         }
+        // The router holds one entry per (filter, session), so an implicit filter the client
+        // also subscribed to explicitly stays routed: a device keeps its `/sys` downlink.
         let removed: Vec<String> = unsubscribe
             .topics
             .into_iter()
-            .filter(|filter| self.subscriptions.remove(filter).is_some())
+            .filter(|filter| {
+                self.subscriptions.remove(filter).is_some() && !self.implicit.contains(filter)
+            })
             .collect();
         self.transmit.push_back(Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)));
         if !removed.is_empty() {
@@ -351,7 +360,9 @@ impl Session {
             self.transmit.push_back(Packet::Publish(publish_for(&delivery, 0)));
             return true;
         }
-        if self.pending.len() >= self.limits.queued {
+        // `queued` bounds what waits behind a full window; a free slot takes the message now.
+        let must_wait = !self.pending.is_empty() || self.inflight.len() >= self.limits.inflight;
+        if must_wait && self.pending.len() >= self.limits.queued {
             self.dropped += 1;
             return false;
         }

@@ -67,7 +67,6 @@ impl SubscriptionIndex {
     pub fn len(&self) -> usize {
         self.filters
     }
-
 }
 
 fn remove_at(node: &mut Node, levels: &[&str], session: &str) -> bool {

@@ -74,6 +74,12 @@ impl RegistryView {
         self.products.get(&product).is_some_and(|entry| &entry.owner == account)
     }
 
+    /// Records one product as the feed describes it. `apply` is its only production caller;
+    /// unit tests elsewhere in the crate use it to give application clients something to own.
+    pub(crate) fn apply_product(&self, key: ProductKey, entry: ProductEntry) {
+        self.products.insert(key, entry);
+    }
+
     pub fn device_count(&self) -> usize {
         self.devices.len()
     }
@@ -115,7 +121,11 @@ pub async fn follow(
     let devices = store.scan_prefix(keys::DEVICES).await?;
     let from = products.revision.min(devices.revision);
     for entry in products.entries.iter().chain(&devices.entries) {
-        let change = Change { revision: entry.revision, key: entry.key.clone(), value: Some(entry.value.clone()) };
+        let change = Change {
+            revision: entry.revision,
+            key: entry.key.clone(),
+            value: Some(entry.value.clone()),
+        };
         apply(&view, &sealer, &change);
     }
     view.applied.send_replace(from);
@@ -140,7 +150,7 @@ fn apply(view: &RegistryView, sealer: &SecretKey, change: &Change) -> Option<Dev
             Some(value) => match decode::<Product>(&change.key, value) {
                 Ok(product) => {
                     let entry = ProductEntry { owner: product.owner, home: product.home_instance };
-                    view.products.insert(product.key, entry);
+                    view.apply_product(product.key, entry);
                 }
                 Err(error) => tracing::warn!(key = %change.key, %error, "skipping product record"),
             },

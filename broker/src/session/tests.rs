@@ -1,0 +1,1008 @@
+//! The session in virtual time: one `Instant::now()` per test, everything else is an offset
+//! from it. No sockets, no sleeping.
+
+use meridian_registry::ids::DeviceKey;
+use mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, SubscribeFilter};
+
+use super::*;
+
+const PK: &str = "a13FN5TplKq";
+const DN: &str = "dev1";
+
+fn limits() -> Limits {
+    Limits { inflight: 2, queued: 3 }
+}
+
+fn device() -> Principal {
+    Principal::Device(DeviceKey {
+        product_key: PK.parse().unwrap(),
+        device_name: DN.parse().unwrap(),
+    })
+}
+
+fn standard() -> Principal {
+    Principal::Standard { username: None }
+}
+
+fn standard_profile() -> Profile {
+    Profile::standard(1024 * 1024, 10)
+}
+
+/// A standard client with keepalive 60 s and the default test limits.
+fn standard_session(now: Instant) -> Session {
+    Session::new(now, standard(), standard_profile(), limits(), 60, None, None)
+}
+
+/// A device with keepalive 60 s; its implicit Subscribe event is drained.
+fn device_session(now: Instant) -> Session {
+    let mut session = Session::new(now, device(), Profile::DEVICE, limits(), 60, None, None);
+    let _ = events(&mut session);
+    session
+}
+
+fn transmitted(session: &mut Session) -> Vec<Packet> {
+    std::iter::from_fn(|| session.poll_transmit()).collect()
+}
+
+fn events(session: &mut Session) -> Vec<Event> {
+    std::iter::from_fn(|| session.poll_event()).collect()
+}
+
+fn publish(topic: &str, qos: QoS, pkid: u16, payload: &str) -> Packet {
+    let mut publish = Publish::new(topic, qos, payload.as_bytes().to_vec());
+    publish.pkid = pkid;
+    Packet::Publish(publish)
+}
+
+fn subscribe(pkid: u16, filters: &[(&str, QoS)]) -> Packet {
+    let mut subscribe = Subscribe::new_many(
+        filters.iter().map(|(path, qos)| SubscribeFilter::new((*path).to_owned(), *qos)),
+    );
+    subscribe.pkid = pkid;
+    Packet::Subscribe(subscribe)
+}
+
+fn unsubscribe(pkid: u16, filters: &[&str]) -> Packet {
+    Packet::Unsubscribe(Unsubscribe {
+        pkid,
+        topics: filters.iter().map(|filter| (*filter).to_owned()).collect(),
+    })
+}
+
+fn message(topic: &str, qos: u8, payload: &str) -> Message {
+    Message { topic: topic.into(), payload: Bytes::from(payload.to_owned()), qos, retain: false }
+}
+
+fn delivery(topic: &str, qos: u8, payload: &str) -> Delivery {
+    Delivery { message: Arc::new(message(topic, qos, payload)), qos, retain: false }
+}
+
+/// The (pkid, qos, dup, payload) of every PUBLISH in `packets`; panics on anything else.
+fn publishes(packets: &[Packet]) -> Vec<(u16, QoS, bool, String)> {
+    packets
+        .iter()
+        .map(|packet| match packet {
+            Packet::Publish(p) => {
+                (p.pkid, p.qos, p.dup, String::from_utf8(p.payload.to_vec()).unwrap())
+            }
+            other => panic!("expected PUBLISH, got {other:?}"),
+        })
+        .collect()
+}
+
+fn device_topic(suffix: &str) -> String {
+    format!("/{PK}/{DN}/{suffix}")
+}
+
+fn connect_packet() -> Packet {
+    Packet::Connect(Connect::new("again"))
+}
+
+// ---- inbound publishes ----
+
+#[test]
+fn qos0_publish_is_routed_without_acknowledgement() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let mut session = standard_session(now);
+    session.handle_packet(now, publish("a/b", QoS::AtMostOnce, 0, "hi"), &view).unwrap();
+    assert!(transmitted(&mut session).is_empty());
+    assert_eq!(events(&mut session), vec![Event::Publish(message("a/b", 0, "hi"))]);
+}
+
+#[test]
+fn qos1_publish_is_acknowledged_and_routed() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let mut session = standard_session(now);
+    session.handle_packet(now, publish("a/b", QoS::AtLeastOnce, 7, "hi"), &view).unwrap();
+    assert_eq!(transmitted(&mut session), vec![Packet::PubAck(PubAck::new(7))]);
+    assert_eq!(events(&mut session), vec![Event::Publish(message("a/b", 1, "hi"))]);
+
+    // A QoS 1 duplicate is routed again: at-least-once allows it.
+    let mut again = publish("a/b", QoS::AtLeastOnce, 7, "hi");
+    if let Packet::Publish(p) = &mut again {
+        p.dup = true;
+    }
+    session.handle_packet(now, again, &view).unwrap();
+    assert_eq!(transmitted(&mut session), vec![Packet::PubAck(PubAck::new(7))]);
+    assert_eq!(events(&mut session).len(), 1);
+}
+
+#[test]
+fn qos2_publish_handshake_routes_once() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let mut session = standard_session(now);
+
+    session.handle_packet(now, publish("a/b", QoS::ExactlyOnce, 9, "once"), &view).unwrap();
+    assert_eq!(transmitted(&mut session), vec![Packet::PubRec(PubRec::new(9))]);
+    assert_eq!(events(&mut session), vec![Event::Publish(message("a/b", 2, "once"))]);
+
+    // The client did not see the PUBREC and sends the PUBLISH again: acknowledged, not routed.
+    let mut again = publish("a/b", QoS::ExactlyOnce, 9, "once");
+    if let Packet::Publish(p) = &mut again {
+        p.dup = true;
+    }
+    session.handle_packet(now, again, &view).unwrap();
+    assert_eq!(transmitted(&mut session), vec![Packet::PubRec(PubRec::new(9))]);
+    assert!(events(&mut session).is_empty());
+
+    session.handle_packet(now, Packet::PubRel(PubRel::new(9)), &view).unwrap();
+    assert_eq!(transmitted(&mut session), vec![Packet::PubComp(PubComp::new(9))]);
+    assert!(events(&mut session).is_empty());
+
+    // A repeated PUBREL is completed again (the client may have missed the PUBCOMP).
+    session.handle_packet(now, Packet::PubRel(PubRel::new(9)), &view).unwrap();
+    assert_eq!(transmitted(&mut session), vec![Packet::PubComp(PubComp::new(9))]);
+
+    // Once released, the id is free: a new message with it is a new message.
+    session.handle_packet(now, publish("a/b", QoS::ExactlyOnce, 9, "next"), &view).unwrap();
+    assert_eq!(transmitted(&mut session), vec![Packet::PubRec(PubRec::new(9))]);
+    assert_eq!(events(&mut session), vec![Event::Publish(message("a/b", 2, "next"))]);
+}
+
+#[test]
+fn qos2_ids_are_tracked_independently() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let mut session = standard_session(now);
+    session.handle_packet(now, publish("a", QoS::ExactlyOnce, 1, "one"), &view).unwrap();
+    session.handle_packet(now, publish("a", QoS::ExactlyOnce, 2, "two"), &view).unwrap();
+    session.handle_packet(now, Packet::PubRel(PubRel::new(1)), &view).unwrap();
+    // 2 is still awaiting PUBREL, so its duplicate is not routed; 1 is free again.
+    session.handle_packet(now, publish("a", QoS::ExactlyOnce, 2, "two"), &view).unwrap();
+    session.handle_packet(now, publish("a", QoS::ExactlyOnce, 1, "three"), &view).unwrap();
+    let routed: Vec<_> = events(&mut session)
+        .into_iter()
+        .map(|event| match event {
+            Event::Publish(m) => String::from_utf8(m.payload.to_vec()).unwrap(),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(routed, ["one", "two", "three"]);
+}
+
+#[test]
+fn packet_identifier_zero_is_refused() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        let mut session = standard_session(now);
+        assert_eq!(
+            session.handle_packet(now, publish("a", qos, 0, "x"), &view),
+            Err(Close::ProtocolViolation("packet identifier 0"))
+        );
+        assert!(events(&mut session).is_empty());
+    }
+    // QoS 0 has no packet identifier at all.
+    let mut session = standard_session(now);
+    assert!(session.handle_packet(now, publish("a", QoS::AtMostOnce, 0, "x"), &view).is_ok());
+}
+
+#[test]
+fn invalid_topic_names_are_protocol_violations() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    for topic in ["", "a/+", "a/#", "a\0b"] {
+        let mut session = standard_session(now);
+        assert_eq!(
+            session.handle_packet(now, publish(topic, QoS::AtMostOnce, 0, "x"), &view),
+            Err(Close::ProtocolViolation("invalid topic name")),
+            "{topic:?}"
+        );
+    }
+    // A device's topics are at most 128 bytes.
+    let mut session = device_session(now);
+    let long = device_topic(&format!("user/{}", "x".repeat(128)));
+    assert_eq!(
+        session.handle_packet(now, publish(&long, QoS::AtMostOnce, 0, "x"), &view),
+        Err(Close::ProtocolViolation("invalid topic name"))
+    );
+}
+
+#[test]
+fn retain_is_kept_for_standard_clients_and_stripped_for_devices() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+
+    let mut standard = standard_session(now);
+    let mut packet = publish("a/b", QoS::AtMostOnce, 0, "r");
+    if let Packet::Publish(p) = &mut packet {
+        p.retain = true;
+    }
+    standard.handle_packet(now, packet, &view).unwrap();
+    let Some(Event::Publish(routed)) = standard.poll_event() else { panic!("no publish") };
+    assert!(routed.retain);
+
+    let mut device = device_session(now);
+    let mut packet = publish(&device_topic("update"), QoS::AtLeastOnce, 1, "r");
+    if let Packet::Publish(p) = &mut packet {
+        p.retain = true;
+    }
+    device.handle_packet(now, packet, &view).unwrap();
+    let Some(Event::Publish(routed)) = device.poll_event() else { panic!("no publish") };
+    assert!(!routed.retain);
+}
+
+// ---- device profile ----
+
+#[test]
+fn device_is_subscribed_to_its_downlink_from_the_start() {
+    let now = Instant::now();
+    let mut session = Session::new(now, device(), Profile::DEVICE, limits(), 60, None, None);
+    let downlink = format!("/sys/{PK}/{DN}/#");
+    assert_eq!(events(&mut session), vec![Event::Subscribe(vec![(downlink.clone(), 1)])]);
+    assert_eq!(session.filters().collect::<Vec<_>>(), vec![downlink.as_str()]);
+    assert!(transmitted(&mut session).is_empty());
+
+    // Nobody else gets one.
+    let mut session = standard_session(now);
+    assert!(events(&mut session).is_empty());
+    assert_eq!(session.filters().count(), 0);
+}
+
+#[test]
+fn device_publish_outside_its_topics_is_denied_but_acknowledged() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let mut session = device_session(now);
+    let foreign = format!("/sys/{PK}/dev2/thing/event/property/post");
+
+    session.handle_packet(now, publish(&foreign, QoS::AtLeastOnce, 3, "{}"), &view).unwrap();
+    assert_eq!(transmitted(&mut session), vec![Packet::PubAck(PubAck::new(3))]);
+    assert_eq!(events(&mut session), vec![Event::PublishDenied { topic: foreign.clone() }]);
+
+    session.handle_packet(now, publish(&foreign, QoS::AtMostOnce, 0, "{}"), &view).unwrap();
+    assert!(transmitted(&mut session).is_empty());
+    assert_eq!(events(&mut session), vec![Event::PublishDenied { topic: foreign }]);
+
+    // Its own topic goes through.
+    let own = format!("/sys/{PK}/{DN}/thing/event/property/post");
+    session.handle_packet(now, publish(&own, QoS::AtLeastOnce, 4, "{}"), &view).unwrap();
+    assert_eq!(transmitted(&mut session), vec![Packet::PubAck(PubAck::new(4))]);
+    assert_eq!(events(&mut session), vec![Event::Publish(message(&own, 1, "{}"))]);
+}
+
+#[test]
+fn device_qos2_publish_is_a_protocol_violation() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let mut session = device_session(now);
+    assert_eq!(
+        session.handle_packet(
+            now,
+            publish(&device_topic("update"), QoS::ExactlyOnce, 1, "x"),
+            &view
+        ),
+        Err(Close::ProtocolViolation("QoS above this client's profile"))
+    );
+    assert!(transmitted(&mut session).is_empty());
+    assert!(events(&mut session).is_empty());
+}
+
+#[test]
+fn payload_above_the_profile_limit_is_a_protocol_violation() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let mut session = device_session(now);
+    let topic = device_topic("update");
+    let at_limit = "x".repeat(Profile::DEVICE.max_payload);
+    session.handle_packet(now, publish(&topic, QoS::AtMostOnce, 0, &at_limit), &view).unwrap();
+    assert_eq!(events(&mut session).len(), 1);
+
+    let over = "x".repeat(Profile::DEVICE.max_payload + 1);
+    assert_eq!(
+        session.handle_packet(now, publish(&topic, QoS::AtLeastOnce, 1, &over), &view),
+        Err(Close::ProtocolViolation("payload above this client's limit"))
+    );
+    assert!(transmitted(&mut session).is_empty(), "not acknowledged");
+    assert!(events(&mut session).is_empty(), "not routed");
+
+    let profile = Profile { max_payload: 4, ..standard_profile() };
+    let mut session = Session::new(now, standard(), profile, limits(), 0, None, None);
+    assert!(session.handle_packet(now, publish("a", QoS::AtMostOnce, 0, "four"), &view).is_ok());
+    assert!(session.handle_packet(now, publish("a", QoS::AtMostOnce, 0, "five!"), &view).is_err());
+}
+
+// ---- subscribe and unsubscribe ----
+
+#[test]
+fn granted_qos_is_capped_by_the_profile() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+
+    let mut device = device_session(now);
+    let filter = device_topic("user/#");
+    device.handle_packet(now, subscribe(1, &[(&filter, QoS::ExactlyOnce)]), &view).unwrap();
+    assert_eq!(
+        transmitted(&mut device),
+        vec![Packet::SubAck(SubAck::new(1, vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]))]
+    );
+    assert_eq!(events(&mut device), vec![Event::Subscribe(vec![(filter, 1)])]);
+
+    let mut standard = standard_session(now);
+    standard
+        .handle_packet(
+            now,
+            subscribe(2, &[("a/#", QoS::ExactlyOnce), ("b", QoS::AtMostOnce)]),
+            &view,
+        )
+        .unwrap();
+    assert_eq!(
+        transmitted(&mut standard),
+        vec![Packet::SubAck(SubAck::new(
+            2,
+            vec![
+                SubscribeReasonCode::Success(QoS::ExactlyOnce),
+                SubscribeReasonCode::Success(QoS::AtMostOnce)
+            ]
+        ))]
+    );
+    assert_eq!(
+        events(&mut standard),
+        vec![Event::Subscribe(vec![("a/#".into(), 2), ("b".into(), 0)])]
+    );
+}
+
+#[test]
+fn forbidden_filter_gets_failure_and_the_rest_are_granted() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let mut session = device_session(now);
+    let own = device_topic("user/#");
+    let broadcast = format!("/broadcast/{PK}/#");
+    session
+        .handle_packet(
+            now,
+            subscribe(
+                5,
+                &[
+                    (&own, QoS::AtLeastOnce),
+                    ("/sys/#", QoS::AtLeastOnce),
+                    (&broadcast, QoS::AtMostOnce),
+                    ("#", QoS::AtMostOnce),
+                ],
+            ),
+            &view,
+        )
+        .unwrap();
+    assert_eq!(
+        transmitted(&mut session),
+        vec![Packet::SubAck(SubAck::new(
+            5,
+            vec![
+                SubscribeReasonCode::Success(QoS::AtLeastOnce),
+                SubscribeReasonCode::Failure,
+                SubscribeReasonCode::Success(QoS::AtMostOnce),
+                SubscribeReasonCode::Failure,
+            ]
+        ))]
+    );
+    assert_eq!(events(&mut session), vec![Event::Subscribe(vec![(own, 1), (broadcast, 0)])]);
+
+    // A SUBSCRIBE refused entirely still gets its SUBACK, and no event.
+    session.handle_packet(now, subscribe(6, &[("#", QoS::AtMostOnce)]), &view).unwrap();
+    assert_eq!(
+        transmitted(&mut session),
+        vec![Packet::SubAck(SubAck::new(6, vec![SubscribeReasonCode::Failure]))]
+    );
+    assert!(events(&mut session).is_empty());
+}
+
+#[test]
+fn failure_is_0x80_on_the_wire() {
+    let mut out = bytes::BytesMut::new();
+    SubAck::new(1, vec![SubscribeReasonCode::Failure]).write(&mut out).unwrap();
+    assert_eq!(out.last(), Some(&0x80));
+}
+
+#[test]
+fn invalid_filter_is_a_protocol_violation_and_changes_nothing() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let mut session = standard_session(now);
+    assert_eq!(
+        session.handle_packet(
+            now,
+            subscribe(1, &[("ok/#", QoS::AtLeastOnce), ("a/#/b", QoS::AtLeastOnce)]),
+            &view
+        ),
+        Err(Close::ProtocolViolation("invalid topic filter"))
+    );
+    assert!(transmitted(&mut session).is_empty());
+    assert!(events(&mut session).is_empty());
+    // The valid filter before the invalid one must not linger: the router never heard of it,
+    // and a parked session would otherwise carry a subscription nothing delivers to.
+    assert_eq!(session.filters().count(), 0);
+
+    for bad in ["a+", "", "#/a"] {
+        let mut session = standard_session(now);
+        assert!(
+            session.handle_packet(now, subscribe(1, &[(bad, QoS::AtMostOnce)]), &view).is_err(),
+            "{bad:?}"
+        );
+    }
+    // Too long for a device.
+    let mut session = device_session(now);
+    let long = device_topic(&format!("user/{}", "x".repeat(128)));
+    assert_eq!(
+        session.handle_packet(now, subscribe(1, &[(&long, QoS::AtMostOnce)]), &view),
+        Err(Close::ProtocolViolation("invalid topic filter"))
+    );
+}
+
+#[test]
+fn malformed_subscribe_and_unsubscribe_are_protocol_violations() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let mut session = standard_session(now);
+    assert_eq!(
+        session.handle_packet(now, subscribe(0, &[("a", QoS::AtMostOnce)]), &view),
+        Err(Close::ProtocolViolation("packet identifier 0"))
+    );
+    assert_eq!(
+        session.handle_packet(now, subscribe(1, &[]), &view),
+        Err(Close::ProtocolViolation("SUBSCRIBE without filters"))
+    );
+    assert_eq!(
+        session.handle_packet(now, unsubscribe(0, &["a"]), &view),
+        Err(Close::ProtocolViolation("packet identifier 0"))
+    );
+    assert_eq!(
+        session.handle_packet(now, unsubscribe(1, &[]), &view),
+        Err(Close::ProtocolViolation("UNSUBSCRIBE without filters"))
+    );
+}
+
+#[test]
+fn subscription_limit_refuses_the_extra_filters() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let profile = Profile { max_subscriptions: 2, ..standard_profile() };
+    let mut session = Session::new(now, standard(), profile, limits(), 60, None, None);
+    let ok = SubscribeReasonCode::Success(QoS::AtMostOnce);
+    let suback = |session: &mut Session| match transmitted(session).as_slice() {
+        [Packet::SubAck(ack)] => ack.return_codes.clone(),
+        other => panic!("expected one SUBACK, got {other:?}"),
+    };
+
+    session
+        .handle_packet(
+            now,
+            subscribe(1, &[("a", QoS::AtMostOnce), ("b", QoS::AtMostOnce), ("c", QoS::AtMostOnce)]),
+            &view,
+        )
+        .unwrap();
+    assert_eq!(suback(&mut session), vec![ok, ok, SubscribeReasonCode::Failure]);
+    assert_eq!(
+        events(&mut session),
+        vec![Event::Subscribe(vec![("a".into(), 0), ("b".into(), 0)])]
+    );
+
+    // Re-subscribing an existing filter replaces it and does not count twice.
+    session.handle_packet(now, subscribe(2, &[("a", QoS::AtLeastOnce)]), &view).unwrap();
+    assert_eq!(suback(&mut session), vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+    assert_eq!(events(&mut session), vec![Event::Subscribe(vec![("a".into(), 1)])]);
+    session.handle_packet(now, subscribe(3, &[("d", QoS::AtMostOnce)]), &view).unwrap();
+    assert_eq!(suback(&mut session), vec![SubscribeReasonCode::Failure]);
+
+    // Unsubscribing makes room.
+    session.handle_packet(now, unsubscribe(4, &["b"]), &view).unwrap();
+    let _ = transmitted(&mut session);
+    let _ = events(&mut session);
+    session.handle_packet(now, subscribe(5, &[("d", QoS::AtMostOnce)]), &view).unwrap();
+    assert_eq!(suback(&mut session), vec![ok]);
+    let mut filters: Vec<_> = session.filters().collect();
+    filters.sort_unstable();
+    assert_eq!(filters, ["a", "d"]);
+}
+
+#[test]
+fn device_downlink_does_not_count_against_its_subscription_limit() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let mut session = device_session(now);
+    let filters: Vec<String> = (0..Profile::DEVICE.max_subscriptions)
+        .map(|i| device_topic(&format!("user/{i}")))
+        .collect();
+    for (i, filter) in filters.iter().enumerate() {
+        let pkid = u16::try_from(i + 1).unwrap();
+        session.handle_packet(now, subscribe(pkid, &[(filter, QoS::AtLeastOnce)]), &view).unwrap();
+    }
+    let granted = transmitted(&mut session)
+        .into_iter()
+        .filter(|packet| {
+            matches!(packet, Packet::SubAck(ack)
+                if ack.return_codes == [SubscribeReasonCode::Success(QoS::AtLeastOnce)])
+        })
+        .count();
+    assert_eq!(granted, Profile::DEVICE.max_subscriptions);
+
+    let extra = device_topic("user/extra");
+    session.handle_packet(now, subscribe(999, &[(&extra, QoS::AtLeastOnce)]), &view).unwrap();
+    assert_eq!(
+        transmitted(&mut session),
+        vec![Packet::SubAck(SubAck::new(999, vec![SubscribeReasonCode::Failure]))]
+    );
+    assert_eq!(session.filters().count(), Profile::DEVICE.max_subscriptions + 1);
+}
+
+#[test]
+fn unsubscribe_acknowledges_and_reports_what_was_removed() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let mut session = standard_session(now);
+    session
+        .handle_packet(
+            now,
+            subscribe(1, &[("a/#", QoS::AtLeastOnce), ("b", QoS::AtMostOnce)]),
+            &view,
+        )
+        .unwrap();
+    let _ = transmitted(&mut session);
+    let _ = events(&mut session);
+
+    session.handle_packet(now, unsubscribe(2, &["a/#", "never"]), &view).unwrap();
+    assert_eq!(transmitted(&mut session), vec![Packet::UnsubAck(UnsubAck::new(2))]);
+    assert_eq!(events(&mut session), vec![Event::Unsubscribe(vec!["a/#".into()])]);
+    assert_eq!(session.filters().collect::<Vec<_>>(), ["b"]);
+
+    // Unsubscribing only unknown filters is still acknowledged, with nothing for the router.
+    session.handle_packet(now, unsubscribe(3, &["a/#"]), &view).unwrap();
+    assert_eq!(transmitted(&mut session), vec![Packet::UnsubAck(UnsubAck::new(3))]);
+    assert!(events(&mut session).is_empty());
+}
+
+#[test]
+fn device_unsubscribing_its_downlink_keeps_the_implicit_subscription() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let mut session = device_session(now);
+    let downlink = format!("/sys/{PK}/{DN}/#");
+    session.handle_packet(now, subscribe(1, &[(&downlink, QoS::AtLeastOnce)]), &view).unwrap();
+    assert_eq!(
+        transmitted(&mut session),
+        vec![Packet::SubAck(SubAck::new(1, vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]))]
+    );
+    let _ = events(&mut session);
+
+    session.handle_packet(now, unsubscribe(2, &[&downlink]), &view).unwrap();
+    assert_eq!(transmitted(&mut session), vec![Packet::UnsubAck(UnsubAck::new(2))]);
+    // The router holds one entry per (filter, session): removing it would cut the device off
+    // from its `/sys` downlink (bootstrap notify included), which it never asked for.
+    assert!(
+        events(&mut session).iter().all(
+            |event| !matches!(event, Event::Unsubscribe(filters) if filters.contains(&downlink))
+        ),
+        "implicit downlink must stay subscribed"
+    );
+    assert!(session.filters().any(|filter| filter == downlink));
+}
+
+// ---- outbound deliveries ----
+
+#[test]
+fn qos0_delivery_is_sent_at_once_without_an_id() {
+    let now = Instant::now();
+    let mut session = standard_session(now);
+    assert!(session.handle_delivery(delivery("a", 0, "zero")));
+    assert_eq!(publishes(&transmitted(&mut session)), [(0, QoS::AtMostOnce, false, "zero".into())]);
+}
+
+#[test]
+fn qos1_deliveries_respect_the_window_and_the_queue() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let mut session = standard_session(now); // inflight 2, queued 3
+
+    for i in 0..5 {
+        assert!(session.handle_delivery(delivery("a", 1, &format!("m{i}"))), "m{i}");
+    }
+    assert_eq!(
+        publishes(&transmitted(&mut session)),
+        [(1, QoS::AtLeastOnce, false, "m0".into()), (2, QoS::AtLeastOnce, false, "m1".into())]
+    );
+    // Window (2) and queue (3) are full: the next is dropped and counted.
+    assert!(!session.handle_delivery(delivery("a", 1, "m5")));
+    assert!(!session.handle_delivery(delivery("a", 2, "m6")));
+    assert_eq!(session.dropped(), 2);
+    assert!(transmitted(&mut session).is_empty());
+
+    // QoS 0 is never queued, so it is never dropped here.
+    assert!(session.handle_delivery(delivery("a", 0, "fast")));
+    assert_eq!(publishes(&transmitted(&mut session)), [(0, QoS::AtMostOnce, false, "fast".into())]);
+
+    // A PUBACK frees one slot, filled from the queue in order.
+    session.handle_packet(now, Packet::PubAck(PubAck::new(1)), &view).unwrap();
+    assert_eq!(publishes(&transmitted(&mut session)), [(3, QoS::AtLeastOnce, false, "m2".into())]);
+    // Unknown and repeated PUBACKs change nothing.
+    session.handle_packet(now, Packet::PubAck(PubAck::new(1)), &view).unwrap();
+    session.handle_packet(now, Packet::PubAck(PubAck::new(77)), &view).unwrap();
+    assert!(transmitted(&mut session).is_empty());
+
+    session.handle_packet(now, Packet::PubAck(PubAck::new(2)), &view).unwrap();
+    session.handle_packet(now, Packet::PubAck(PubAck::new(3)), &view).unwrap();
+    assert_eq!(
+        publishes(&transmitted(&mut session)),
+        [(4, QoS::AtLeastOnce, false, "m3".into()), (5, QoS::AtLeastOnce, false, "m4".into())]
+    );
+    // The queue has room again.
+    assert!(session.handle_delivery(delivery("a", 1, "m7")));
+    assert_eq!(session.dropped(), 2);
+}
+
+#[test]
+fn qos1_delivery_is_sent_when_the_window_has_room_even_without_a_queue() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let limits = Limits { inflight: 1, queued: 0 };
+    let mut session = Session::new(now, standard(), standard_profile(), limits, 60, None, None);
+    assert!(session.handle_delivery(delivery("a", 1, "m0")));
+    assert_eq!(publishes(&transmitted(&mut session)), [(1, QoS::AtLeastOnce, false, "m0".into())]);
+    // The window is full and nothing may wait behind it.
+    assert!(!session.handle_delivery(delivery("a", 1, "m1")));
+    assert_eq!(session.dropped(), 1);
+    session.handle_packet(now, Packet::PubAck(PubAck::new(1)), &view).unwrap();
+    assert!(session.handle_delivery(delivery("a", 1, "m2")));
+    assert_eq!(publishes(&transmitted(&mut session)), [(2, QoS::AtLeastOnce, false, "m2".into())]);
+}
+
+#[test]
+fn qos2_delivery_handshake() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let limits = Limits { inflight: 1, queued: 10 };
+    let mut session = Session::new(now, standard(), standard_profile(), limits, 60, None, None);
+
+    assert!(session.handle_delivery(delivery("a", 2, "first")));
+    assert!(session.handle_delivery(delivery("a", 2, "second")));
+    assert_eq!(
+        publishes(&transmitted(&mut session)),
+        [(1, QoS::ExactlyOnce, false, "first".into())]
+    );
+
+    // A PUBACK does not complete a QoS 2 delivery.
+    session.handle_packet(now, Packet::PubAck(PubAck::new(1)), &view).unwrap();
+    assert!(transmitted(&mut session).is_empty());
+    // Neither does a PUBCOMP before PUBREC.
+    session.handle_packet(now, Packet::PubComp(PubComp::new(1)), &view).unwrap();
+    assert!(transmitted(&mut session).is_empty());
+
+    session.handle_packet(now, Packet::PubRec(PubRec::new(1)), &view).unwrap();
+    assert_eq!(transmitted(&mut session), vec![Packet::PubRel(PubRel::new(1))]);
+    // Still in the window until PUBCOMP.
+    session.handle_packet(now, Packet::PubComp(PubComp::new(1)), &view).unwrap();
+    assert_eq!(
+        publishes(&transmitted(&mut session)),
+        [(2, QoS::ExactlyOnce, false, "second".into())]
+    );
+
+    // A PUBREC for an id we do not know is still released, so the client can finish.
+    session.handle_packet(now, Packet::PubRec(PubRec::new(500)), &view).unwrap();
+    assert_eq!(transmitted(&mut session), vec![Packet::PubRel(PubRel::new(500))]);
+}
+
+#[test]
+fn retained_delivery_keeps_its_retain_flag() {
+    let now = Instant::now();
+    let mut session = standard_session(now);
+    let mut retained = delivery("a", 1, "kept");
+    retained.retain = true;
+    session.handle_delivery(retained);
+    let sent = transmitted(&mut session);
+    let [Packet::Publish(p)] = sent.as_slice() else {
+        panic!("expected one PUBLISH, got {sent:?}")
+    };
+    assert!(p.retain);
+}
+
+#[test]
+fn packet_ids_skip_ids_in_use_and_zero() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let limits = Limits { inflight: 3, queued: 0 };
+    let mut session = Session::new(now, standard(), standard_profile(), limits, 60, None, None);
+
+    session.handle_delivery(delivery("a", 1, "held"));
+    assert_eq!(publishes(&transmitted(&mut session))[0].0, 1);
+
+    // Jump to the top of the id space: the allocator wraps past 0 and past 1 (still in flight).
+    session.next_pkid = u16::MAX - 1;
+    session.handle_delivery(delivery("a", 1, "top"));
+    session.handle_delivery(delivery("a", 1, "wrapped"));
+    let ids: Vec<u16> =
+        publishes(&transmitted(&mut session)).into_iter().map(|(pkid, ..)| pkid).collect();
+    assert_eq!(ids, [u16::MAX, 2]);
+
+    // Once acknowledged, ids are reused.
+    for pkid in [1, u16::MAX, 2] {
+        session.handle_packet(now, Packet::PubAck(PubAck::new(pkid)), &view).unwrap();
+    }
+    session.next_pkid = u16::MAX;
+    session.handle_delivery(delivery("a", 1, "again"));
+    assert_eq!(publishes(&transmitted(&mut session))[0].0, 1);
+}
+
+// ---- keepalive ----
+
+#[test]
+fn keepalive_deadline_is_one_and_a_half_periods_after_the_last_packet() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let mut session = standard_session(now); // keepalive 60 s
+    assert_eq!(session.poll_timeout(), Some(now + Duration::from_secs(90)));
+    assert_eq!(session.handle_timeout(now + Duration::from_millis(89_999)), Ok(()));
+
+    // Any packet from the client moves the deadline.
+    let later = now + Duration::from_secs(30);
+    session.handle_packet(later, Packet::PingReq, &view).unwrap();
+    assert_eq!(transmitted(&mut session), vec![Packet::PingResp]);
+    assert_eq!(session.poll_timeout(), Some(later + Duration::from_secs(90)));
+    assert_eq!(session.handle_timeout(now + Duration::from_secs(100)), Ok(()));
+
+    // Deliveries to the client do not.
+    session.handle_delivery(delivery("a", 0, "x"));
+    assert_eq!(session.poll_timeout(), Some(later + Duration::from_secs(90)));
+
+    assert_eq!(
+        session.handle_timeout(later + Duration::from_secs(90)),
+        Err(Close::KeepaliveExpired)
+    );
+    assert_eq!(
+        session.handle_timeout(later + Duration::from_secs(3600)),
+        Err(Close::KeepaliveExpired)
+    );
+}
+
+#[test]
+fn keepalive_deadline_is_exact_for_odd_and_large_periods() {
+    let now = Instant::now();
+    for (keep_alive, millis) in [(1, 1_500), (7, 10_500), (30, 45_000), (1200, 1_800_000)] {
+        let mut session =
+            Session::new(now, device(), Profile::DEVICE, limits(), keep_alive, None, None);
+        let deadline = now + Duration::from_millis(millis);
+        assert_eq!(session.poll_timeout(), Some(deadline), "keepalive {keep_alive}");
+        assert_eq!(session.handle_timeout(deadline - Duration::from_millis(1)), Ok(()));
+        assert_eq!(session.handle_timeout(deadline), Err(Close::KeepaliveExpired));
+    }
+}
+
+#[test]
+fn keepalive_zero_disables_the_deadline() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let mut session = Session::new(now, standard(), standard_profile(), limits(), 0, None, None);
+    assert_eq!(session.poll_timeout(), None);
+    let much_later = now + Duration::from_secs(365 * 24 * 3600);
+    assert_eq!(session.handle_timeout(much_later), Ok(()));
+    session.handle_packet(much_later, Packet::PingReq, &view).unwrap();
+    assert_eq!(session.poll_timeout(), None);
+}
+
+// ---- connection end and will ----
+
+fn will() -> Message {
+    Message {
+        topic: "clients/gone".into(),
+        payload: Bytes::from_static(b"bye"),
+        qos: 1,
+        retain: true,
+    }
+}
+
+#[test]
+fn disconnect_discards_the_will() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let mut session =
+        Session::new(now, standard(), standard_profile(), limits(), 60, Some(will()), None);
+    assert_eq!(session.handle_packet(now, Packet::Disconnect, &view), Err(Close::Disconnect));
+    assert_eq!(session.take_will(), None);
+}
+
+#[test]
+fn other_closes_keep_the_will() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+
+    let mut expired =
+        Session::new(now, standard(), standard_profile(), limits(), 60, Some(will()), None);
+    assert_eq!(expired.handle_timeout(now + Duration::from_secs(90)), Err(Close::KeepaliveExpired));
+    assert_eq!(expired.take_will(), Some(will()));
+    assert_eq!(expired.take_will(), None, "published once");
+
+    let mut violated =
+        Session::new(now, standard(), standard_profile(), limits(), 60, Some(will()), None);
+    assert!(violated.handle_packet(now, connect_packet(), &view).is_err());
+    assert_eq!(violated.take_will(), Some(will()));
+
+    // Closed from outside (kick, socket error): the session saw nothing, the will stands.
+    let mut kicked =
+        Session::new(now, standard(), standard_profile(), limits(), 60, Some(will()), None);
+    assert_eq!(kicked.take_will(), Some(will()));
+}
+
+#[test]
+fn device_profile_never_keeps_a_will() {
+    let now = Instant::now();
+    let mut session =
+        Session::new(now, device(), Profile::DEVICE, limits(), 60, Some(will()), None);
+    assert_eq!(session.handle_timeout(now + Duration::from_secs(90)), Err(Close::KeepaliveExpired));
+    assert_eq!(session.take_will(), None);
+}
+
+#[test]
+fn second_connect_is_a_protocol_violation() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let mut session = standard_session(now);
+    assert_eq!(
+        session.handle_packet(now, connect_packet(), &view),
+        Err(Close::ProtocolViolation("second CONNECT"))
+    );
+}
+
+#[test]
+fn server_packets_from_the_client_are_protocol_violations() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    for packet in [
+        Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false)),
+        Packet::SubAck(SubAck::new(1, vec![])),
+        Packet::UnsubAck(UnsubAck::new(1)),
+        Packet::PingResp,
+    ] {
+        let mut session = standard_session(now);
+        assert!(
+            matches!(
+                session.handle_packet(now, packet.clone(), &view),
+                Err(Close::ProtocolViolation(_))
+            ),
+            "{packet:?}"
+        );
+    }
+}
+
+// ---- persistent sessions ----
+
+#[test]
+fn parked_session_resumes_with_its_state() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let mut session = standard_session(now); // inflight 2, queued 3
+
+    session.handle_packet(now, subscribe(1, &[("a/#", QoS::ExactlyOnce)]), &view).unwrap();
+    // An inbound QoS 2 message awaiting PUBREL when the connection drops.
+    session.handle_packet(now, publish("in", QoS::ExactlyOnce, 7, "in"), &view).unwrap();
+    let _ = transmitted(&mut session);
+    let _ = events(&mut session);
+
+    session.handle_delivery(delivery("a/x", 2, "q2"));
+    session.handle_delivery(delivery("a/x", 1, "q1"));
+    session.handle_delivery(delivery("a/x", 1, "pending1"));
+    session.handle_delivery(delivery("a/x", 1, "pending2"));
+    assert_eq!(transmitted(&mut session).len(), 2);
+    // The client received the QoS 2 one: the server released it, PUBCOMP never arrived.
+    session.handle_packet(now, Packet::PubRec(PubRec::new(1)), &view).unwrap();
+    assert_eq!(transmitted(&mut session), vec![Packet::PubRel(PubRel::new(1))]);
+
+    let parked = session.park();
+    assert_eq!(parked.subscriptions.get("a/#"), Some(&2));
+    assert_eq!(parked.queued(), 4);
+
+    let later = now + Duration::from_secs(600);
+    let mut resumed =
+        Session::new(later, standard(), standard_profile(), limits(), 60, None, Some(parked));
+    // Subscriptions are kept (the router still holds them; nothing to re-announce).
+    assert_eq!(resumed.filters().collect::<Vec<_>>(), ["a/#"]);
+    assert!(events(&mut resumed).is_empty());
+    // The released id gets its PUBREL again; the unacknowledged QoS 1 is resent with DUP.
+    let resent = transmitted(&mut resumed);
+    assert_eq!(resent.len(), 2, "{resent:?}");
+    assert_eq!(resent[0], Packet::PubRel(PubRel::new(1)));
+    assert_eq!(publishes(&resent[1..]), [(2, QoS::AtLeastOnce, true, "q1".into())]);
+
+    // Completing them lets the pending queue through, as fresh sends with new ids.
+    resumed.handle_packet(later, Packet::PubComp(PubComp::new(1)), &view).unwrap();
+    resumed.handle_packet(later, Packet::PubAck(PubAck::new(2)), &view).unwrap();
+    assert_eq!(
+        publishes(&transmitted(&mut resumed)),
+        [
+            (3, QoS::AtLeastOnce, false, "pending1".into()),
+            (4, QoS::AtLeastOnce, false, "pending2".into())
+        ]
+    );
+
+    // The inbound QoS 2 id survived: its duplicate is acknowledged, not routed again.
+    resumed.handle_packet(later, publish("in", QoS::ExactlyOnce, 7, "in"), &view).unwrap();
+    assert_eq!(transmitted(&mut resumed), vec![Packet::PubRec(PubRec::new(7))]);
+    assert!(events(&mut resumed).is_empty());
+}
+
+#[test]
+fn parked_qos2_publish_is_resent_with_dup() {
+    let now = Instant::now();
+    let mut session = standard_session(now);
+    session.handle_delivery(delivery("a", 2, "exactly"));
+    let _ = transmitted(&mut session);
+    let mut resumed =
+        Session::new(now, standard(), standard_profile(), limits(), 60, None, Some(session.park()));
+    assert_eq!(
+        publishes(&transmitted(&mut resumed)),
+        [(1, QoS::ExactlyOnce, true, "exactly".into())]
+    );
+}
+
+#[test]
+fn resumed_device_announces_its_downlink_again() {
+    let now = Instant::now();
+    let session = device_session(now);
+    let mut resumed =
+        Session::new(now, device(), Profile::DEVICE, limits(), 60, None, Some(session.park()));
+    assert_eq!(
+        events(&mut resumed),
+        vec![Event::Subscribe(vec![(format!("/sys/{PK}/{DN}/#"), 1)])]
+    );
+}
+
+#[test]
+fn parked_enqueue_drops_qos0_and_respects_the_queue_bound() {
+    let limits = limits(); // queued 3
+    let mut parked = Parked::default();
+    assert!(!parked.enqueue(delivery("a", 0, "lost"), &limits));
+    assert_eq!(parked.dropped, 1);
+    for i in 0..3 {
+        assert!(parked.enqueue(delivery("a", 1, &format!("m{i}")), &limits));
+    }
+    assert!(!parked.enqueue(delivery("a", 2, "m3"), &limits));
+    assert_eq!(parked.dropped, 2);
+    assert_eq!(parked.queued(), 3);
+
+    // On return they go out through the window, oldest first; the rest wait.
+    let now = Instant::now();
+    let mut session =
+        Session::new(now, standard(), standard_profile(), limits, 60, None, Some(parked));
+    assert_eq!(
+        publishes(&transmitted(&mut session)),
+        [(1, QoS::AtLeastOnce, false, "m0".into()), (2, QoS::AtLeastOnce, false, "m1".into())]
+    );
+    assert_eq!(session.dropped(), 2, "offline drops stay counted");
+    let view = RegistryView::default();
+    session.handle_packet(now, Packet::PubAck(PubAck::new(1)), &view).unwrap();
+    assert_eq!(publishes(&transmitted(&mut session)), [(3, QoS::AtLeastOnce, false, "m2".into())]);
+}
+
+#[test]
+fn resumed_session_continues_packet_ids() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let mut session = standard_session(now);
+    session.handle_delivery(delivery("a", 1, "m0"));
+    session.handle_packet(now, Packet::PubAck(PubAck::new(1)), &view).unwrap();
+    let _ = transmitted(&mut session);
+    let mut resumed =
+        Session::new(now, standard(), standard_profile(), limits(), 60, None, Some(session.park()));
+    resumed.handle_delivery(delivery("a", 1, "m1"));
+    assert_eq!(publishes(&transmitted(&mut resumed))[0].0, 2);
+}

@@ -1,0 +1,515 @@
+//! The router with real channels as connection handles; no sockets, no connection tasks.
+
+use bytes::Bytes;
+use futures::FutureExt;
+use tokio::sync::mpsc::error::TryRecvError;
+
+use super::*;
+
+const LIMITS: Limits = Limits { inflight: 4, queued: 3 };
+
+/// The far side of a [`Handle`]: what a connection task would read.
+struct Client {
+    mailbox: mpsc::Receiver<Delivery>,
+    control: mpsc::UnboundedReceiver<Kick>,
+    /// Dropping it tells a waiting takeover that this connection has finished.
+    finished: watch::Sender<()>,
+}
+
+impl Client {
+    fn deliveries(&mut self) -> Vec<Delivery> {
+        std::iter::from_fn(|| self.mailbox.try_recv().ok()).collect()
+    }
+
+    fn kicks(&mut self) -> Vec<Kick> {
+        std::iter::from_fn(|| self.control.try_recv().ok()).collect()
+    }
+}
+
+fn handle(connection: u64, mailbox: usize) -> (Handle, Client) {
+    let (mailbox_tx, mailbox_rx) = mpsc::channel(mailbox);
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let (finished_tx, finished_rx) = watch::channel(());
+    let handle =
+        Handle { connection, mailbox: mailbox_tx, control: control_tx, finished: finished_rx };
+    (handle, Client { mailbox: mailbox_rx, control: control_rx, finished: finished_tx })
+}
+
+fn id(name: &str) -> Arc<str> {
+    name.into()
+}
+
+fn message(topic: &str, qos: u8, payload: &str, retain: bool) -> Message {
+    Message { topic: topic.into(), payload: Bytes::from(payload.to_owned()), qos, retain }
+}
+
+/// (topic, payload, qos, retain) of each delivery.
+fn summary(deliveries: &[Delivery]) -> Vec<(String, String, u8, bool)> {
+    deliveries
+        .iter()
+        .map(|d| {
+            let payload = String::from_utf8(d.message.payload.to_vec()).unwrap();
+            (d.message.topic.to_string(), payload, d.qos, d.retain)
+        })
+        .collect()
+}
+
+fn filters(filters: &[(&str, u8)]) -> Vec<(String, u8)> {
+    filters.iter().map(|(filter, qos)| ((*filter).to_owned(), *qos)).collect()
+}
+
+#[tokio::test]
+async fn publish_reaches_matching_subscribers_at_the_lower_qos() {
+    let router = Router::new(LIMITS, 10);
+    let (a, b, c) = (id("a"), id("b"), id("c"));
+    let (handle_a, mut client_a) = handle(1, 16);
+    let (handle_b, mut client_b) = handle(2, 16);
+    let (handle_c, mut client_c) = handle(3, 16);
+    assert!(router.connect(&a, true, handle_a).await.is_none());
+    assert!(router.connect(&b, true, handle_b).await.is_none());
+    assert!(router.connect(&c, true, handle_c).await.is_none());
+
+    assert!(router.subscribe(&a, &filters(&[("sensors/+/temp", 2)])).is_empty());
+    assert!(router.subscribe(&b, &filters(&[("sensors/#", 0)])).is_empty());
+    router.subscribe(&c, &filters(&[("other/#", 2)]));
+    assert_eq!(router.subscription_count(), 3);
+
+    let routed = router.publish(message("sensors/k1/temp", 1, "21.5", false));
+    assert_eq!(routed, Routed { delivered: 2, dropped: 0 });
+    assert_eq!(
+        summary(&client_a.deliveries()),
+        [("sensors/k1/temp".into(), "21.5".into(), 1, false)]
+    );
+    assert_eq!(
+        summary(&client_b.deliveries()),
+        [("sensors/k1/temp".into(), "21.5".into(), 0, false)]
+    );
+    assert!(client_c.deliveries().is_empty());
+
+    // QoS 2 published, QoS 2 granted: QoS 2; QoS 0 published stays QoS 0.
+    router.publish(message("sensors/k1/temp", 2, "x", false));
+    router.publish(message("sensors/k1/temp", 0, "y", false));
+    let qos: Vec<u8> = client_a.deliveries().iter().map(|d| d.qos).collect();
+    assert_eq!(qos, [2, 0]);
+
+    // Nobody subscribed.
+    assert_eq!(router.publish(message("nowhere", 1, "z", false)), Routed::default());
+}
+
+#[tokio::test]
+async fn overlapping_filters_deliver_once_at_the_highest_grant() {
+    let router = Router::new(LIMITS, 10);
+    let a = id("a");
+    let (handle_a, mut client) = handle(1, 16);
+    router.connect(&a, true, handle_a).await;
+    router.subscribe(&a, &filters(&[("t/#", 0), ("t/+", 1), ("t/x", 0)]));
+    let routed = router.publish(message("t/x", 2, "once", false));
+    assert_eq!(routed.delivered, 1);
+    assert_eq!(summary(&client.deliveries()), [("t/x".into(), "once".into(), 1, false)]);
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_deliveries() {
+    let router = Router::new(LIMITS, 10);
+    let a = id("a");
+    let (handle_a, mut client) = handle(1, 16);
+    router.connect(&a, true, handle_a).await;
+    router.subscribe(&a, &filters(&[("t/#", 1), ("u", 1)]));
+    router.unsubscribe(&a, &["t/#".to_owned()]);
+    assert_eq!(router.subscription_count(), 1);
+    router.publish(message("t/x", 1, "gone", false));
+    router.publish(message("u", 1, "kept", false));
+    assert_eq!(summary(&client.deliveries()), [("u".into(), "kept".into(), 1, false)]);
+}
+
+#[tokio::test]
+async fn retained_messages_are_stored_replaced_deleted_and_sent_on_subscribe() {
+    let router = Router::new(LIMITS, 10);
+    let (a, b) = (id("a"), id("b"));
+    let (handle_a, mut client_a) = handle(1, 16);
+    router.connect(&a, true, handle_a).await;
+    router.subscribe(&a, &filters(&[("status/#", 1)]));
+
+    // Stored, and delivered to current subscribers as a normal message (retain flag clear).
+    router.publish(message("status/lamp", 1, "on", true));
+    router.publish(message("status/fan", 0, "slow", true));
+    router.publish(message("status/door", 1, "open", false));
+    assert_eq!(router.retained_count(), 2);
+    let live = client_a.deliveries();
+    assert_eq!(live.len(), 3);
+    assert!(live.iter().all(|d| !d.retain));
+
+    // A new subscription gets the retained messages, flagged, at the lower QoS.
+    let (handle_b, _client_b) = handle(2, 16);
+    router.connect(&b, true, handle_b).await;
+    let mut sent = summary(&router.subscribe(&b, &filters(&[("status/+", 2)])));
+    sent.sort();
+    assert_eq!(
+        sent,
+        [
+            ("status/fan".into(), "slow".into(), 0, true),
+            ("status/lamp".into(), "on".into(), 1, true)
+        ]
+    );
+    assert_eq!(summary(&router.subscribe(&b, &filters(&[("status/lamp", 0)]))).len(), 1);
+    assert_eq!(summary(&router.subscribe(&b, &filters(&[("status/lamp", 0)])))[0].2, 0);
+
+    // Replaced.
+    router.publish(message("status/lamp", 2, "off", true));
+    assert_eq!(router.retained_count(), 2);
+    assert_eq!(
+        summary(&router.subscribe(&b, &filters(&[("status/lamp", 2)]))),
+        [("status/lamp".into(), "off".into(), 2, true)]
+    );
+
+    // Deleted by an empty retained payload, which subscribers still receive.
+    let _ = client_a.deliveries();
+    router.publish(message("status/lamp", 1, "", true));
+    assert_eq!(router.retained_count(), 1);
+    assert!(router.subscribe(&b, &filters(&[("status/lamp", 2)])).is_empty());
+    assert_eq!(summary(&client_a.deliveries()), [("status/lamp".into(), "".into(), 1, false)]);
+
+    // Deleting what is not there is harmless.
+    router.publish(message("status/none", 0, "", true));
+    assert_eq!(router.retained_count(), 1);
+}
+
+#[tokio::test]
+async fn retained_system_topics_are_not_sent_to_leading_wildcards() {
+    let router = Router::new(LIMITS, 10);
+    let a = id("a");
+    let (handle_a, _client) = handle(1, 16);
+    router.connect(&a, true, handle_a).await;
+    router.publish(message("$SYS/uptime", 0, "1", true));
+    assert!(router.subscribe(&a, &filters(&[("#", 0)])).is_empty());
+    assert_eq!(router.subscribe(&a, &filters(&[("$SYS/#", 0)])).len(), 1);
+}
+
+#[tokio::test]
+async fn clean_session_disconnect_removes_its_subscriptions() {
+    let router = Router::new(LIMITS, 10);
+    let a = id("a");
+    let (handle_a, _client) = handle(7, 16);
+    router.connect(&a, true, handle_a).await;
+    let subscribed = filters(&[("t/#", 1), ("u", 0)]);
+    router.subscribe(&a, &subscribed);
+    assert!(router.is_online("a"));
+    assert_eq!(router.subscription_count(), 2);
+
+    let names: Vec<String> = subscribed.into_iter().map(|(filter, _)| filter).collect();
+    router.disconnect(&a, 7, Parked::default(), &names);
+    assert!(!router.is_online("a"));
+    assert!(router.online().is_empty());
+    assert_eq!(router.subscription_count(), 0);
+    assert_eq!(router.publish(message("t/x", 1, "m", false)), Routed::default());
+
+    // Nothing is parked: a later persistent connect starts fresh.
+    let (handle_again, _client) = handle(8, 16);
+    assert!(router.connect(&a, false, handle_again).await.is_none());
+}
+
+#[tokio::test]
+async fn persistent_session_queues_qos1_while_offline_and_resumes() {
+    let router = Router::new(LIMITS, 10);
+    let a = id("a");
+    let (handle_a, _client) = handle(1, 16);
+    assert!(router.connect(&a, false, handle_a).await.is_none());
+    router.subscribe(&a, &filters(&[("t/#", 1)]));
+    let mut parked = Parked::default();
+    parked.subscriptions.insert("t/#".into(), 1);
+    router.disconnect(&a, 1, parked, &["t/#".into()]);
+    assert!(!router.is_online("a"));
+    assert_eq!(router.subscription_count(), 1, "kept while parked");
+
+    // QoS 1 is kept for the offline client, QoS 0 is not; the queue is bounded (3).
+    assert_eq!(
+        router.publish(message("t/1", 1, "one", false)),
+        Routed { delivered: 1, dropped: 0 }
+    );
+    assert_eq!(
+        router.publish(message("t/0", 0, "zero", false)),
+        Routed { delivered: 0, dropped: 1 }
+    );
+    // QoS 2 published is downgraded to the QoS 1 grant.
+    router.publish(message("t/2", 2, "two", false));
+    router.publish(message("t/3", 1, "three", false));
+    assert_eq!(
+        router.publish(message("t/4", 1, "four", false)),
+        Routed { delivered: 0, dropped: 1 }
+    );
+
+    let (handle_back, mut client) = handle(2, 16);
+    let parked = router.connect(&a, false, handle_back).await.expect("session present");
+    assert!(router.is_online("a"));
+    assert_eq!(parked.subscriptions.get("t/#"), Some(&1));
+    assert_eq!(parked.queued(), 3);
+    assert_eq!(parked.dropped, 2);
+
+    // The resumed session sends what waited, in order.
+    let mut session = crate::session::Session::new(
+        std::time::Instant::now(),
+        crate::acl::Principal::Standard { username: None },
+        crate::acl::Profile::standard(1024, 10),
+        LIMITS,
+        60,
+        None,
+        Some(parked),
+    );
+    let payloads: Vec<Bytes> = std::iter::from_fn(|| session.poll_transmit())
+        .map(|packet| match packet {
+            mqttbytes::v4::Packet::Publish(publish) => publish.payload,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(payloads, ["one", "two", "three"]);
+
+    // Online again: deliveries go to the mailbox, not the parked queue.
+    router.publish(message("t/5", 0, "live", false));
+    assert_eq!(summary(&client.deliveries()), [("t/5".into(), "live".into(), 0, false)]);
+}
+
+#[tokio::test]
+async fn clean_connect_discards_a_parked_session_and_its_subscriptions() {
+    let router = Router::new(LIMITS, 10);
+    let (a, watcher) = (id("a"), id("watcher"));
+    let (handle_w, mut client_w) = handle(100, 16);
+    router.connect(&watcher, true, handle_w).await;
+    router.subscribe(&watcher, &filters(&[("t/#", 1)]));
+
+    let (handle_a, _client) = handle(1, 16);
+    router.connect(&a, false, handle_a).await;
+    router.subscribe(&a, &filters(&[("t/#", 1), ("u/+", 1)]));
+    let mut parked = Parked::default();
+    parked.subscriptions.insert("t/#".into(), 1);
+    parked.subscriptions.insert("u/+".into(), 1);
+    router.disconnect(&a, 1, parked, &[]);
+    router.publish(message("t/x", 1, "queued", false));
+    assert_eq!(router.subscription_count(), 3);
+
+    let (handle_clean, mut client) = handle(2, 16);
+    assert!(router.connect(&a, true, handle_clean).await.is_none());
+    assert_eq!(router.subscription_count(), 1, "only the watcher's subscription is left");
+    router.publish(message("t/y", 1, "after", false));
+    router.publish(message("u/y", 1, "after", false));
+    assert!(client.deliveries().is_empty());
+    assert_eq!(client_w.deliveries().len(), 2, "other sessions are untouched");
+
+    // And the clean session leaves nothing behind when it ends.
+    router.disconnect(&a, 2, Parked::default(), &[]);
+    let (handle_later, _client) = handle(3, 16);
+    assert!(router.connect(&a, false, handle_later).await.is_none());
+}
+
+#[tokio::test]
+async fn persistent_session_going_clean_then_persistent_does_not_resurrect() {
+    // A persistent session resumed with clean=false keeps its subscriptions online.
+    let router = Router::new(LIMITS, 10);
+    let a = id("a");
+    let (first, _c1) = handle(1, 16);
+    router.connect(&a, false, first).await;
+    router.subscribe(&a, &filters(&[("t", 1)]));
+    let mut parked = Parked::default();
+    parked.subscriptions.insert("t".into(), 1);
+    router.disconnect(&a, 1, parked, &["t".into()]);
+
+    let (second, mut c2) = handle(2, 16);
+    let resumed = router.connect(&a, false, second).await.expect("session present");
+    assert_eq!(resumed.subscriptions.len(), 1);
+    router.publish(message("t", 1, "m", false));
+    assert_eq!(c2.deliveries().len(), 1);
+}
+
+#[tokio::test]
+async fn takeover_kicks_the_old_connection_and_waits_for_it() {
+    let router = Arc::new(Router::new(LIMITS, 10));
+    let a = id("a");
+    let (first, mut old) = handle(1, 16);
+    assert!(router.connect(&a, false, first).await.is_none());
+    router.subscribe(&a, &filters(&[("t/#", 1)]));
+
+    let (second, mut new) = handle(2, 16);
+    let takeover = tokio::spawn({
+        let router = router.clone();
+        let a = a.clone();
+        async move { router.connect(&a, false, second).await }
+    });
+
+    // The old connection is told to go.
+    assert_eq!(old.control.recv().await, Some(Kick::TakenOver));
+    tokio::task::yield_now().await;
+    assert!(!takeover.is_finished(), "waits for the old connection to finish");
+    assert!(router.is_online("a"));
+
+    // The old task parks its state and finishes; the new connect resumes it.
+    let mut parked = Parked::default();
+    parked.subscriptions.insert("t/#".into(), 1);
+    router.disconnect(&a, 1, parked, &["t/#".into()]);
+    let Client { mailbox: mut old_mailbox, control: mut old_control, finished } = old;
+    drop(finished);
+    let resumed = takeover.await.unwrap().expect("session present");
+    assert_eq!(resumed.subscriptions.get("t/#"), Some(&1));
+    assert!(router.is_online("a"));
+    assert_eq!(router.online(), std::slice::from_ref(&a));
+
+    // The new connection is the one reached now.
+    router.publish(message("t/x", 0, "to-new", false));
+    assert_eq!(new.deliveries().len(), 1);
+    assert!(old_mailbox.try_recv().is_err());
+    assert!(new.kicks().is_empty());
+    assert!(old_control.try_recv().is_err(), "kicked once");
+}
+
+#[tokio::test]
+async fn takeover_of_a_clean_session_starts_fresh() {
+    let router = Arc::new(Router::new(LIMITS, 10));
+    let a = id("a");
+    let (first, mut old) = handle(1, 16);
+    router.connect(&a, true, first).await;
+    router.subscribe(&a, &filters(&[("t/#", 1)]));
+
+    let (second, _new) = handle(2, 16);
+    let takeover = tokio::spawn({
+        let router = router.clone();
+        let a = a.clone();
+        async move { router.connect(&a, false, second).await }
+    });
+    assert_eq!(old.control.recv().await, Some(Kick::TakenOver));
+    router.disconnect(&a, 1, Parked::default(), &["t/#".into()]);
+    drop(old.finished);
+    assert!(takeover.await.unwrap().is_none());
+    assert_eq!(router.subscription_count(), 0);
+    assert!(router.is_online("a"));
+}
+
+#[tokio::test]
+async fn takeover_of_a_connection_that_ended_without_disconnect_does_not_wait() {
+    let router = Router::new(LIMITS, 10);
+    let a = id("a");
+    let (first, old) = handle(1, 16);
+    router.connect(&a, false, first).await;
+    // The task ended (a panic, say) without `disconnect`: its slot still says online.
+    let Client { mut control, finished, .. } = old;
+    drop(finished);
+    assert!(router.is_online("a"));
+
+    let (second, _new) = handle(2, 16);
+    let resumed = router
+        .connect(&a, false, second)
+        .now_or_never()
+        .expect("nothing left to wait for: completes on the first poll");
+    assert!(resumed.is_none());
+    assert!(control.try_recv().is_err(), "no kick storm at a finished connection");
+    assert!(router.is_online("a"));
+}
+
+#[tokio::test]
+async fn stale_disconnect_changes_nothing() {
+    let router = Arc::new(Router::new(LIMITS, 10));
+    let a = id("a");
+    let (first, old) = handle(1, 16);
+    router.connect(&a, true, first).await;
+    router.subscribe(&a, &filters(&[("t/#", 1)]));
+
+    // Replace the first connection (it finishes without disconnecting, e.g. it crashed).
+    drop(old);
+    let (second, mut new) = handle(2, 16);
+    router.connect(&a, true, second).await;
+
+    // The first one's late disconnect must not remove the new connection or its filters.
+    router.disconnect(&a, 1, Parked::default(), &["t/#".into()]);
+    assert!(router.is_online("a"));
+    assert_eq!(router.subscription_count(), 1);
+    router.publish(message("t/x", 1, "still here", false));
+    assert_eq!(new.deliveries().len(), 1);
+
+    // Nor may it park anything over an offline slot.
+    let (third, _c) = handle(3, 16);
+    let b = id("b");
+    router.connect(&b, false, third).await;
+    let mut parked = Parked::default();
+    parked.subscriptions.insert("kept".into(), 1);
+    router.disconnect(&b, 3, parked, &[]);
+    let mut bogus = Parked::default();
+    bogus.subscriptions.insert("bogus".into(), 1);
+    router.disconnect(&b, 3, bogus, &[]);
+    router.disconnect(&b, 99, Parked::default(), &[]);
+    let (fourth, _c) = handle(4, 16);
+    let resumed = router.connect(&b, false, fourth).await.expect("session present");
+    assert!(resumed.subscriptions.contains_key("kept"));
+    assert!(!resumed.subscriptions.contains_key("bogus"));
+
+    // Disconnecting an unknown session is harmless.
+    router.disconnect(&id("nobody"), 1, Parked::default(), &[]);
+}
+
+#[tokio::test]
+async fn slow_consumer_is_dropped_then_kicked() {
+    let router = Router::new(LIMITS, 3);
+    let a = id("a");
+    let (handle_a, mut client) = handle(1, 1);
+    router.connect(&a, true, handle_a).await;
+    router.subscribe(&a, &filters(&[("t", 0)]));
+
+    assert_eq!(router.publish(message("t", 0, "fits", false)), Routed { delivered: 1, dropped: 0 });
+    // Two drops: counted, not yet kicked.
+    for _ in 0..2 {
+        assert_eq!(
+            router.publish(message("t", 0, "x", false)),
+            Routed { delivered: 0, dropped: 1 }
+        );
+    }
+    assert!(client.kicks().is_empty());
+
+    // Reading resets the streak.
+    assert_eq!(client.deliveries().len(), 1);
+    router.publish(message("t", 0, "fits again", false));
+    for _ in 0..2 {
+        router.publish(message("t", 0, "x", false));
+    }
+    assert!(client.kicks().is_empty());
+
+    // The third consecutive drop kicks, once.
+    assert_eq!(router.publish(message("t", 0, "x", false)).dropped, 1);
+    assert_eq!(client.kicks(), [Kick::SlowConsumer]);
+    router.publish(message("t", 0, "x", false));
+    assert!(client.kicks().is_empty(), "kicked once");
+    assert_eq!(client.deliveries().len(), 1);
+}
+
+#[tokio::test]
+async fn closed_mailbox_counts_as_dropped() {
+    let router = Router::new(LIMITS, 1);
+    let a = id("a");
+    let (handle_a, client) = handle(1, 4);
+    router.connect(&a, true, handle_a).await;
+    router.subscribe(&a, &filters(&[("t", 0)]));
+    drop(client);
+    assert_eq!(router.publish(message("t", 0, "x", false)), Routed { delivered: 0, dropped: 1 });
+}
+
+#[tokio::test]
+async fn kick_and_kick_all_reach_online_connections_only() {
+    let router = Router::new(LIMITS, 10);
+    let (a, b, c) = (id("a"), id("b"), id("c"));
+    let (handle_a, mut client_a) = handle(1, 4);
+    let (handle_b, mut client_b) = handle(2, 4);
+    let (handle_c, mut client_c) = handle(3, 4);
+    router.connect(&a, true, handle_a).await;
+    router.connect(&b, true, handle_b).await;
+    router.connect(&c, false, handle_c).await;
+    router.disconnect(&c, 3, Parked::default(), &[]);
+
+    assert!(router.kick("a", Kick::NotAllowed));
+    assert!(!router.kick("c", Kick::NotAllowed), "parked, not online");
+    assert!(!router.kick("nobody", Kick::NotAllowed));
+    assert_eq!(client_a.kicks(), [Kick::NotAllowed]);
+
+    router.kick_all(Kick::Shutdown);
+    assert_eq!(client_a.kicks(), [Kick::Shutdown]);
+    assert_eq!(client_b.kicks(), [Kick::Shutdown]);
+    assert_eq!(client_c.control.try_recv(), Err(TryRecvError::Disconnected));
+
+    let mut online = router.online();
+    online.sort();
+    assert_eq!(online, [a, b]);
+}
