@@ -14,6 +14,7 @@ pub const PRODUCTS: &str = "products/";
 pub const PRODUCT_COPIES: &str = "product-copies/";
 pub const DEVICES: &str = "devices/";
 pub const RUNTIME: &str = "runtime/";
+pub const USAGE: &str = "usage/";
 
 pub fn account(id: &AccountId) -> String {
     format!("{ACCOUNTS}{id}")
@@ -42,6 +43,10 @@ pub fn devices_of(product: &ProductKey) -> String {
 
 pub fn device(device: &DeviceKey) -> String {
     format!("{}{}", devices_of(&device.product_key), escape(&device.device_name))
+}
+
+pub fn usage(instance: &InstanceId) -> String {
+    format!("{USAGE}{instance}")
 }
 
 pub fn runtime(instance: &InstanceId, device: &DeviceKey) -> String {

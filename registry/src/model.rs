@@ -214,3 +214,30 @@ pub struct RuntimeData {
     #[serde(default)]
     pub messages_out: u64,
 }
+
+/// Usage of one instance (SPEC §5: the instance a device is connected to accounts for it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceUsage {
+    pub instance: InstanceId,
+    /// Connections open at `updated_at`.
+    pub connections: u64,
+    pub connects_total: u64,
+    pub connected_seconds: u64,
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub updated_at: Timestamp,
+}
+
+impl InstanceUsage {
+    pub fn empty(instance: InstanceId) -> InstanceUsage {
+        InstanceUsage {
+            instance,
+            connections: 0,
+            connects_total: 0,
+            connected_seconds: 0,
+            messages_in: 0,
+            messages_out: 0,
+            updated_at: Timestamp(0),
+        }
+    }
+}

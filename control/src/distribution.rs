@@ -1,0 +1,528 @@
+//! Distribution tasks (SPEC §5): submission with every rule checked up front, and the executor
+//! that moves devices in batches.
+//!
+//! Progress is durable and exactly-once by construction: each batch commits the devices' new
+//! placements *and* the task's advanced cursor and records in one atomic store batch, with
+//! compare-and-swap on every record it read. A crash before the commit leaves nothing applied; a
+//! crash after leaves the cursor past those devices. A restart (or a retry) resumes at the
+//! cursor, so no device is moved twice by one task.
+
+use std::collections::HashSet;
+
+use serde::Deserialize;
+
+use meridian_registry::ids::{AccountId, DeviceKey, DeviceName, InstanceId, ProductKey};
+use meridian_registry::model::{
+    Device, DeviceStatus, Edition, Placement, PlacementCandidate, ProductCopy, Topology,
+};
+use meridian_registry::store::{Expect, Op, Revision, StoreError};
+use meridian_registry::{decode, encode, keys};
+
+use crate::error::ControlError;
+use crate::model::{DeviceRecord, Policy, RecordResult, Task, TaskState};
+use crate::plane::{ControlPlane, MAX_CSV_ROWS, Result, not_found, random_token};
+
+pub(crate) const TASKS: &str = "tasks/";
+
+/// Most devices one task may list (SPEC §5).
+pub const MAX_TASK_DEVICES: usize = 10_000;
+/// Devices moved per atomic batch: small enough that one commit stays quick, large enough
+/// that 10,000 devices take few commits.
+const BATCH: usize = 500;
+
+/// What the caller asks for.
+#[derive(Clone, Debug, Deserialize)]
+pub struct TaskRequest {
+    pub product: ProductKey,
+    /// Device names of `product`; empty distributes the product alone (specified policy only).
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// Alternatively, a CSV `productKey,deviceName` with a header, at most 1,000 rows.
+    #[serde(default)]
+    pub csv: Option<String>,
+    pub policy: PolicyRequest,
+    /// For cross-account tasks: the destination account (ID or name) and its code.
+    #[serde(default)]
+    pub cross_account: Option<CrossAccount>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum PolicyRequest {
+    /// `instance` may be omitted for cross-account tasks (the destination's default public
+    /// instance is used).
+    Specified {
+        instance: Option<InstanceId>,
+    },
+    Nearest {
+        instances: Vec<InstanceId>,
+    },
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct CrossAccount {
+    pub account: String,
+    pub code: String,
+}
+
+/// The CSV template users download for device lists.
+pub const CSV_TEMPLATE: &str = "productKey,deviceName\n";
+
+impl ControlPlane {
+    /// Checks a task request against every SPEC §5 rule and stores it as `Initializing`; the
+    /// executor takes it from there. Nothing is stored when a rule fails.
+    pub async fn submit_task(&self, caller: &AccountId, request: TaskRequest) -> Result<Task> {
+        let product = self.product(caller, &request.product).await?;
+        let devices = task_devices(&request)?;
+        if devices.len() > MAX_TASK_DEVICES {
+            return Err(ControlError::Invalid(format!(
+                "a task distributes at most {MAX_TASK_DEVICES} devices, got {}",
+                devices.len()
+            )));
+        }
+
+        let (policy, destination_account, consume_code) =
+            match (&request.policy, &request.cross_account) {
+                (PolicyRequest::Nearest { .. }, Some(_)) => {
+                    return Err(ControlError::Rule(
+                        "cross-account distribution cannot use nearest access".into(),
+                    ));
+                }
+                (PolicyRequest::Nearest { instances }, None) => {
+                    if devices.is_empty() {
+                        return Err(ControlError::Rule(
+                            "nearest access cannot distribute a product alone".into(),
+                        ));
+                    }
+                    if instances.is_empty() {
+                        return Err(ControlError::Invalid(
+                            "nearest access needs at least one instance".into(),
+                        ));
+                    }
+                    let mut candidates = Vec::with_capacity(instances.len());
+                    for id in instances {
+                        let instance = self.instance(caller, id).await?;
+                        if candidates
+                            .iter()
+                            .any(|c: &PlacementCandidate| c.region == instance.region)
+                        {
+                            return Err(ControlError::Rule(format!(
+                                "nearest access takes one instance per region; {} is named twice",
+                                instance.region
+                            )));
+                        }
+                        candidates.push(PlacementCandidate {
+                            region: instance.region,
+                            instance: instance.id,
+                        });
+                    }
+                    (Policy::Nearest { candidates }, None, None)
+                }
+                (PolicyRequest::Specified { instance }, None) => {
+                    let id = instance.as_ref().ok_or_else(|| {
+                        ControlError::Invalid("specified region needs an instance".into())
+                    })?;
+                    let instance = self.instance(caller, id).await?;
+                    (Policy::Specified { instance: instance.id }, None, None)
+                }
+                (PolicyRequest::Specified { instance }, Some(cross)) => {
+                    let destination = self.find_account(&cross.account).await?;
+                    if &destination.id == caller {
+                        return Err(ControlError::Rule(
+                            "cross-account destination is the caller's own account".into(),
+                        ));
+                    }
+                    let instance = match instance {
+                        Some(id) => {
+                            let instance = self
+                                .registry
+                                .instance(id)
+                                .await
+                                .map_err(|_| not_found("instance", id.as_str()))?;
+                            if instance.owner != destination.id {
+                                return Err(not_found("instance", id.as_str()));
+                            }
+                            instance
+                        }
+                        None => self.default_public_instance(&destination.id).await?,
+                    };
+                    let consume = self.check_code(&destination.id, &cross.code).await?;
+                    (
+                        Policy::Specified { instance: instance.id },
+                        Some(destination.id),
+                        Some(consume),
+                    )
+                }
+            };
+        if self.product_was_transferred(&product.key).await? {
+            return Err(ControlError::Rule(format!(
+                "a device of product {} was transferred or authorized to another account; its devices cannot be distributed",
+                product.key
+            )));
+        }
+
+        let now = self.now();
+        let task = Task {
+            id: format!("dt-{}", random_token(16)?),
+            owner: caller.clone(),
+            product: product.key,
+            policy,
+            destination_account,
+            devices,
+            state: TaskState::Initializing,
+            cursor: 0,
+            records: Vec::new(),
+            failure: None,
+            attempts: 0,
+            created_at: now,
+            updated_at: now,
+        };
+        let mut ops = vec![Op::put(task_key(&task.id), encode(&task)?).expecting(Expect::Absent)];
+        ops.extend(consume_code);
+        match self.registry.store().batch(ops).await {
+            Ok(_) => {}
+            Err(StoreError::Conflict { .. }) => {
+                return Err(ControlError::Rule("verification code is invalid or expired".into()));
+            }
+            Err(other) => return Err(other.into()),
+        }
+        self.audit(caller, "task.started", &task.id).await;
+        self.wake.notify_one();
+        Ok(task)
+    }
+
+    pub async fn task(&self, caller: &AccountId, id: &str) -> Result<Task> {
+        let (task, _) = self.load_task(id).await?;
+        if &task.owner != caller {
+            return Err(not_found("task", id));
+        }
+        Ok(task)
+    }
+
+    pub async fn tasks(&self, caller: &AccountId) -> Result<Vec<Task>> {
+        let snapshot = self.registry.store().scan_prefix(TASKS).await?;
+        let mut tasks = Vec::new();
+        for entry in snapshot.entries {
+            let task: Task = decode(&entry.key, &entry.value)?;
+            if &task.owner == caller {
+                tasks.push(task);
+            }
+        }
+        Ok(tasks)
+    }
+
+    /// Retries a task stuck in `Distributing` or `Failed`: it resumes at its cursor, so devices
+    /// already handled are not handled again. A task cannot be cancelled.
+    pub async fn retry_task(&self, caller: &AccountId, id: &str) -> Result<Task> {
+        let (mut task, revision) = self.load_task(id).await?;
+        if &task.owner != caller {
+            return Err(not_found("task", id));
+        }
+        match task.state {
+            TaskState::Failed | TaskState::Distributing => {}
+            other => {
+                return Err(ControlError::Rule(format!(
+                    "a task in state {other:?} cannot be retried"
+                )));
+            }
+        }
+        if task.cursor < task.devices.len() || task.devices.is_empty() {
+            task.state =
+                if task.cursor == 0 { TaskState::Initializing } else { TaskState::Distributing };
+        }
+        task.failure = None;
+        task.attempts += 1;
+        task.updated_at = self.now();
+        self.save_task(&task, revision).await?;
+        self.audit(caller, "task.retried", id).await;
+        self.wake.notify_one();
+        Ok(task)
+    }
+
+    /// The per-device record as CSV: `productKey,deviceName,result,reason`.
+    pub fn records_csv(task: &Task) -> String {
+        let mut writer = csv::Writer::from_writer(Vec::new());
+        // Writing to a Vec cannot fail.
+        let _ = writer.write_record(["productKey", "deviceName", "result", "reason"]);
+        for record in &task.records {
+            let result = match record.result {
+                RecordResult::Succeeded => "succeeded",
+                RecordResult::Failed => "failed",
+            };
+            let _ = writer.write_record([
+                record.product_key.as_str(),
+                &record.device_name,
+                result,
+                &record.reason,
+            ]);
+        }
+        String::from_utf8(writer.into_inner().unwrap_or_default()).unwrap_or_default()
+    }
+
+    /// Runs tasks until `shutdown` resolves: every unsettled task found at start (a restart
+    /// resumes them), then each newly submitted or retried one.
+    pub async fn run_executor(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            // Register for wake-ups before scanning, so a submission during the scan is not lost.
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if let Err(error) = self.run_pending().await {
+                tracing::warn!(%error, "task executor pass failed; retrying on the next wake-up");
+            }
+            tokio::select! {
+                () = &mut woken => {}
+                () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                () = &mut shutdown => return,
+            }
+        }
+    }
+
+    /// Drives every unsettled task to a settled state.
+    pub async fn run_pending(&self) -> Result<()> {
+        let snapshot = self.registry.store().scan_prefix(TASKS).await?;
+        for entry in snapshot.entries {
+            let task: Task = decode(&entry.key, &entry.value)?;
+            if task.state.settled() {
+                continue;
+            }
+            self.drive(&task.id).await?;
+        }
+        Ok(())
+    }
+
+    /// Steps one task until it settles.
+    pub async fn drive(&self, id: &str) -> Result<Task> {
+        loop {
+            if let Some(task) = self.step_once(id).await? {
+                return Ok(task);
+            }
+        }
+    }
+
+    /// One durable step of a task; returns it once settled. A step that lost a race with
+    /// another writer (a device edited meanwhile) is simply redone from fresh reads. A task
+    /// whose product disappeared fails with the reason recorded.
+    pub async fn step_once(&self, id: &str) -> Result<Option<Task>> {
+        let (task, revision) = self.load_task(id).await?;
+        match self.step(task, revision).await {
+            Ok(settled) => Ok(settled),
+            Err(ControlError::Conflict { .. }) => Ok(None),
+            Err(ControlError::NotFound { kind: "product", id: product }) => {
+                let (mut task, revision) = self.load_task(id).await?;
+                task.state = TaskState::Failed;
+                task.failure = Some(format!("product {product} no longer exists"));
+                task.updated_at = self.now();
+                self.save_task(&task, revision).await?;
+                Ok(Some(task))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// One durable step. Returns the task once it is settled.
+    async fn step(&self, mut task: Task, revision: Revision) -> Result<Option<Task>> {
+        match task.state {
+            TaskState::Distributed | TaskState::Failed => Ok(Some(task)),
+            TaskState::Initializing => {
+                // Copy the product, read-only, to every destination (SPEC §5); a snapshot, so
+                // later edits at the source do not propagate.
+                let product = self.registry.product(&task.product).await?;
+                let holder = task.destination_account.clone().unwrap_or_else(|| task.owner.clone());
+                let mut ops = Vec::new();
+                for instance in destinations(&task.policy) {
+                    if instance == product.home_instance {
+                        continue;
+                    }
+                    let copy = ProductCopy {
+                        instance: instance.clone(),
+                        holder: holder.clone(),
+                        product: product.clone(),
+                        copied_at: self.now(),
+                    };
+                    ops.push(Op::put(keys::product_copy(&instance, &product.key), encode(&copy)?));
+                }
+                task.state = if task.devices.is_empty() {
+                    TaskState::Distributed
+                } else {
+                    TaskState::Distributing
+                };
+                task.updated_at = self.now();
+                ops.push(
+                    Op::put(task_key(&task.id), encode(&task)?)
+                        .expecting(Expect::Revision(revision)),
+                );
+                self.commit(ops).await?;
+                Ok(task.state.settled().then_some(task))
+            }
+            TaskState::Distributing => {
+                let home = self.registry.product(&task.product).await?.home_instance;
+                let end = (task.cursor + BATCH).min(task.devices.len());
+                let mut ops = Vec::with_capacity(end - task.cursor + 1);
+                for key in task.devices[task.cursor..end].to_vec() {
+                    let (record, op) = self.move_device(&task, &key, &home).await?;
+                    ops.extend(op);
+                    task.records.push(record);
+                }
+                task.cursor = end;
+                if task.cursor == task.devices.len() {
+                    task.state = TaskState::Distributed;
+                }
+                task.updated_at = self.now();
+                ops.push(
+                    Op::put(task_key(&task.id), encode(&task)?)
+                        .expecting(Expect::Revision(revision)),
+                );
+                self.commit(ops).await?;
+                Ok(task.state.settled().then_some(task))
+            }
+        }
+    }
+
+    /// The write that moves one device, or why it cannot move.
+    async fn move_device(
+        &self,
+        task: &Task,
+        key: &DeviceKey,
+        home: &InstanceId,
+    ) -> Result<(DeviceRecord, Option<Op>)> {
+        let record = |result, reason: &str| DeviceRecord {
+            product_key: key.product_key.clone(),
+            device_name: key.device_name.to_string(),
+            result,
+            reason: reason.to_owned(),
+        };
+        let Some(entry) = self.registry.store().get(&keys::device(key)).await? else {
+            return Ok((record(RecordResult::Failed, "device does not exist"), None));
+        };
+        let mut device: Device = decode(&entry.key, &entry.value)?;
+        if device.owner != task.owner {
+            return Ok((record(RecordResult::Failed, "device does not exist"), None));
+        }
+        device.placement = match &task.policy {
+            Policy::Specified { instance } if instance == home => Placement::Home,
+            Policy::Specified { instance } => Placement::Specified { instance: instance.clone() },
+            Policy::Nearest { candidates } => Placement::Nearest { candidates: candidates.clone() },
+        };
+        // What does not move (SPEC §5): tags, groups and topology are cleared; runtime data
+        // stays keyed by (device, source instance) and is untouched here.
+        device.tags.clear();
+        device.groups.clear();
+        device.topology = Topology::default();
+        if device.status != DeviceStatus::Disabled {
+            device.status = DeviceStatus::Inactive;
+        }
+        let op = Op::put(entry.key, encode(&device)?).expecting(Expect::Revision(entry.revision));
+        Ok((record(RecordResult::Succeeded, ""), Some(op)))
+    }
+
+    async fn commit(&self, ops: Vec<Op>) -> Result<()> {
+        match self.registry.store().batch(ops).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::Conflict { key, .. }) => {
+                Err(ControlError::Conflict { kind: "record", id: key })
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    async fn load_task(&self, id: &str) -> Result<(Task, Revision)> {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(not_found("task", id));
+        }
+        let entry =
+            self.registry.store().get(&task_key(id)).await?.ok_or_else(|| not_found("task", id))?;
+        Ok((decode(&entry.key, &entry.value)?, entry.revision))
+    }
+
+    async fn save_task(&self, task: &Task, revision: Revision) -> Result<()> {
+        let op = Op::put(task_key(&task.id), encode(task)?).expecting(Expect::Revision(revision));
+        self.commit(vec![op]).await
+    }
+
+    /// The destination account's default public instance: its oldest public instance.
+    async fn default_public_instance(
+        &self,
+        account: &AccountId,
+    ) -> Result<meridian_registry::model::Instance> {
+        let mut instances: Vec<_> = self
+            .registry
+            .instances()
+            .await?
+            .into_iter()
+            .filter(|i| &i.owner == account && i.edition == Edition::Public)
+            .collect();
+        instances.sort_by_key(|i| i.created_at);
+        instances.into_iter().next().ok_or_else(|| {
+            ControlError::Rule(
+                "the destination account has no public instance; name an instance".into(),
+            )
+        })
+    }
+
+    /// Whether any device of the product was transferred or authorized to another account
+    /// (SPEC §5): then none of its devices may be distributed.
+    async fn product_was_transferred(&self, product: &ProductKey) -> Result<bool> {
+        let marker = format!("transferred-products/{product}");
+        Ok(self.registry.store().get(&marker).await?.is_some())
+    }
+}
+
+fn task_key(id: &str) -> String {
+    format!("{TASKS}{id}")
+}
+
+fn destinations(policy: &Policy) -> Vec<InstanceId> {
+    match policy {
+        Policy::Specified { instance } => vec![instance.clone()],
+        Policy::Nearest { candidates } => candidates.iter().map(|c| c.instance.clone()).collect(),
+    }
+}
+
+/// The task's device list from names or CSV, validated, without duplicates.
+fn task_devices(request: &TaskRequest) -> Result<Vec<DeviceKey>> {
+    let mut names: Vec<String> = request.devices.clone();
+    if let Some(csv_text) = &request.csv {
+        if !names.is_empty() {
+            return Err(ControlError::Invalid("give devices as a list or as CSV, not both".into()));
+        }
+        let mut reader =
+            csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(csv_text.as_bytes());
+        let headers = reader
+            .headers()
+            .map_err(|e| ControlError::Invalid(format!("CSV header: {e}")))?
+            .clone();
+        if headers.iter().collect::<Vec<_>>() != ["productKey", "deviceName"] {
+            return Err(ControlError::Invalid("CSV header must be productKey,deviceName".into()));
+        }
+        for (line, row) in reader.records().enumerate() {
+            let row =
+                row.map_err(|e| ControlError::Invalid(format!("CSV row {}: {e}", line + 2)))?;
+            if names.len() == MAX_CSV_ROWS {
+                return Err(ControlError::Invalid(format!(
+                    "CSV holds more than {MAX_CSV_ROWS} rows"
+                )));
+            }
+            if row.get(0) != Some(request.product.as_str()) {
+                return Err(ControlError::Invalid(format!(
+                    "CSV row {}: productKey must be {} (one product per task)",
+                    line + 2,
+                    request.product
+                )));
+            }
+            names.push(row.get(1).unwrap_or_default().to_owned());
+        }
+    }
+    let mut seen = HashSet::with_capacity(names.len());
+    let mut devices = Vec::with_capacity(names.len());
+    for name in names {
+        let device_name: DeviceName =
+            name.parse().map_err(|e| ControlError::Invalid(format!("device {name:?}: {e}")))?;
+        if !seen.insert(device_name.clone()) {
+            return Err(ControlError::Invalid(format!("device {name} is listed twice")));
+        }
+        devices.push(DeviceKey { product_key: request.product.clone(), device_name });
+    }
+    Ok(devices)
+}

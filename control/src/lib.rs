@@ -1,0 +1,17 @@
+//! Meridian's control plane: accounts with API keys, regions and instances, products and
+//! devices, cross-account verification codes, distribution tasks and the audit log, all on the
+//! registry store. Every operation takes the calling account and sees only its resources.
+//!
+//! What it does not do: serve HTTP (the admin API in `bootstrap-edge` does), or talk to
+//! brokers (they follow the registry's change feed).
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod distribution;
+pub mod error;
+pub mod model;
+pub mod plane;
+
+pub use distribution::{CSV_TEMPLATE, CrossAccount, MAX_TASK_DEVICES, PolicyRequest, TaskRequest};
+pub use error::ControlError;
+pub use plane::{ControlPlane, DeviceView, NewAccount, NewInstance, NewProduct, ProductPatch};

@@ -1,0 +1,111 @@
+//! Records the control plane adds to the registry: API keys, verification codes, distribution
+//! tasks and their per-device records, and the audit log.
+
+use serde::{Deserialize, Serialize};
+
+use meridian_registry::clock::Timestamp;
+use meridian_registry::ids::{AccountId, DeviceKey, InstanceId, ProductKey};
+use meridian_registry::model::PlacementCandidate;
+
+/// An account's API key; only the SHA-256 of its secret is stored (SPEC §9).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub id: String,
+    pub account: AccountId,
+    /// Hex SHA-256 of the secret part.
+    pub hash: String,
+    pub created_at: Timestamp,
+}
+
+/// A cross-account verification code, requested by the destination account (SPEC §5). Only
+/// its hash is stored; it is valid for five minutes and for one task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerificationCode {
+    /// The account that requested it (the destination of a cross-account task).
+    pub account: AccountId,
+    pub hash: String,
+    pub expires_at: Timestamp,
+    /// Wrong guesses so far; the code dies after too many.
+    #[serde(default)]
+    pub failed_attempts: u32,
+}
+
+/// A distribution task (SPEC §5).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    /// The source account, which owns the devices.
+    pub owner: AccountId,
+    pub product: ProductKey,
+    pub policy: Policy,
+    /// Set for cross-account tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_account: Option<AccountId>,
+    pub devices: Vec<DeviceKey>,
+    pub state: TaskState,
+    /// Devices handled so far, in `devices` order; the executor resumes here after a restart.
+    pub cursor: usize,
+    /// One entry per handled device.
+    pub records: Vec<DeviceRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    /// How many times the task was retried.
+    #[serde(default)]
+    pub attempts: u32,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// Where a task sends devices.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Policy {
+    /// One destination instance.
+    Specified { instance: InstanceId },
+    /// Nearest of these (region, instance) candidates, picked when the device bootstraps.
+    Nearest { candidates: Vec<PlacementCandidate> },
+}
+
+/// SPEC §5 task states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskState {
+    Initializing,
+    Distributing,
+    /// Done; the records say which devices moved and why others did not.
+    Distributed,
+    Failed,
+}
+
+impl TaskState {
+    pub fn settled(self) -> bool {
+        matches!(self, TaskState::Distributed | TaskState::Failed)
+    }
+}
+
+/// The outcome for one device of a task; a row of the downloadable CSV.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    #[serde(rename = "productKey")]
+    pub product_key: ProductKey,
+    #[serde(rename = "deviceName")]
+    pub device_name: String,
+    pub result: RecordResult,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordResult {
+    Succeeded,
+    Failed,
+}
+
+/// One audit log line (SPEC §9): who did what, when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub at: Timestamp,
+    pub account: AccountId,
+    pub action: String,
+    pub target: String,
+}

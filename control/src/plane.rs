@@ -1,0 +1,590 @@
+//! The control plane's operations, each scoped to the calling account: a resource of another
+//! account is reported as not found, never as forbidden, so nothing leaks across accounts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::Notify;
+
+use meridian_registry::clock::Timestamp;
+use meridian_registry::ids::{AccountId, DeviceKey, DeviceName, InstanceId, ProductKey, RegionId};
+use meridian_registry::model::{
+    Account, AccountKind, Device, Edition, Instance, MqttEndpoint, Placement, Product, ProductCopy,
+    Region, TopicCategory,
+};
+use meridian_registry::secret::DeviceSecret;
+use meridian_registry::store::{Expect, Op};
+use meridian_registry::{CreatedDevice, NewDevice, Registry, decode, encode, keys};
+
+use crate::error::ControlError;
+use crate::model::{ApiKey, AuditEntry, VerificationCode};
+
+pub type Result<T, E = ControlError> = std::result::Result<T, E>;
+
+pub(crate) const API_KEYS: &str = "api-keys/";
+pub(crate) const CODES: &str = "codes/";
+pub(crate) const AUDIT: &str = "audit/";
+
+/// How long a cross-account verification code is valid (SPEC §5).
+pub const CODE_VALIDITY: Duration = Duration::from_secs(5 * 60);
+/// Wrong codes tolerated before every outstanding code of the account is burned.
+pub const CODE_MAX_ATTEMPTS: u32 = 5;
+/// Most rows a device CSV may hold (SPEC §5 for distribution; the same bound for imports).
+pub const MAX_CSV_ROWS: usize = 1_000;
+
+/// A new account, created by the operator.
+#[derive(Clone, Debug, Deserialize)]
+pub struct NewAccount {
+    pub id: AccountId,
+    pub name: String,
+    pub kind: AccountKind,
+    #[serde(default)]
+    pub verified_entity: Option<String>,
+}
+
+/// A new instance owned by the caller.
+#[derive(Clone, Debug, Deserialize)]
+pub struct NewInstance {
+    pub id: InstanceId,
+    pub region: RegionId,
+    #[serde(default = "default_edition")]
+    pub edition: Edition,
+    pub endpoint: MqttEndpoint,
+    /// Lifetime in days.
+    #[serde(default = "default_lifetime_days")]
+    pub lifetime_days: u64,
+}
+
+fn default_edition() -> Edition {
+    Edition::Public
+}
+
+fn default_lifetime_days() -> u64 {
+    365
+}
+
+/// A new product; its key is generated when absent.
+#[derive(Clone, Debug, Deserialize)]
+pub struct NewProduct {
+    #[serde(default)]
+    pub key: Option<ProductKey>,
+    pub name: String,
+    pub home_instance: InstanceId,
+    #[serde(default)]
+    pub topic_categories: Vec<TopicCategory>,
+    #[serde(default)]
+    pub tsl: serde_json::Value,
+    #[serde(default)]
+    pub parsing_script: Option<String>,
+}
+
+/// Fields of a product that may be edited; absent fields stay as they are.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ProductPatch {
+    pub name: Option<String>,
+    pub published: Option<bool>,
+    pub topic_categories: Option<Vec<TopicCategory>>,
+    pub tsl: Option<serde_json::Value>,
+    pub parsing_script: Option<String>,
+}
+
+/// A device as the API shows it: no secret.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DeviceView {
+    #[serde(rename = "productKey")]
+    pub product_key: ProductKey,
+    #[serde(rename = "deviceName")]
+    pub device_name: DeviceName,
+    pub status: meridian_registry::model::DeviceStatus,
+    pub placement: Placement,
+    pub tags: std::collections::BTreeMap<String, String>,
+    pub created_at: Timestamp,
+}
+
+impl From<&Device> for DeviceView {
+    fn from(device: &Device) -> DeviceView {
+        DeviceView {
+            product_key: device.key.product_key.clone(),
+            device_name: device.key.device_name.clone(),
+            status: device.status,
+            placement: device.placement.clone(),
+            tags: device.tags.clone(),
+            created_at: device.created_at,
+        }
+    }
+}
+
+/// The control plane over a registry. Cheap to clone.
+#[derive(Clone)]
+pub struct ControlPlane {
+    pub(crate) registry: Registry,
+    operator_token_hash: Arc<[u8; 32]>,
+    /// Wakes the task executor when a task is submitted or retried.
+    pub(crate) wake: Arc<Notify>,
+}
+
+impl ControlPlane {
+    /// `operator_token` authorises account creation (the operator, not a tenant).
+    pub fn new(registry: Registry, operator_token: &str) -> ControlPlane {
+        ControlPlane {
+            registry,
+            operator_token_hash: Arc::new(sha256(operator_token.as_bytes())),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub(crate) fn now(&self) -> Timestamp {
+        self.registry.clock().now()
+    }
+
+    /// Checks the operator token (constant time).
+    pub fn authenticate_operator(&self, token: &str) -> Result<()> {
+        if bool::from(sha256(token.as_bytes()).ct_eq(self.operator_token_hash.as_ref())) {
+            Ok(())
+        } else {
+            Err(ControlError::Unauthenticated)
+        }
+    }
+
+    /// Creates an account and its first API key, which is returned this once.
+    pub async fn create_account(&self, new: NewAccount) -> Result<(Account, String)> {
+        if new.name.trim().is_empty() || new.name.len() > 64 {
+            return Err(ControlError::Invalid("account name must be 1-64 characters".into()));
+        }
+        if new.kind == AccountKind::Enterprise && new.verified_entity.is_none() {
+            return Err(ControlError::Invalid(
+                "an enterprise account needs a verified_entity".into(),
+            ));
+        }
+        if self.account_by_name(&new.name).await?.is_some() {
+            return Err(ControlError::Conflict { kind: "account name", id: new.name });
+        }
+        let account = Account {
+            id: new.id,
+            name: new.name,
+            kind: new.kind,
+            verified_entity: new.verified_entity,
+            organisation: None,
+            organisation_admin: false,
+            created_at: self.now(),
+        };
+        let account = self.registry.create_account(account).await?;
+        let key = self.create_api_key(&account.id).await?;
+        self.audit(&account.id, "account.created", account.id.as_str()).await;
+        Ok((account, key))
+    }
+
+    /// A new API key `{id}.{secret}` for `account`; only its hash is stored.
+    pub async fn create_api_key(&self, account: &AccountId) -> Result<String> {
+        let id = random_token(12)?;
+        let secret = random_token(32)?;
+        let record = ApiKey {
+            id: id.clone(),
+            account: account.clone(),
+            hash: hex::encode(sha256(secret.as_bytes())),
+            created_at: self.now(),
+        };
+        let key = format!("{API_KEYS}{id}");
+        self.registry
+            .store()
+            .compare_and_swap(&key, Expect::Absent, Some(encode(&record)?))
+            .await?;
+        Ok(format!("{id}.{secret}"))
+    }
+
+    /// The account an API key belongs to. Unknown keys and wrong secrets look the same.
+    pub async fn authenticate(&self, api_key: &str) -> Result<AccountId> {
+        let (id, secret) = api_key.split_once('.').ok_or(ControlError::Unauthenticated)?;
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(ControlError::Unauthenticated);
+        }
+        let offered = sha256(secret.as_bytes());
+        let Some(entry) = self.registry.store().get(&format!("{API_KEYS}{id}")).await? else {
+            return Err(ControlError::Unauthenticated);
+        };
+        let record: ApiKey = decode(&entry.key, &entry.value)?;
+        let stored = hex::decode(&record.hash).map_err(|_| ControlError::Unauthenticated)?;
+        if bool::from(offered.as_slice().ct_eq(stored.as_slice())) {
+            Ok(record.account)
+        } else {
+            Err(ControlError::Unauthenticated)
+        }
+    }
+
+    pub async fn account(&self, caller: &AccountId) -> Result<Account> {
+        Ok(self.registry.account(caller).await?)
+    }
+
+    /// Resolves a destination account by ID or by name.
+    pub async fn find_account(&self, id_or_name: &str) -> Result<Account> {
+        if let Ok(id) = id_or_name.parse::<AccountId>()
+            && let Ok(account) = self.registry.account(&id).await
+        {
+            return Ok(account);
+        }
+        self.account_by_name(id_or_name)
+            .await?
+            .ok_or_else(|| ControlError::NotFound { kind: "account", id: id_or_name.to_owned() })
+    }
+
+    async fn account_by_name(&self, name: &str) -> Result<Option<Account>> {
+        let snapshot = self.registry.store().scan_prefix(keys::ACCOUNTS).await?;
+        for entry in snapshot.entries {
+            let account: Account = decode(&entry.key, &entry.value)?;
+            if account.name == name {
+                return Ok(Some(account));
+            }
+        }
+        Ok(None)
+    }
+
+    pub async fn regions(&self) -> Result<Vec<Region>> {
+        Ok(self.registry.regions().await?)
+    }
+
+    /// Instances the caller owns.
+    pub async fn instances(&self, caller: &AccountId) -> Result<Vec<Instance>> {
+        let all = self.registry.instances().await?;
+        Ok(all.into_iter().filter(|instance| &instance.owner == caller).collect())
+    }
+
+    pub async fn instance(&self, caller: &AccountId, id: &InstanceId) -> Result<Instance> {
+        let instance = self.registry.instance(id).await?;
+        if &instance.owner != caller {
+            return Err(not_found("instance", id.as_str()));
+        }
+        Ok(instance)
+    }
+
+    pub async fn create_instance(&self, caller: &AccountId, new: NewInstance) -> Result<Instance> {
+        let now = self.now();
+        let instance = Instance {
+            id: new.id,
+            region: new.region,
+            owner: caller.clone(),
+            edition: new.edition,
+            endpoint: new.endpoint,
+            created_at: now,
+            expires_at: now.after(Duration::from_secs(new.lifetime_days.max(1) * 86_400)),
+        };
+        let instance = self.registry.create_instance(instance).await?;
+        self.audit(caller, "instance.created", instance.id.as_str()).await;
+        Ok(instance)
+    }
+
+    pub async fn create_product(&self, caller: &AccountId, new: NewProduct) -> Result<Product> {
+        self.instance(caller, &new.home_instance).await?;
+        if new.name.trim().is_empty() || new.name.len() > 64 {
+            return Err(ControlError::Invalid("product name must be 1-64 characters".into()));
+        }
+        let key = match new.key {
+            Some(key) => key,
+            None => {
+                random_token(11)?.parse().map_err(|e| ControlError::Internal(format!("{e}")))?
+            }
+        };
+        let product = Product {
+            key,
+            name: new.name,
+            owner: caller.clone(),
+            home_instance: new.home_instance,
+            published: false,
+            topic_categories: new.topic_categories,
+            tsl: new.tsl,
+            parsing_script: new.parsing_script,
+            created_at: self.now(),
+        };
+        let product = self.registry.create_product(product).await?;
+        self.audit(caller, "product.created", product.key.as_str()).await;
+        Ok(product)
+    }
+
+    /// A product the caller owns.
+    pub async fn product(&self, caller: &AccountId, key: &ProductKey) -> Result<Product> {
+        let product =
+            self.registry.product(key).await.map_err(|_| not_found("product", key.as_str()))?;
+        if &product.owner != caller {
+            return Err(not_found("product", key.as_str()));
+        }
+        Ok(product)
+    }
+
+    pub async fn products(&self, caller: &AccountId) -> Result<Vec<Product>> {
+        let snapshot = self.registry.store().scan_prefix(keys::PRODUCTS).await?;
+        let mut products = Vec::new();
+        for entry in snapshot.entries {
+            let product: Product = decode(&entry.key, &entry.value)?;
+            if &product.owner == caller {
+                products.push(product);
+            }
+        }
+        Ok(products)
+    }
+
+    pub async fn update_product(
+        &self,
+        caller: &AccountId,
+        key: &ProductKey,
+        patch: ProductPatch,
+    ) -> Result<Product> {
+        self.product(caller, key).await?;
+        let product = self
+            .registry
+            .update_product(key, |product| {
+                if let Some(name) = patch.name {
+                    product.name = name;
+                }
+                if let Some(published) = patch.published {
+                    product.published = published;
+                }
+                if let Some(categories) = patch.topic_categories {
+                    product.topic_categories = categories;
+                }
+                if let Some(tsl) = patch.tsl {
+                    product.tsl = tsl;
+                }
+                if let Some(script) = patch.parsing_script {
+                    product.parsing_script = Some(script);
+                }
+            })
+            .await?;
+        self.audit(caller, "product.updated", key.as_str()).await;
+        Ok(product)
+    }
+
+    /// Read-only copies of other products distributed to the caller's instances (SPEC §5).
+    pub async fn product_copies(&self, caller: &AccountId) -> Result<Vec<ProductCopy>> {
+        let snapshot = self.registry.store().scan_prefix(keys::PRODUCT_COPIES).await?;
+        let mut copies = Vec::new();
+        for entry in snapshot.entries {
+            let copy: ProductCopy = decode(&entry.key, &entry.value)?;
+            if &copy.holder == caller {
+                copies.push(copy);
+            }
+        }
+        Ok(copies)
+    }
+
+    /// Creates devices (all or none); their secrets are returned this once.
+    pub async fn create_devices(
+        &self,
+        caller: &AccountId,
+        product: &ProductKey,
+        names: Vec<(DeviceName, Option<DeviceSecret>)>,
+    ) -> Result<Vec<CreatedDevice>> {
+        self.product(caller, product).await?;
+        let new = names.into_iter().map(|(name, secret)| NewDevice { name, secret }).collect();
+        let created = self.registry.create_devices(product, new).await?;
+        self.audit(caller, "devices.created", &format!("{product} x{}", created.len())).await;
+        Ok(created)
+    }
+
+    /// Creates devices from a CSV with a `deviceName` column (and an optional `deviceSecret`).
+    pub async fn import_devices_csv(
+        &self,
+        caller: &AccountId,
+        product: &ProductKey,
+        csv_text: &str,
+    ) -> Result<Vec<CreatedDevice>> {
+        let mut reader =
+            csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(csv_text.as_bytes());
+        let headers = reader
+            .headers()
+            .map_err(|e| ControlError::Invalid(format!("CSV header: {e}")))?
+            .clone();
+        let name_column = headers
+            .iter()
+            .position(|h| h == "deviceName")
+            .ok_or_else(|| ControlError::Invalid("CSV needs a deviceName column".into()))?;
+        let secret_column = headers.iter().position(|h| h == "deviceSecret");
+        let mut names = Vec::new();
+        for (line, record) in reader.records().enumerate() {
+            let record =
+                record.map_err(|e| ControlError::Invalid(format!("CSV row {}: {e}", line + 2)))?;
+            if names.len() == MAX_CSV_ROWS {
+                return Err(ControlError::Invalid(format!(
+                    "CSV holds more than {MAX_CSV_ROWS} rows"
+                )));
+            }
+            let name = record.get(name_column).unwrap_or_default();
+            let name: DeviceName = name
+                .parse()
+                .map_err(|e| ControlError::Invalid(format!("CSV row {}: {e}", line + 2)))?;
+            let secret = match secret_column.and_then(|c| record.get(c)).filter(|s| !s.is_empty()) {
+                Some(secret) => Some(
+                    DeviceSecret::new(secret)
+                        .map_err(|e| ControlError::Invalid(format!("CSV row {}: {e}", line + 2)))?,
+                ),
+                None => None,
+            };
+            names.push((name, secret));
+        }
+        if names.is_empty() {
+            return Err(ControlError::Invalid("CSV holds no devices".into()));
+        }
+        self.create_devices(caller, product, names).await
+    }
+
+    pub async fn device(&self, caller: &AccountId, key: &DeviceKey) -> Result<Device> {
+        self.product(caller, &key.product_key)
+            .await
+            .map_err(|_| not_found("device", &key.to_string()))?;
+        let device = self.registry.device(key).await?;
+        if &device.owner != caller {
+            return Err(not_found("device", &key.to_string()));
+        }
+        Ok(device)
+    }
+
+    pub async fn devices(&self, caller: &AccountId, product: &ProductKey) -> Result<Vec<Device>> {
+        self.product(caller, product).await?;
+        let devices = self.registry.devices(product).await?;
+        Ok(devices.into_iter().filter(|device| &device.owner == caller).collect())
+    }
+
+    pub async fn set_device_enabled(
+        &self,
+        caller: &AccountId,
+        key: &DeviceKey,
+        enabled: bool,
+    ) -> Result<Device> {
+        self.device(caller, key).await?;
+        let device = self.registry.set_device_enabled(key, enabled).await?;
+        let action = if enabled { "device.enabled" } else { "device.disabled" };
+        self.audit(caller, action, &key.to_string()).await;
+        Ok(device)
+    }
+
+    /// Deletes a device at its source. A distributed device must first be distributed back
+    /// (SPEC §5); its runtime data at other instances stays where it is.
+    pub async fn delete_device(&self, caller: &AccountId, key: &DeviceKey) -> Result<()> {
+        let device = self.device(caller, key).await?;
+        if device.placement != Placement::Home {
+            return Err(ControlError::Rule(format!(
+                "device {key} is distributed; distribute it back to its source before deleting it"
+            )));
+        }
+        self.registry.delete_device(key).await?;
+        self.audit(caller, "device.deleted", &key.to_string()).await;
+        Ok(())
+    }
+
+    /// A cross-account verification code for the caller (the destination account), valid for
+    /// five minutes and one task.
+    pub async fn request_code(&self, caller: &AccountId) -> Result<String> {
+        self.registry.account(caller).await?;
+        let code = random_digits(6)?;
+        let record = VerificationCode {
+            account: caller.clone(),
+            hash: hex::encode(sha256(code.as_bytes())),
+            expires_at: self.now().after(CODE_VALIDITY),
+            failed_attempts: 0,
+        };
+        let key = format!("{CODES}{caller}/{}", &record.hash[..16]);
+        self.registry.store().put(&key, encode(&record)?).await?;
+        self.audit(caller, "code.requested", "").await;
+        Ok(code)
+    }
+
+    /// Checks `code` against `account`'s live codes. Returns the op that consumes the matched
+    /// code, to be committed atomically with whatever the code authorises.
+    pub(crate) async fn check_code(&self, account: &AccountId, code: &str) -> Result<Op> {
+        let now = self.now();
+        let prefix = format!("{CODES}{account}/");
+        let snapshot = self.registry.store().scan_prefix(&prefix).await?;
+        let offered = sha256(code.trim().as_bytes());
+        let mut live = Vec::new();
+        for entry in snapshot.entries {
+            let record: VerificationCode = decode(&entry.key, &entry.value)?;
+            if record.expires_at <= now {
+                continue;
+            }
+            let stored = hex::decode(&record.hash).unwrap_or_default();
+            if bool::from(offered.as_slice().ct_eq(stored.as_slice())) {
+                if record.failed_attempts >= CODE_MAX_ATTEMPTS {
+                    return Err(ControlError::TooManyAttempts(
+                        "verification code locked after too many attempts".into(),
+                    ));
+                }
+                return Ok(Op::delete(entry.key).expecting(Expect::Revision(entry.revision)));
+            }
+            live.push((entry, record));
+        }
+        // A wrong guess counts against every live code of the account, so guessing cannot
+        // outlast the attempt limit by spreading over codes.
+        let mut locked = false;
+        for (entry, mut record) in live {
+            record.failed_attempts += 1;
+            locked |= record.failed_attempts >= CODE_MAX_ATTEMPTS;
+            let _ = self
+                .registry
+                .store()
+                .compare_and_swap(
+                    &entry.key,
+                    Expect::Revision(entry.revision),
+                    Some(encode(&record)?),
+                )
+                .await;
+        }
+        if locked {
+            return Err(ControlError::TooManyAttempts(
+                "verification code locked after too many attempts".into(),
+            ));
+        }
+        Err(ControlError::Rule("verification code is invalid or expired".into()))
+    }
+
+    /// Records a control-plane change for the account that owns the resource. Best effort:
+    /// a failed audit write is logged, never turned into a failed request after the fact.
+    pub(crate) async fn audit(&self, account: &AccountId, action: &str, target: &str) {
+        let entry = AuditEntry {
+            at: self.now(),
+            account: account.clone(),
+            action: action.into(),
+            target: target.into(),
+        };
+        let Ok(value) = encode(&entry) else { return };
+        let Ok(unique) = random_token(6) else { return };
+        let key = format!("{AUDIT}{account}/{:020}-{unique}", entry.at.millis());
+        if let Err(error) = self.registry.store().put(&key, value).await {
+            tracing::warn!(%error, action, "audit entry not recorded");
+        }
+    }
+
+    /// The caller's audit log, oldest first.
+    pub async fn audit_log(&self, caller: &AccountId) -> Result<Vec<AuditEntry>> {
+        let snapshot = self.registry.store().scan_prefix(&format!("{AUDIT}{caller}/")).await?;
+        snapshot.entries.iter().map(|entry| Ok(decode(&entry.key, &entry.value)?)).collect()
+    }
+}
+
+pub(crate) fn not_found(kind: &'static str, id: &str) -> ControlError {
+    ControlError::NotFound { kind, id: id.to_owned() }
+}
+
+pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// A random token of ASCII letters and digits.
+pub(crate) fn random_token(len: usize) -> Result<String> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = vec![0u8; len];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| ControlError::Internal(format!("random source: {e}")))?;
+    Ok(bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect())
+}
+
+fn random_digits(len: usize) -> Result<String> {
+    let mut bytes = vec![0u8; len];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| ControlError::Internal(format!("random source: {e}")))?;
+    Ok(bytes.iter().map(|b| char::from(b'0' + b % 10)).collect())
+}
