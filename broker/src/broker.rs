@@ -17,6 +17,7 @@ use crate::auth::Authenticator;
 use crate::config::LimitsConfig;
 use crate::router::{Kick, Router};
 use crate::session::{Limits, Message};
+use crate::usage::Usage;
 use crate::view::{Admission, RegistryView};
 use crate::{connection, metrics as m};
 
@@ -38,6 +39,7 @@ pub struct Broker {
     reply_waiters: Mutex<HashMap<DeviceKey, Vec<oneshot::Sender<()>>>>,
     /// Source of notify message ids: decimal, unique per broker run (and so per device per day).
     notify_ids: AtomicU64,
+    usage: Usage,
 }
 
 impl Broker {
@@ -53,6 +55,7 @@ impl Broker {
             connections: AtomicU64::new(0),
             reply_waiters: Mutex::new(HashMap::new()),
             notify_ids: AtomicU64::new(seed),
+            usage: Usage::default(),
         })
     }
 
@@ -70,6 +73,10 @@ impl Broker {
 
     pub fn limits(&self) -> &LimitsConfig {
         &self.limits
+    }
+
+    pub fn usage(&self) -> &Usage {
+        &self.usage
     }
 
     /// The session id a device's connections share, so its newest connection always wins
@@ -202,6 +209,9 @@ impl Broker {
         reply_wait: Duration,
     ) {
         let mut tasks = JoinSet::new();
+        // Notifies are paced: each gets the next free slot `1 / notify_rate` after the last.
+        let spacing = Duration::from_secs(1) / self.limits.notify_rate.max(1);
+        let mut next_slot = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 Some(device) = changed.recv() => {
@@ -211,8 +221,11 @@ impl Broker {
                     if self.view().admits(&device, self.auth.instance()) == Admission::Allowed {
                         continue;
                     }
+                    let slot = next_slot.max(tokio::time::Instant::now());
+                    next_slot = slot + spacing;
                     let broker = self.clone();
                     tasks.spawn(async move {
+                        tokio::time::sleep_until(slot).await;
                         let outcome = broker.force_offline(&device, reply_wait).await;
                         tracing::info!(%device, replied = outcome.replied, "device no longer allowed here: forced offline");
                     });

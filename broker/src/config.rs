@@ -73,6 +73,12 @@ pub struct LimitsConfig {
     /// Time allowed between accepting a socket and receiving CONNECT.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Bootstrap notifies sent per second when many devices leave at once (a large
+    /// distribution task), so the destination is not hit by a reconnect storm all at once.
+    pub notify_rate: u32,
+    /// How often usage counters are written to the registry.
+    #[serde(with = "humantime_serde")]
+    pub usage_flush: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -85,6 +91,8 @@ impl Default for LimitsConfig {
             slow_consumer_drops: 1000,
             max_subscriptions: 1000,
             connect_timeout: Duration::from_secs(10),
+            notify_rate: 2_000,
+            usage_flush: Duration::from_secs(10),
         }
     }
 }

@@ -129,6 +129,7 @@ where
     );
     m::connect_result("accepted");
     m::connection_opened();
+    broker.usage().opened(connection, Instant::now());
     tracing::debug!(%peer, session = %session_id, session_present, "connected");
 
     let mut out = BytesMut::new();
@@ -141,6 +142,9 @@ where
 
     let ended = loop {
         while let Some(packet) = session.poll_transmit() {
+            if let Packet::Publish(_) = packet {
+                broker.usage().message_out();
+            }
             m::packet_out(&packet);
             if let Err(error) = codec::encode(&packet, &mut out) {
                 tracing::warn!(?error, "could not encode an outgoing packet");
@@ -151,7 +155,7 @@ where
             // A client that stops reading blocks this write; a kick (slow consumer, takeover,
             // shutdown) must still get through.
             tokio::select! {
-                written = stream.write_all(&out) => {
+                written = async { stream.write_all(&out).await?; stream.flush().await } => {
                     if let Err(error) = written {
                         break Ended::Io(error);
                     }
@@ -213,6 +217,7 @@ where
     broker.router().disconnect(&session_id, connection, session.park(), &filters);
     drop(finished_tx);
     m::connection_closed();
+    broker.usage().closed(connection, Instant::now());
     tracing::debug!(%peer, session = %session_id, ?ended, "disconnected");
 }
 
@@ -233,6 +238,9 @@ fn handle_input(
                 return Err(Ended::Decode(error));
             }
         };
+        if let Packet::Publish(_) = packet {
+            broker.usage().message_in();
+        }
         m::packet_in(&packet);
         let result = session.handle_packet(Instant::now(), packet, broker.view());
         broker.drain_events(session_id, session);

@@ -11,21 +11,67 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use meridian_registry::clock::{Clock, SystemClock};
+use meridian_registry::ids::InstanceId;
+use meridian_registry::model::InstanceUsage;
+
 use crate::acl::Profile;
 use crate::auth::{ApplicationCredential, Authenticator, Secret};
 use crate::broker::Broker;
 use crate::config::BrokerConfig;
+use crate::tls::{self, TlsAcceptor, TlsError};
 use crate::view::{self, RegistryView};
+use crate::websocket;
 
-/// Listeners bound before the broker starts (tests bind port 0 and read the address back).
+/// Listeners bound before the broker starts (tests bind port 0 and read the addresses back).
 pub struct Listeners {
+    /// Plain MQTT.
     pub tcp: TcpListener,
+    /// MQTT over TLS, with the acceptor holding the certificate, key and client-certificate
+    /// policy, all loaded at bind time so a bad file stops start-up rather than every handshake.
+    pub tls: Option<(TcpListener, TlsAcceptor)>,
+    /// MQTT over WebSocket (`mqtt` subprotocol).
+    pub websocket: Option<TcpListener>,
 }
 
 impl Listeners {
-    pub async fn bind(config: &BrokerConfig) -> std::io::Result<Listeners> {
-        Ok(Listeners { tcp: TcpListener::bind(&config.listen).await? })
+    /// Binds every listener `config` names and loads the TLS files.
+    pub async fn bind(config: &BrokerConfig) -> Result<Listeners, ListenError> {
+        // Files first: a bad certificate should not leave ports bound behind an error.
+        let acceptor = config.tls.as_ref().map(tls::acceptor).transpose()?;
+        let tcp = bind(&config.listen).await?;
+        let tls = match (&config.tls, acceptor) {
+            (Some(settings), Some(acceptor)) => Some((bind(&settings.listen).await?, acceptor)),
+            _ => None,
+        };
+        let websocket = match &config.websocket_listen {
+            Some(address) => Some(bind(address).await?),
+            None => None,
+        };
+        Ok(Listeners { tcp, tls, websocket })
     }
+
+    /// Plain MQTT only.
+    pub fn tcp_only(tcp: TcpListener) -> Listeners {
+        Listeners { tcp, tls: None, websocket: None }
+    }
+}
+
+async fn bind(address: &str) -> Result<TcpListener, ListenError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| ListenError::Bind { address: address.to_owned(), source })
+}
+
+/// Why the listeners could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// A listen address could not be bound (in use, not local, not an address).
+    #[error("binding {address}: {source}")]
+    Bind { address: String, source: std::io::Error },
+    /// The TLS certificate, key or client CA could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Why a broker could not start.
@@ -41,6 +87,7 @@ pub struct Daemon {
     pub broker: Arc<Broker>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    usage: Arc<UsageFlusher>,
 }
 
 /// How long the view follower waits before resubscribing after a feed error.
@@ -60,7 +107,7 @@ pub async fn start(
     let mut tasks = JoinSet::new();
 
     let current = store.revision().await?;
-    tasks.spawn(follow_forever(store, sealer, view.clone(), changed_tx, stopped.clone()));
+    tasks.spawn(follow_forever(store.clone(), sealer, view.clone(), changed_tx, stopped.clone()));
     view.caught_up(current).await;
 
     let users =
@@ -88,9 +135,20 @@ pub async fn start(
     let broker = Broker::new(auth, config.limits);
 
     tasks.spawn(broker.clone().enforce_placement(changed_rx, config.notify_reply_wait));
+    let usage = Arc::new(UsageFlusher::load(store, broker.clone(), config.instance.clone()).await);
+    tasks.spawn(usage.clone().run(stopped.clone()));
     tasks.spawn(broker.clone().serve_tcp(listeners.tcp, until(stopped.clone())));
+    if let Some((listener, acceptor)) = listeners.tls {
+        let handshake = move |stream| tls::handshake(acceptor.clone(), stream);
+        tasks.spawn(broker.clone().serve(listener, handshake, until(stopped.clone())));
+    }
+    if let Some(listener) = listeners.websocket {
+        let max_packet = config.limits.max_packet;
+        let upgrade = move |stream| websocket::accept(stream, max_packet);
+        tasks.spawn(broker.clone().serve(listener, upgrade, until(stopped.clone())));
+    }
     tracing::info!(instance = %config.instance, "broker started");
-    Ok(Daemon { broker, stop, tasks })
+    Ok(Daemon { broker, stop, tasks, usage })
 }
 
 impl Daemon {
@@ -99,6 +157,7 @@ impl Daemon {
         let _ = self.stop.send(true);
         // The placement enforcer ends when the follower (its sender) stops.
         while self.tasks.join_next().await.is_some() {}
+        self.usage.flush().await;
     }
 }
 
@@ -122,6 +181,57 @@ async fn follow_forever(
         tokio::select! {
             () = tokio::time::sleep(FEED_RETRY) => {}
             () = until(stopped.clone()) => return,
+        }
+    }
+}
+
+/// Writes the instance's usage to the registry: the baseline stored when the broker started
+/// plus the broker's counters since.
+struct UsageFlusher {
+    store: Arc<dyn Store>,
+    broker: Arc<Broker>,
+    key: String,
+    baseline: InstanceUsage,
+}
+
+impl UsageFlusher {
+    async fn load(
+        store: Arc<dyn Store>,
+        broker: Arc<Broker>,
+        instance: InstanceId,
+    ) -> UsageFlusher {
+        let key = meridian_registry::keys::usage(&instance);
+        let baseline = match store.get(&key).await {
+            Ok(Some(entry)) => meridian_registry::decode(&entry.key, &entry.value)
+                .unwrap_or_else(|_| InstanceUsage::empty(instance.clone())),
+            _ => InstanceUsage::empty(instance),
+        };
+        UsageFlusher { store, broker, key, baseline }
+    }
+
+    async fn flush(&self) {
+        let usage = self.broker.usage();
+        let report = usage.report(&self.baseline, std::time::Instant::now(), SystemClock.now());
+        let written = match meridian_registry::encode(&report) {
+            Ok(value) => {
+                self.store.put(&self.key, value).await.map(drop).map_err(|e| e.to_string())
+            }
+            Err(error) => Err(error.to_string()),
+        };
+        if let Err(error) = written {
+            tracing::warn!(%error, "usage not recorded");
+        }
+    }
+
+    /// Flushes every `usage_flush` until stopped; the final flush is the daemon's, after every
+    /// connection has closed.
+    async fn run(self: Arc<Self>, stopped: watch::Receiver<bool>) {
+        let every = self.broker.limits().usage_flush;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => self.flush().await,
+                () = until(stopped.clone()) => return,
+            }
         }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Layout: `codec` frames bytes, `session` is the sans-I/O protocol state machine, `router`
 //! holds subscriptions, retained messages and sessions, `connection` drives one socket, `broker`
-//! accepts and offers the force-offline API; `auth` and `acl` decide who may do what from the
+//! accepts and offers the force-offline API, `tls` and `websocket` turn accepted sockets into
+//! byte streams for it; `auth` and `acl` decide who may do what from the
 //! in-memory registry `view`. What it does not do: MQTT 5, clustering (one broker per
 //! instance), or write device state back into the registry.
 #![forbid(unsafe_code)]
@@ -19,8 +20,12 @@ pub mod daemon;
 mod metrics;
 pub mod router;
 pub mod session;
+pub mod tls;
 pub mod topic;
 mod trie;
+mod usage;
 pub mod view;
+pub mod websocket;
 
 pub use broker::{Broker, ForcedOffline};
+pub use usage::Usage;

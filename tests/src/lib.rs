@@ -4,6 +4,8 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod device;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +22,6 @@ use meridian_registry::secret::{DeviceSecret, SecretKey};
 use meridian_registry::store::{RedbStore, Store};
 use meridian_registry::{NewDevice, Registry};
 use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Packet};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 /// The product every test device belongs to (the C SDK capture's).
@@ -139,13 +140,15 @@ impl TestRegistry {
     ) -> TestBroker {
         let mut config = broker_config(instance.parse().expect("instance"));
         tweak(&mut config);
-        let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = tcp.local_addr().expect("addr");
-        let daemon =
-            daemon::start(config, self.store.clone(), self.sealer.clone(), Listeners { tcp })
-                .await
-                .expect("start broker");
-        TestBroker { daemon, addr }
+        // Every configured listener, each on the port 0 its config names.
+        let listeners = Listeners::bind(&config).await.expect("bind");
+        let addr = listeners.tcp.local_addr().expect("addr");
+        let tls_addr = listeners.tls.as_ref().map(|(tls, _)| tls.local_addr().expect("addr"));
+        let websocket_addr = listeners.websocket.as_ref().map(|ws| ws.local_addr().expect("addr"));
+        let daemon = daemon::start(config, self.store.clone(), self.sealer.clone(), listeners)
+            .await
+            .expect("start broker");
+        TestBroker { daemon, addr, tls_addr, websocket_addr }
     }
 
     /// Waits until a broker's view reflects everything committed so far.
@@ -181,7 +184,12 @@ pub fn broker_config(instance: InstanceId) -> BrokerConfig {
 
 pub struct TestBroker {
     pub daemon: Daemon,
+    /// The plain MQTT listener.
     pub addr: SocketAddr,
+    /// The TLS listener, when the test configured `tls` (listen on `127.0.0.1:0`).
+    pub tls_addr: Option<SocketAddr>,
+    /// The WebSocket listener, when the test configured `websocket_listen`.
+    pub websocket_addr: Option<SocketAddr>,
 }
 
 /// A rumqttc client whose event loop runs in a task, forwarding every event.

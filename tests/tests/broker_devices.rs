@@ -341,3 +341,42 @@ fn device_connect(client_id: &str, username: &str, password: &str, keep_alive: u
     packet.extend_from_slice(&body);
     packet
 }
+
+/// The instance a device is connected to accounts for it: connections, connected time and
+/// messages reach the registry's usage record.
+#[tokio::test]
+async fn usage_is_accounted_per_instance() {
+    let registry = TestRegistry::new().await;
+    registry.device("counted-1", "counted-secret").await;
+    let broker = registry.broker(SHANGHAI, |_| {}).await;
+    let (mut device, _) = Client::connect(device_options(
+        broker.addr,
+        SdkShape::Python,
+        "counted-1",
+        "counted-secret",
+    ))
+    .await
+    .unwrap();
+    for n in 0..3 {
+        let topic = format!("/{PRODUCT}/counted-1/user/update");
+        device.client.publish(topic, QoS::AtLeastOnce, false, format!("{n}")).await.unwrap();
+        device.expect(|p| matches!(p, Packet::PubAck(_))).await;
+    }
+    broker.daemon.shutdown().await;
+
+    let key = meridian_registry::keys::usage(&SHANGHAI.parse().unwrap());
+    let entry = registry.store.get(&key).await.unwrap().expect("usage recorded at shutdown");
+    let usage: meridian_registry::model::InstanceUsage =
+        meridian_registry::decode(&entry.key, &entry.value).unwrap();
+    assert_eq!(usage.connects_total, 1);
+    assert_eq!(usage.messages_in, 3);
+    assert_eq!(usage.connections, 0, "all closed by the shutdown");
+    assert!(
+        registry
+            .store
+            .get(&meridian_registry::keys::usage(&FRANKFURT.parse().unwrap()))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
