@@ -32,6 +32,7 @@ const BATCH: usize = 500;
 
 /// What the caller asks for.
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TaskRequest {
     pub product: ProductKey,
     /// Device names of `product`; empty distributes the product alone (specified policy only).
@@ -60,6 +61,7 @@ pub enum PolicyRequest {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CrossAccount {
     pub account: String,
     pub code: String,
@@ -287,7 +289,11 @@ impl ControlPlane {
             if task.state.settled() {
                 continue;
             }
-            self.drive(&task.id).await?;
+            // One broken task must not hold up the others; it stays unsettled (retryable) and
+            // is tried again on the next pass.
+            if let Err(error) = self.drive(&task.id).await {
+                tracing::warn!(task = %task.id, %error, "distribution task step failed");
+            }
         }
         Ok(())
     }
@@ -360,8 +366,8 @@ impl ControlPlane {
                 let home = self.registry.product(&task.product).await?.home_instance;
                 let end = (task.cursor + BATCH).min(task.devices.len());
                 let mut ops = Vec::with_capacity(end - task.cursor + 1);
-                for key in task.devices[task.cursor..end].to_vec() {
-                    let (record, op) = self.move_device(&task, &key, &home).await?;
+                for key in &task.devices[task.cursor..end] {
+                    let (record, op) = self.move_device(&task, key, &home).await?;
                     ops.extend(op);
                     task.records.push(record);
                 }

@@ -2,15 +2,19 @@
 //! devices, cross-account verification codes, distribution tasks and the audit log, all on the
 //! registry store. Every operation takes the calling account and sees only its resources.
 //!
-//! What it does not do: serve HTTP (the admin API in `bootstrap-edge` does), or talk to
-//! brokers (they follow the registry's change feed).
+//! The admin HTTP API over it is [`api::serve`].
+//!
+//! What it does not do: talk to brokers (they follow the registry's change feed).
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod api;
 pub mod distribution;
 pub mod error;
+pub mod internal;
 pub mod model;
 pub mod plane;
+pub mod remote;
 
 pub use distribution::{CSV_TEMPLATE, CrossAccount, MAX_TASK_DEVICES, PolicyRequest, TaskRequest};
 pub use error::ControlError;

@@ -37,6 +37,7 @@ pub const MAX_CSV_ROWS: usize = 1_000;
 
 /// A new account, created by the operator.
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewAccount {
     pub id: AccountId,
     pub name: String,
@@ -47,6 +48,7 @@ pub struct NewAccount {
 
 /// A new instance owned by the caller.
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewInstance {
     pub id: InstanceId,
     pub region: RegionId,
@@ -68,6 +70,7 @@ fn default_lifetime_days() -> u64 {
 
 /// A new product; its key is generated when absent.
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewProduct {
     #[serde(default)]
     pub key: Option<ProductKey>,
@@ -83,6 +86,7 @@ pub struct NewProduct {
 
 /// Fields of a product that may be edited; absent fields stay as they are.
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ProductPatch {
     pub name: Option<String>,
     pub published: Option<bool>,
@@ -272,7 +276,9 @@ impl ControlPlane {
             edition: new.edition,
             endpoint: new.endpoint,
             created_at: now,
-            expires_at: now.after(Duration::from_secs(new.lifetime_days.max(1) * 86_400)),
+            // Saturating: an absurd lifetime means "never expires", not an overflow panic.
+            expires_at: now
+                .after(Duration::from_secs(new.lifetime_days.max(1).saturating_mul(86_400))),
         };
         let instance = self.registry.create_instance(instance).await?;
         self.audit(caller, "instance.created", instance.id.as_str()).await;
@@ -335,6 +341,9 @@ impl ControlPlane {
         patch: ProductPatch,
     ) -> Result<Product> {
         self.product(caller, key).await?;
+        if patch.name.as_ref().is_some_and(|name| name.trim().is_empty() || name.len() > 64) {
+            return Err(ControlError::Invalid("product name must be 1-64 characters".into()));
+        }
         let product = self
             .registry
             .update_product(key, |product| {
