@@ -18,7 +18,7 @@ use crate::config::LimitsConfig;
 use crate::router::{Kick, Router};
 use crate::session::{Limits, Message};
 use crate::usage::Usage;
-use crate::view::{Admission, RegistryView};
+use crate::view::RegistryView;
 use crate::{connection, metrics as m};
 
 /// What a force-offline did.
@@ -201,8 +201,10 @@ impl Broker {
         }
     }
 
-    /// Re-checks each changed device that is online here; one that may no longer connect is
-    /// notified and forced offline. Runs until the sender side closes.
+    /// Tells each online device whose placement or status changed to re-bootstrap (SPEC §5:
+    /// an online distributed device is notified, then forced offline), even when its new
+    /// placement still includes this instance: a nearest-access device must pick again.
+    /// Runs until the sender side closes.
     pub async fn enforce_placement(
         self: Arc<Self>,
         mut changed: mpsc::UnboundedReceiver<DeviceKey>,
@@ -218,16 +220,13 @@ impl Broker {
                     if !self.router.is_online(&Broker::device_session_id(&device)) {
                         continue;
                     }
-                    if self.view().admits(&device, self.auth.instance()) == Admission::Allowed {
-                        continue;
-                    }
                     let slot = next_slot.max(tokio::time::Instant::now());
                     next_slot = slot + spacing;
                     let broker = self.clone();
                     tasks.spawn(async move {
                         tokio::time::sleep_until(slot).await;
                         let outcome = broker.force_offline(&device, reply_wait).await;
-                        tracing::info!(%device, replied = outcome.replied, "device no longer allowed here: forced offline");
+                        tracing::info!(%device, replied = outcome.replied, "device placement changed: forced offline");
                     });
                 }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}

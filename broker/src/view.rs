@@ -109,8 +109,8 @@ pub enum Admission {
 }
 
 /// Loads the view from a snapshot, then applies the feed until `shutdown` or a feed error.
-/// `changed` receives every device whose record changed or disappeared, so the broker can
-/// re-check devices that are online.
+/// `changed` receives every device whose placement or status changed, or that disappeared, so
+/// the broker can tell an online one to re-bootstrap.
 pub async fn follow(
     store: Arc<dyn Store>,
     sealer: SecretKey,
@@ -189,8 +189,13 @@ fn apply(view: &RegistryView, sealer: &SecretKey, change: &Change) -> Option<Dev
                 status: device.status,
                 placement: device.placement,
             };
-            view.devices.insert(device.key.clone(), entry);
-            Some(device.key)
+            // Only a change of where the device may be, or whether it may connect at all,
+            // concerns an online session (a tag edit does not).
+            let moved = |previous: &DeviceEntry| {
+                previous.placement != entry.placement || previous.status != entry.status
+            };
+            let previous = view.devices.insert(device.key.clone(), entry.clone());
+            previous.is_none_or(|previous| moved(&previous)).then_some(device.key)
         }
         None => {
             let key = keys::parse_device(&change.key)?;

@@ -380,3 +380,56 @@ async fn usage_is_accounted_per_instance() {
             .is_none()
     );
 }
+
+/// A tag edit leaves an online device alone; a new placement that still includes this instance
+/// (nearest access) still tells it to re-bootstrap, so it picks its nearest region again.
+#[tokio::test]
+async fn only_placement_changes_notify_online_devices() {
+    let registry = TestRegistry::new().await;
+    let device = registry.device("steady-1", "steady-secret").await;
+    let broker = registry
+        .broker(SHANGHAI, |config| config.notify_reply_wait = Duration::from_millis(50))
+        .await;
+    let (mut steady, _) =
+        Client::connect(device_options(broker.addr, SdkShape::CSdk, "steady-1", "steady-secret"))
+            .await
+            .unwrap();
+    let session = meridian_broker::Broker::device_session_id(&device);
+
+    registry
+        .registry
+        .update_device(&device, |d| {
+            d.tags.insert("floor".into(), "3".into());
+            Ok(())
+        })
+        .await
+        .unwrap();
+    registry.sync(&broker).await;
+    assert!(broker.daemon.broker.router().is_online(&session), "a tag edit kicked the device");
+
+    registry
+        .registry
+        .update_device(&device, |d| {
+            d.placement = Placement::Nearest {
+                candidates: vec![
+                    meridian_registry::model::PlacementCandidate {
+                        region: "cn-shanghai".parse().unwrap(),
+                        instance: SHANGHAI.parse().unwrap(),
+                    },
+                    meridian_registry::model::PlacementCandidate {
+                        region: "eu-central-1".parse().unwrap(),
+                        instance: FRANKFURT.parse().unwrap(),
+                    },
+                ],
+            };
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert!(steady.publish().await.topic.ends_with("/thing/bootstrap/notify"));
+    steady.closed().await;
+    // Still a candidate here, so it may come straight back.
+    Client::connect(device_options(broker.addr, SdkShape::CSdk, "steady-1", "steady-secret"))
+        .await
+        .unwrap();
+}
