@@ -12,8 +12,8 @@ use tokio::sync::Notify;
 use meridian_registry::clock::Timestamp;
 use meridian_registry::ids::{AccountId, DeviceKey, DeviceName, InstanceId, ProductKey, RegionId};
 use meridian_registry::model::{
-    Account, AccountKind, Device, Edition, Instance, MqttEndpoint, Placement, Product, ProductCopy,
-    Region, TopicCategory,
+    Account, AccountKind, Device, Edition, Instance, InstanceUsage, MqttEndpoint, Placement,
+    Product, ProductCopy, Region, TopicCategory,
 };
 use meridian_registry::secret::DeviceSecret;
 use meridian_registry::store::{Expect, Op};
@@ -265,6 +265,21 @@ impl ControlPlane {
             return Err(not_found("instance", id.as_str()));
         }
         Ok(instance)
+    }
+
+    /// Usage of each of the caller's instances as its broker last reported it (SPEC §5: the
+    /// instance a device is connected to accounts for it). An instance no broker has reported
+    /// on yet shows zeros, as a broker starting on it would.
+    pub async fn usage(&self, caller: &AccountId) -> Result<Vec<InstanceUsage>> {
+        let mut usage = Vec::new();
+        for instance in self.instances(caller).await? {
+            let record = match self.registry.store().get(&keys::usage(&instance.id)).await? {
+                Some(entry) => decode(&entry.key, &entry.value)?,
+                None => InstanceUsage::empty(instance.id),
+            };
+            usage.push(record);
+        }
+        Ok(usage)
     }
 
     pub async fn create_instance(&self, caller: &AccountId, new: NewInstance) -> Result<Instance> {

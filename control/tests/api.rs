@@ -9,7 +9,10 @@ use hyper::header;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use meridian_registry::clock::Timestamp;
+use meridian_registry::encode;
 use meridian_registry::ids::DeviceKey;
+use meridian_registry::model::InstanceUsage;
 use support::{Body, Connection, HANG, OPERATOR_TOKEN, TestApi};
 
 const PK: &str = "a13FN5TplKq";
@@ -321,6 +324,45 @@ async fn regions_instances_and_products() {
     assert_eq!(product["published"], true);
     assert_eq!(product["home_instance"], "acme-sh");
     api.get("/v1/products/short", &acme.key).await.error(StatusCode::NOT_FOUND);
+}
+
+/// Usage is one record per instance of the caller: as its broker reported it, or zeros before
+/// any report; another account's usage is never listed.
+#[tokio::test]
+async fn usage_lists_the_callers_instances_only() {
+    let api = TestApi::start().await;
+    let acme = api.tenant_with_product("acme", PK).await;
+    let other = api.tenant_with_product("other", PK_B).await;
+    for (instance, messages_in) in [("acme-sh", 7), ("other-sh", 1_000)] {
+        let reported = InstanceUsage {
+            instance: instance.parse().unwrap(),
+            connections: 2,
+            connects_total: 5,
+            connected_seconds: 90,
+            messages_in,
+            messages_out: 3,
+            updated_at: Timestamp(1_700_000_000_500),
+        };
+        let key = meridian_registry::keys::usage(&reported.instance);
+        api.plane.registry().store().put(&key, encode(&reported).unwrap()).await.unwrap();
+    }
+
+    let usage = api.get("/v1/usage", &acme.key).await.json();
+    let mut records = usage["usage"].as_array().unwrap().clone();
+    records.sort_by_key(|record| record["instance"].as_str().unwrap().to_owned());
+    assert_eq!(
+        records,
+        [
+            json!({ "instance": "acme-fra", "connections": 0, "connects_total": 0,
+                "connected_seconds": 0, "messages_in": 0, "messages_out": 0, "updated_at": 0 }),
+            json!({ "instance": "acme-sh", "connections": 2, "connects_total": 5,
+                "connected_seconds": 90, "messages_in": 7, "messages_out": 3,
+                "updated_at": 1_700_000_000_500u64 }),
+        ]
+    );
+    let theirs = api.get("/v1/usage", &other.key).await.json();
+    assert!(!theirs.to_string().contains("acme"), "{theirs}");
+    api.request(Method::GET, "/v1/usage", None, Body::None).await.error(StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]

@@ -1,10 +1,11 @@
-//! Regions (operator configuration, readable by every account) and the caller's instances.
+//! Regions (operator configuration, readable by every account), the caller's instances and
+//! their usage.
 
 use hyper::StatusCode;
 use serde::Serialize;
 
 use meridian_registry::ids::AccountId;
-use meridian_registry::model::{Instance, Region};
+use meridian_registry::model::{Instance, InstanceUsage, Region};
 
 use super::request::ApiRequest;
 use super::response::{self, Result};
@@ -43,4 +44,13 @@ pub(super) async fn create(
 pub(super) async fn get(plane: &ControlPlane, caller: &AccountId, request: ApiRequest) -> Result {
     let id = request.instance_id()?;
     response::json(StatusCode::OK, &plane.instance(caller, &id).await?)
+}
+
+/// `GET /v1/usage`: one record per instance the caller owns, as its broker last reported it.
+pub(super) async fn usage(plane: &ControlPlane, caller: &AccountId) -> Result {
+    #[derive(Serialize)]
+    struct List {
+        usage: Vec<InstanceUsage>,
+    }
+    response::json(StatusCode::OK, &List { usage: plane.usage(caller).await? })
 }

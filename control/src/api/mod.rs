@@ -152,6 +152,7 @@ async fn tenant(
         Tenant::Instances => instances::list(plane, caller).await,
         Tenant::CreateInstance => instances::create(plane, caller, request).await,
         Tenant::Instance => instances::get(plane, caller, request).await,
+        Tenant::Usage => instances::usage(plane, caller).await,
         Tenant::Products => products::list(plane, caller).await,
         Tenant::CreateProduct => products::create(plane, caller, request).await,
         Tenant::Product => products::get(plane, caller, request).await,
