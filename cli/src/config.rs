@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use meridian_broker::config::{ApplicationConfig, LimitsConfig};
 use meridian_registry::ids::{AccountId, InstanceId, RegionId};
+use meridian_registry::secret::SecretKey;
 use serde::Deserialize;
 
 /// The documented default, printed by `meridian generate-config`. A test parses it, so it can
@@ -15,6 +16,10 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../deploy/meridian.toml");
 /// Environment variable holding the DeviceSecret sealing key (64 hex digits); it wins over
 /// `secrets.key_file`.
 pub const SECRET_KEY_ENV: &str = "MERIDIAN_SECRET_KEY";
+/// Environment variables holding the operator token (account creation) and the node token
+/// (the internal watch API); each wins over its file.
+pub const OPERATOR_TOKEN_ENV: &str = "MERIDIAN_OPERATOR_TOKEN";
+pub const NODE_TOKEN_ENV: &str = "MERIDIAN_NODE_TOKEN";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,6 +36,64 @@ pub struct Config {
     pub broker: BrokerDefaults,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The bootstrap edge; every field has a documented default.
+    #[serde(default)]
+    pub edge: meridian_edge::EdgeConfig,
+    #[serde(default)]
+    pub control: ControlConfig,
+}
+
+/// The control plane's listeners and credentials.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// The admin API (`meridian ctl` talks to it).
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: String,
+    /// The internal watch API for separate broker processes; never expose it publicly.
+    #[serde(default = "default_internal_listen")]
+    pub internal_listen: String,
+    /// Created with a random token on first start; `MERIDIAN_OPERATOR_TOKEN` wins over it.
+    #[serde(default = "default_operator_token_file")]
+    pub operator_token_file: PathBuf,
+    /// Created with a random token on first start; `MERIDIAN_NODE_TOKEN` wins over it.
+    #[serde(default = "default_node_token_file")]
+    pub node_token_file: PathBuf,
+    /// Where the demo account's API key is written on first start (mode 0600).
+    #[serde(default = "default_demo_key_file")]
+    pub demo_api_key_file: PathBuf,
+}
+
+impl Default for ControlConfig {
+    fn default() -> ControlConfig {
+        ControlConfig {
+            admin_listen: default_admin_listen(),
+            internal_listen: default_internal_listen(),
+            operator_token_file: default_operator_token_file(),
+            node_token_file: default_node_token_file(),
+            demo_api_key_file: default_demo_key_file(),
+        }
+    }
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:8081".into()
+}
+
+fn default_internal_listen() -> String {
+    "127.0.0.1:8082".into()
+}
+
+fn default_operator_token_file() -> PathBuf {
+    "../data/operator.token".into()
+}
+
+fn default_node_token_file() -> PathBuf {
+    "../data/node.token".into()
+}
+
+fn default_demo_key_file() -> PathBuf {
+    "../data/demo-api-key".into()
 }
 
 /// Settings every broker of `meridian up` shares.
@@ -135,6 +198,10 @@ impl Config {
         let mut config: Config = toml::from_str(text)?;
         config.store.path = base.join(&config.store.path);
         config.secrets.key_file = base.join(&config.secrets.key_file);
+        config.control.operator_token_file = base.join(&config.control.operator_token_file);
+        config.control.node_token_file = base.join(&config.control.node_token_file);
+        config.control.demo_api_key_file = base.join(&config.control.demo_api_key_file);
+        config.edge.geoip.resolve_paths(base);
         config.check()?;
         Ok(config)
     }
@@ -151,8 +218,75 @@ impl Config {
         if let Some(pair) = ids.windows(2).find(|pair| pair[0] == pair[1]) {
             bail!("instance {} is configured twice", pair[0]);
         }
+        self.edge.check().context("in [edge]")?;
         Ok(())
     }
+}
+
+/// The sealing key from the environment, else from its file; with `create`, a missing file gets
+/// a fresh key (readable by the owner only).
+pub fn load_secret_key(path: &Path, create: bool) -> anyhow::Result<SecretKey> {
+    if let Ok(hex) = std::env::var(SECRET_KEY_ENV) {
+        return SecretKey::from_hex(&hex).with_context(|| format!("in {SECRET_KEY_ENV}"));
+    }
+    let hex = if create {
+        read_or_create(path, || Ok(SecretKey::generate_hex()?))?
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    SecretKey::from_hex(&hex).with_context(|| format!("in {}", path.display()))
+}
+
+/// A token from `env`, else from `path`.
+pub fn read_secret(env: &str, path: &Path) -> anyhow::Result<String> {
+    if let Ok(token) = std::env::var(env) {
+        return Ok(token.trim().to_owned());
+    }
+    let token =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(token.trim().to_owned())
+}
+
+/// A token from `env`, else from `path`, creating the file with a random token if missing.
+pub fn read_or_create_token(env: &str, path: &Path) -> anyhow::Result<String> {
+    if let Ok(token) = std::env::var(env) {
+        return Ok(token.trim().to_owned());
+    }
+    read_or_create(path, || Ok(SecretKey::generate_hex()?))
+}
+
+/// The trimmed contents of `path`; when it does not exist, writes `make()` there first with
+/// mode 0600 and fsync, so a crash never leaves a half-written secret.
+pub fn read_or_create(
+    path: &Path,
+    make: impl FnOnce() -> anyhow::Result<String>,
+) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text.trim().to_owned()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let value = make()?;
+            write_private(path, &value)?;
+            tracing::info!(path = %path.display(), "generated a new secret");
+            Ok(value)
+        }
+        Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Writes `value` to a new file readable by the owner only.
+pub fn write_private(path: &Path, value: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).with_context(|| format!("creating {}", path.display()))?;
+    writeln!(file, "{value}")?;
+    file.sync_all()?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,12 +2,13 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+mod broker_daemon;
 mod config;
+mod ctl;
 mod up;
 
 use std::path::PathBuf;
 
-use anyhow::bail;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -35,15 +36,20 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Run the global bootstrap edge (and the admin API beside it) as its own daemon.
+    /// Run the control plane (admin API, internal watch API, task executor) and the global
+    /// bootstrap edge as one daemon; brokers run as their own processes.
     Edge {
-        #[arg(long, short)]
+        #[arg(long, short, default_value = "deploy/meridian.toml", env = "MERIDIAN_CONFIG")]
         config: PathBuf,
     },
     /// Talk to the control plane's admin API.
-    Ctl,
-    /// Print the documented default configuration.
-    GenerateConfig,
+    Ctl(ctl::CtlArgs),
+    /// Print the documented default configuration (of `up`/`edge`, or of a regional broker).
+    GenerateConfig {
+        /// Print the regional broker's configuration instead.
+        #[arg(long)]
+        broker: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,16 +60,29 @@ fn main() -> anyhow::Result<()> {
         .init();
 
     match cli.command {
-        Command::GenerateConfig => {
+        Command::GenerateConfig { broker: false } => {
             print!("{}", config::DEFAULT_CONFIG);
+            Ok(())
+        }
+        Command::GenerateConfig { broker: true } => {
+            print!("{}", broker_daemon::DEFAULT_BROKER_CONFIG);
             Ok(())
         }
         Command::Up { config } => {
             let config = config::Config::load(&config)?;
-            tokio::runtime::Runtime::new()?.block_on(up::run(config, up::shutdown_signal()))
+            let run = up::run(config, up::Role::All, up::shutdown_signal());
+            tokio::runtime::Runtime::new()?.block_on(run)
         }
-        Command::Broker { .. } => bail!("`meridian broker` is not implemented yet (issue 5)"),
-        Command::Edge { .. } => bail!("`meridian edge` is not implemented yet (issue 5)"),
-        Command::Ctl => bail!("`meridian ctl` is not implemented yet (issue 5)"),
+        Command::Edge { config } => {
+            let config = config::Config::load(&config)?;
+            let run = up::run(config, up::Role::EdgeOnly, up::shutdown_signal());
+            tokio::runtime::Runtime::new()?.block_on(run)
+        }
+        Command::Broker { config } => {
+            let config = broker_daemon::BrokerDaemonConfig::load(&config)?;
+            let run = broker_daemon::run(config, up::shutdown_signal());
+            tokio::runtime::Runtime::new()?.block_on(run)
+        }
+        Command::Ctl(args) => ctl::run(args),
     }
 }

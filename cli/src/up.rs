@@ -1,41 +1,58 @@
 //! `meridian up`: everything in one process on the embedded store.
 
 use std::future::Future;
-use std::io::Write;
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
 use meridian_registry::clock::SystemClock;
 use meridian_registry::model::{Account, AccountKind, Edition, Instance, MqttEndpoint, Region};
-use meridian_registry::secret::SecretKey;
 use meridian_registry::store::RedbStore;
 use meridian_registry::{Registry, RegistryError};
 
 use meridian_broker::config::BrokerConfig;
 use meridian_broker::daemon::{self, Listeners};
 
-use crate::config::{Config, InstanceConfig, SECRET_KEY_ENV};
+use meridian_control::ControlPlane;
+
+use crate::config::{
+    Config, InstanceConfig, MetricsConfig, NODE_TOKEN_ENV, OPERATOR_TOKEN_ENV, load_secret_key,
+    read_or_create_token, write_private,
+};
 
 /// How long seeded instances run before they expire; operators extend them through the API.
 const SEEDED_INSTANCE_LIFETIME: std::time::Duration =
     std::time::Duration::from_secs(10 * 365 * 24 * 3600);
 
+/// Which parts of the system this process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `meridian up`: control plane, edge and one broker per configured instance.
+    All,
+    /// `meridian edge`: control plane and edge; brokers run as their own processes.
+    EdgeOnly,
+}
+
 /// Opens the store, makes sure the configured regions, instances and demo tenant exist, and
 /// serves until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    role: Role,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     if let Some(dir) = config.store.path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let store = RedbStore::open(&config.store.path)
         .with_context(|| format!("opening store {}", config.store.path.display()))?;
-    let sealer = load_secret_key(&config.secrets.key_file)?;
+    let sealer = load_secret_key(&config.secrets.key_file, true)?;
     let registry = Registry::new(Arc::new(store), sealer.clone(), Arc::new(SystemClock));
     seed(&registry, &config).await.context("seeding the registry from the configuration")?;
-    install_metrics(&config)?;
+    install_metrics(&config.metrics)?;
+    let control = start_control(&config, &registry).await.context("starting the control plane")?;
 
     let mut brokers = Vec::with_capacity(config.instances.len());
-    for instance in &config.instances {
+    let instances = if role == Role::All { config.instances.as_slice() } else { &[] };
+    for instance in instances {
         let broker_config = broker_config(&config, instance);
         let listeners = Listeners::bind(&broker_config).await.with_context(|| {
             format!("binding broker of {} on {}", instance.id, broker_config.listen)
@@ -49,6 +66,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         brokers.push(daemon);
     }
 
+    let edge = start_edge(&config, &registry).await.context("starting the bootstrap edge")?;
+
     let revision = registry.store().revision().await?;
     tracing::info!(
         store = %config.store.path.display(),
@@ -59,6 +78,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     );
     shutdown.await;
     tracing::info!("meridian up: shutting down");
+    edge.stop().await;
+    control.stop().await;
     for broker in brokers {
         broker.shutdown().await;
     }
@@ -80,15 +101,132 @@ fn broker_config(config: &Config, instance: &InstanceConfig) -> BrokerConfig {
     }
 }
 
+/// The bootstrap edge of `meridian up`, its routing table following the registry's feed.
+struct EdgeDaemon {
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
+    follower: tokio::task::JoinHandle<()>,
+    /// Reloads the GeoIP files when they are replaced; stops when dropped.
+    _geoip_watcher: Option<meridian_geo::ReloadWatcher>,
+}
+
+impl EdgeDaemon {
+    /// Stops accepting, lets in-flight bootstraps finish, then stops following the feed.
+    async fn stop(self) {
+        let _ = self.shutdown.send(());
+        if let Err(error) = self.server.await {
+            tracing::error!(%error, "bootstrap edge task failed");
+        }
+        self.follower.abort();
+    }
+}
+
+/// Loads the routing table, opens GeoIP and starts serving. Its metrics go to the process-wide
+/// recorder, exposed on the metrics listener rather than the public bootstrap port.
+async fn start_edge(config: &Config, registry: &Registry) -> anyhow::Result<EdgeDaemon> {
+    let settings = &config.edge;
+    let mut geoip = settings.geoip.clone();
+    let missing = geoip.missing_files();
+    if !missing.is_empty() {
+        tracing::warn!(
+            ?missing,
+            "GeoIP database not found (run deploy/fetch-geoip.sh); nearest access uses the \
+             default region"
+        );
+        geoip.files = None;
+    }
+    let locator = meridian_edge::open_locator(&geoip).context("opening the GeoIP database")?;
+    let geoip_watcher =
+        locator.db().map(|db| db.spawn_reload_on_change(geoip.reload_poll)).transpose()?;
+
+    let (table, writer) = meridian_edge::RoutingTable::new();
+    let store = registry.store().clone();
+    let follower = tokio::spawn(async move {
+        if let Err(error) = meridian_edge::follow(store, writer).await {
+            tracing::error!(%error, "bootstrap edge stopped following the registry feed");
+        }
+    });
+    table.caught_up(registry.store().revision().await?).await;
+
+    let edge = meridian_edge::Edge::new(settings, Arc::clone(&table), locator, None)?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding the bootstrap edge on {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(meridian_edge::run(listener, edge, async move {
+        let _ = stop.await;
+    }));
+    tracing::info!(%addr, devices = table.device_count(), "bootstrap edge listening");
+    Ok(EdgeDaemon { shutdown, server, follower, _geoip_watcher: geoip_watcher })
+}
+
+/// The control plane of this process: admin API, internal watch API, task executor.
+struct ControlDaemon {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl ControlDaemon {
+    /// Stops accepting, lets in-flight requests and the current task step finish.
+    async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Starts the admin API, the internal watch API and the executor (which resumes any task a
+/// previous run left unsettled). On first start the demo account gets an API key, written to
+/// its file.
+async fn start_control(config: &Config, registry: &Registry) -> anyhow::Result<ControlDaemon> {
+    let settings = &config.control;
+    let operator = read_or_create_token(OPERATOR_TOKEN_ENV, &settings.operator_token_file)?;
+    let node = read_or_create_token(NODE_TOKEN_ENV, &settings.node_token_file)?;
+    let plane = ControlPlane::new(registry.clone(), &operator);
+    if let Some(demo) = &config.demo
+        && !settings.demo_api_key_file.exists()
+    {
+        let key = plane.create_api_key(&demo.account).await?;
+        write_private(&settings.demo_api_key_file, &key)?;
+        tracing::info!(path = %settings.demo_api_key_file.display(), "demo account API key written");
+    }
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    };
+    let admin = tokio::net::TcpListener::bind(&settings.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin API on {}", settings.admin_listen))?;
+    let internal = tokio::net::TcpListener::bind(&settings.internal_listen)
+        .await
+        .with_context(|| format!("binding the internal API on {}", settings.internal_listen))?;
+    tracing::info!(addr = %admin.local_addr()?, "admin API listening");
+    tracing::info!(addr = %internal.local_addr()?, "internal watch API listening");
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(meridian_control::api::serve(admin, plane.clone(), until()));
+    tasks.spawn(meridian_control::internal::serve(
+        internal,
+        registry.store().clone(),
+        node,
+        until(),
+    ));
+    tasks.spawn(plane.run_executor(until()));
+    Ok(ControlDaemon { stop, tasks })
+}
+
 /// Installs the process-wide Prometheus recorder, serving `/metrics` on its own listener.
-fn install_metrics(config: &Config) -> anyhow::Result<()> {
-    if config.metrics.listen.is_empty() {
+pub fn install_metrics(config: &MetricsConfig) -> anyhow::Result<()> {
+    if config.listen.is_empty() {
         return Ok(());
     }
-    let addr: std::net::SocketAddr =
-        config.metrics.listen.parse().with_context(|| {
-            format!("metrics.listen {:?} is not host:port", config.metrics.listen)
-        })?;
+    let addr: std::net::SocketAddr = config
+        .listen
+        .parse()
+        .with_context(|| format!("metrics.listen {:?} is not host:port", config.listen))?;
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
         .install()
@@ -116,32 +254,6 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
-}
-
-/// The sealing key from the environment, else from its file, else a new key written to the file
-/// (readable by the owner only).
-fn load_secret_key(path: &Path) -> anyhow::Result<SecretKey> {
-    if let Ok(hex) = std::env::var(SECRET_KEY_ENV) {
-        return SecretKey::from_hex(&hex).with_context(|| format!("in {SECRET_KEY_ENV}"));
-    }
-    match std::fs::read_to_string(path) {
-        Ok(hex) => SecretKey::from_hex(&hex).with_context(|| format!("in {}", path.display())),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let hex = SecretKey::generate_hex()?;
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut file = options
-                .open(path)
-                .with_context(|| format!("creating secret key file {}", path.display()))?;
-            writeln!(file, "{hex}")?;
-            file.sync_all()?;
-            tracing::info!(path = %path.display(), "generated a new DeviceSecret sealing key");
-            Ok(SecretKey::from_hex(&hex)?)
-        }
-        Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
-    }
 }
 
 /// Idempotent: regions follow the file; accounts and instances are created once and then left

@@ -92,7 +92,10 @@ async fn up_seeds_the_store_and_stops_on_sigterm() {
         .replace("mqtt_port = 1883", "mqtt_port = 1883\nlisten = \"127.0.0.1:0\"")
         .replace("mqtt_port = 1884", "mqtt_port = 1884\nlisten = \"127.0.0.1:0\"")
         .replace("mqtt_port = 1885", "mqtt_port = 1885\nlisten = \"127.0.0.1:0\"")
-        .replace("listen = \"127.0.0.1:9100\"", &format!("listen = \"{metrics}\""));
+        .replace("listen = \"127.0.0.1:9100\"", &format!("listen = \"{metrics}\""))
+        .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
+        .replace("127.0.0.1:8081", "127.0.0.1:0")
+        .replace("127.0.0.1:8082", "127.0.0.1:0");
     std::fs::write(&config, text).unwrap();
 
     let (up, brokers) = start_up(&config);

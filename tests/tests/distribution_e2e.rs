@@ -4,6 +4,9 @@
 //! half of them; each is notified without having subscribed, replies, is disconnected,
 //! bootstraps again and lands at the destination while the other half stay untouched.
 
+// Test helpers outside `#[test]` functions panic on failure by design.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;

@@ -1,0 +1,286 @@
+//! The separate daemons as real processes: `meridian edge` (control plane and bootstrap edge)
+//! and two `meridian broker` processes that follow it over the internal watch API. A
+//! distribution task is interrupted by `kill -9` of the control plane; after a restart it
+//! resumes, every device moves once, the online device is notified and forced off its old
+//! broker, and a restarted broker resumes from its replica.
+
+// Test helpers outside `#[test]` functions panic on failure by design.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use meridian_registry::signature::{SdkShape, sign_connect};
+
+const DEVICES: usize = 2_000;
+const PRODUCT: &str = "daemonProd1";
+
+/// A daemon process whose log is scanned for the lines tests wait on.
+struct Daemon {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    fn start(args: &[&str], config: &Path) -> Daemon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env_remove("MERIDIAN_SECRET_KEY")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn meridian");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Daemon { child, lines }
+    }
+
+    /// Waits for a log line containing `needle`; returns it.
+    fn wait_for(&self, needle: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("no {needle:?} in the log"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn terminate(mut self) {
+        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+impl Drop for Daemon {
+    /// A failing test must not leave daemons behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn field(line: &str, name: &str) -> SocketAddr {
+    let value = line.split(&format!("{name}=")).nth(1).unwrap();
+    value.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    edge_config: PathBuf,
+    admin: u16,
+    internal: u16,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, internal) = (free_port(), free_port());
+    let text = String::from_utf8(
+        Command::new(env!("CARGO_BIN_EXE_meridian"))
+            .arg("generate-config")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .replace("../data/", "data/")
+    .replace("listen = \"127.0.0.1:9100\"", "listen = \"\"")
+    .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
+    .replace("127.0.0.1:8081", &format!("127.0.0.1:{admin}"))
+    .replace("127.0.0.1:8082", &format!("127.0.0.1:{internal}"));
+    let edge_config = dir.path().join("meridian.toml");
+    std::fs::write(&edge_config, text).unwrap();
+    Setup { dir, edge_config, admin, internal }
+}
+
+fn broker_config(setup: &Setup, instance: &str) -> PathBuf {
+    let text = String::from_utf8(
+        Command::new(env!("CARGO_BIN_EXE_meridian"))
+            .args(["generate-config", "--broker"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .replace("../data/", "data/")
+    .replace("http://127.0.0.1:8082", &format!("http://127.0.0.1:{}", setup.internal))
+    .replace("replica-iot-fra-1", &format!("replica-{instance}"))
+    .replace("instance = \"iot-fra-1\"", &format!("instance = \"{instance}\""))
+    .replace("listen = \"127.0.0.1:1884\"", "listen = \"127.0.0.1:0\"")
+    .replace("listen = \"127.0.0.1:9101\"", "listen = \"\"");
+    let path = setup.dir.path().join(format!("broker-{instance}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// One admin API request with the demo account's key; returns (status, body).
+fn api(setup: &Setup, method: &str, path: &str, body: &str) -> (u16, String) {
+    let key = std::fs::read_to_string(setup.dir.path().join("data/demo-api-key")).unwrap();
+    let mut stream = TcpStream::connect(("127.0.0.1", setup.admin)).unwrap();
+    let content_type = if body.is_empty() { "" } else { "Content-Type: application/json\r\n" };
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {}\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        key.trim(),
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    (status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+}
+
+/// A raw CONNECT of one device; returns the CONNACK code and the open stream.
+fn connect(broker: SocketAddr, n: usize) -> (u8, TcpStream) {
+    let name = format!("dev-{n:05}");
+    let signed = sign_connect(SdkShape::CSdk, PRODUCT, &name, &format!("secret-{n:05}"), None);
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2, 0, 60];
+    for field in [&signed.client_id, &signed.username, &signed.password] {
+        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        body.extend_from_slice(field.as_bytes());
+    }
+    let mut packet = vec![0x10];
+    let len = body.len();
+    packet.extend_from_slice(&[(len % 128) as u8 | 0x80, (len / 128) as u8]);
+    packet.extend_from_slice(&body);
+    let mut stream = TcpStream::connect(broker).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    stream.write_all(&packet).unwrap();
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).unwrap();
+    (connack[3], stream)
+}
+
+#[test]
+fn control_plane_kill_9_mid_task_and_broker_restart() {
+    let setup = setup();
+    let edge = Daemon::start(&["edge"], &setup.edge_config);
+    edge.wait_for("meridian up: ready");
+
+    let sh_config = broker_config(&setup, "iot-sh-1");
+    let fra_config = broker_config(&setup, "iot-fra-1");
+    let sh = Daemon::start(&["broker"], &sh_config);
+    let sh_addr = field(&sh.wait_for("broker listening"), "addr");
+    sh.wait_for("meridian broker: ready");
+    let fra = Daemon::start(&["broker"], &fra_config);
+    let fra_addr = field(&fra.wait_for("broker listening"), "addr");
+    fra.wait_for("meridian broker: ready");
+
+    // A product homed in Shanghai with 2,000 devices, created through the admin API.
+    let product = format!(r#"{{"key":"{PRODUCT}","name":"Daemon","home_instance":"iot-sh-1"}}"#);
+    assert_eq!(api(&setup, "POST", "/v1/products", &product).0, 201);
+    let devices: Vec<String> = (0..DEVICES)
+        .map(|n| format!(r#"{{"deviceName":"dev-{n:05}","deviceSecret":"secret-{n:05}"}}"#))
+        .collect();
+    let body = format!(r#"{{"devices":[{}]}}"#, devices.join(","));
+    let (status, reply) = api(&setup, "POST", &format!("/v1/products/{PRODUCT}/devices"), &body);
+    assert_eq!(status, 201, "{reply}");
+
+    // The brokers learn of them through the watch API; one device goes online in Shanghai.
+    let (code, mut online) = loop {
+        let (code, stream) = connect(sh_addr, 7);
+        if code == 0 {
+            break (code, stream);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code, 0);
+    // Until Frankfurt's replica has the device it is unknown there (4); then misplaced (5).
+    let code = (0..500)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            connect(fra_addr, 8).0
+        })
+        .find(|code| *code != 4);
+    assert_eq!(code, Some(5), "placed in Shanghai, not Frankfurt");
+
+    // Distribute everything to Frankfurt and kill the control plane straight away.
+    let names: Vec<String> = (0..DEVICES).map(|n| format!("\"dev-{n:05}\"")).collect();
+    let task = format!(
+        r#"{{"product":"{PRODUCT}","devices":[{}],"policy":{{"kind":"specified","instance":"iot-fra-1"}}}}"#,
+        names.join(",")
+    );
+    let (status, reply) = api(&setup, "POST", "/v1/distribution-tasks", &task);
+    assert_eq!(status, 201, "{reply}");
+    let id = reply.split("\"id\":\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    edge.kill_9();
+
+    // Restart: the executor resumes the task; the brokers' replicas reconnect by themselves.
+    let edge = Daemon::start(&["edge"], &setup.edge_config);
+    edge.wait_for("meridian up: ready");
+    let settled = loop {
+        let (status, reply) = api(&setup, "GET", &format!("/v1/distribution-tasks/{id}"), "");
+        assert_eq!(status, 200, "{reply}");
+        if reply.contains("\"state\":\"Distributed\"") || reply.contains("\"state\":\"Failed\"") {
+            break reply;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(settled.contains("\"state\":\"Distributed\""), "{settled}");
+    let (_, csv) = api(&setup, "GET", &format!("/v1/distribution-tasks/{id}/records.csv"), "");
+    assert_eq!(csv.lines().count(), DEVICES + 1, "one record per device, none twice");
+    assert_eq!(csv.lines().filter(|l| l.ends_with(",succeeded,")).count(), DEVICES);
+
+    // The online device hears the notify (without having subscribed) and is disconnected.
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 1024];
+    loop {
+        match online.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buffer[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&seen);
+    assert!(
+        text.contains("/thing/bootstrap/notify") && text.contains("thing.bootstrap.notify"),
+        "{text}"
+    );
+
+    // Frankfurt accepts the moved devices, Shanghai refuses them.
+    let accepted = |addr, n| loop {
+        let (code, _) = connect(addr, n);
+        if code == 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    accepted(fra_addr, 7);
+    assert_eq!(connect(sh_addr, 9).0, 5);
+
+    // A restarted broker resumes from its replica (no full download) and still serves.
+    fra.terminate();
+    let fra = Daemon::start(&["broker"], &fra_config);
+    let fra_addr = field(&fra.wait_for("broker listening"), "addr");
+    fra.wait_for("meridian broker: ready");
+    assert_eq!(connect(fra_addr, 1999).0, 0);
+
+    fra.terminate();
+    sh.terminate();
+    edge.terminate();
+}
