@@ -54,3 +54,17 @@ pub use crate::reply::Rejection;
 pub use crate::routing::{Resolution, RoutingTable, TableWriter};
 pub use crate::server::run;
 pub use crate::service::{BOOTSTRAP_PATH, METRICS_PATH, REGION_PATH_PREFIX};
+
+/// Entry points for the fuzz targets in `fuzz/`: the private parsers a request's bytes reach,
+/// without a socket. Not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use meridian_registry::ids::DeviceKey;
+
+    use crate::reply::Rejection;
+
+    /// The `POST /auth/bootstrap` form body parser.
+    pub fn parse_bootstrap_form(body: &[u8]) -> Result<DeviceKey, Rejection> {
+        crate::request::parse_form(body)
+    }
+}

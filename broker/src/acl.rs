@@ -1,7 +1,8 @@
 //! Who may publish and subscribe where (SPEC §3), and the limits of each kind of client.
 //!
 //! Decisions are pure functions of the connection's [`Principal`], the topic or filter, and the
-//! registry view (for application clients, which products an account owns); they hold no state.
+//! registry view (for application clients, which products and devices an account owns); they
+//! hold no state.
 
 use meridian_registry::ids::{AccountId, DeviceKey};
 
@@ -83,6 +84,18 @@ impl Principal {
         }
     }
 
+    /// Whether a message routed on `topic` may be handed to this client now. Subscriptions
+    /// were checked when made, but ownership moves afterwards: once a device is transferred to
+    /// another account (SPEC §6), the old owner's application client stops receiving it even
+    /// through a `/{pk}/+/...` subscription it still holds. Devices and standard clients are
+    /// bounded by their subscriptions alone.
+    pub fn may_receive(&self, topic: &str, view: &RegistryView) -> bool {
+        match self {
+            Principal::Application { account } => application_topic(account, topic, view),
+            Principal::Standard { .. } | Principal::Device(_) => true,
+        }
+    }
+
     /// The device this connection is, if it is one.
     pub fn device(&self) -> Option<&DeviceKey> {
         match self {
@@ -127,20 +140,28 @@ fn device_topic(key: &DeviceKey, topic: &str, subscribe: bool) -> bool {
     }
 }
 
-/// Whether an application client of `account` may use `topic`: the product level must name a
-/// product the account owns, spelled out (not a wildcard).
+/// Whether an application client of `account` may use `topic` (a name or a filter). The
+/// product level must be spelled out (not a wildcard). A topic naming one device follows that
+/// device's owner, so the destination of a device transfer reaches its devices and the source
+/// no longer does (SPEC §6); a wildcard device level needs the product itself.
 fn application_topic(account: &AccountId, topic: &str, view: &RegistryView) -> bool {
     let levels: Vec<&str> = topic.split('/').collect();
-    let product = match levels.as_slice() {
-        ["", "sys", pk, _, ..] => pk,
-        ["", "ext", "rrpc", _, "sys", pk, ..] => pk,
-        ["", "shadow", _, pk, ..] => pk,
-        ["", "ota", "device", _, pk, ..] => pk,
-        ["", "broadcast", pk, ..] => pk,
-        ["", pk, _, _, ..] => pk,
+    let (product, device) = match levels.as_slice() {
+        ["", "sys", pk, rest @ ..] => (pk, rest.first()),
+        ["", "ext", "rrpc", _, "sys", pk, rest @ ..] => (pk, rest.first()),
+        ["", "shadow", _, pk, rest @ ..] => (pk, rest.first()),
+        ["", "ota", "device", _, pk, rest @ ..] => (pk, rest.first()),
+        ["", "broadcast", pk, ..] => (pk, None),
+        ["", pk, dn, _, ..] => (pk, Some(dn)),
         _ => return false,
     };
-    !is_wildcard(product) && view.account_owns_product(account, product)
+    if is_wildcard(product) {
+        return false;
+    }
+    match device.filter(|device| !is_wildcard(device)) {
+        Some(device) => view.account_may_use_device(account, product, device),
+        None => view.account_owns_product(account, product),
+    }
 }
 
 fn is_wildcard(level: &str) -> bool {

@@ -13,7 +13,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
+use crate::admission::{Admission, AuthBackoff};
 use crate::auth::Authenticator;
+use crate::budget::QueueBudget;
 use crate::config::LimitsConfig;
 use crate::router::{Kick, Router};
 use crate::session::{Limits, Message};
@@ -40,16 +42,33 @@ pub struct Broker {
     /// Source of notify message ids: decimal, unique per broker run (and so per device per day).
     notify_ids: AtomicU64,
     usage: Usage,
+    /// Global connection cap and per-address connection rate, checked at accept.
+    admission: Admission,
+    /// Failed-login back-off per address and per username, checked at CONNECT.
+    auth_backoff: AuthBackoff,
 }
+
+/// How often idle rate buckets and expired back-off entries are dropped, and the queue gauges
+/// refreshed.
+const HOUSEKEEPING: Duration = Duration::from_secs(10);
 
 impl Broker {
     pub fn new(auth: Authenticator, limits: LimitsConfig) -> Arc<Broker> {
-        let session_limits = Limits { inflight: limits.inflight, queued: limits.queued };
+        let session_limits = Limits {
+            inflight: limits.inflight,
+            queued: limits.queued,
+            max_filters_per_subscribe: limits.max_filters_per_subscribe,
+            max_topic_levels: limits.max_topic_levels,
+        };
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |elapsed| elapsed.as_millis() as u64);
         Arc::new(Broker {
-            router: Router::new(session_limits, limits.slow_consumer_drops),
+            router: Router::new(session_limits, limits.slow_consumer_drops).with_queue_budget(
+                QueueBudget::new(limits.max_queued_messages, limits.max_queued_bytes),
+            ),
+            admission: Admission::new(&limits),
+            auth_backoff: AuthBackoff::new(&limits),
             auth,
             limits,
             connections: AtomicU64::new(0),
@@ -77,6 +96,14 @@ impl Broker {
 
     pub fn usage(&self) -> &Usage {
         &self.usage
+    }
+
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    pub fn auth_backoff(&self) -> &AuthBackoff {
+        &self.auth_backoff
     }
 
     /// The session id a device's connections share, so its newest connection always wins
@@ -125,6 +152,7 @@ impl Broker {
     {
         let wrap = Arc::new(wrap);
         let mut tasks = JoinSet::new();
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -138,11 +166,21 @@ impl Broker {
                             continue;
                         }
                     };
+                    // Before any handshake: a flood costs an accept and a close, nothing more.
+                    let slot = match self.admission.admit(peer.ip()) {
+                        Ok(slot) => slot,
+                        Err(refusal) => {
+                            m::limited(refusal.label());
+                            tracing::debug!(%peer, ?refusal, "connection refused at accept");
+                            continue;
+                        }
+                    };
                     let _ = stream.set_nodelay(true);
                     let broker = self.clone();
                     let wrap = wrap.clone();
                     let handshake = self.limits.connect_timeout;
                     tasks.spawn(async move {
+                        let _slot = slot;
                         match tokio::time::timeout(handshake, wrap(stream)).await {
                             Ok(Ok(stream)) => connection::serve(broker, stream, peer).await,
                             Ok(Err(error)) => tracing::debug!(%peer, %error, "handshake failed"),
@@ -151,6 +189,12 @@ impl Broker {
                     });
                 }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                _ = housekeeping.tick() => {
+                    self.admission.forget_idle();
+                    self.auth_backoff.forget_idle(std::time::Instant::now());
+                    let queued = self.router.budget().used();
+                    m::queued(queued.messages, queued.bytes);
+                }
                 () = &mut shutdown => break,
             }
         }

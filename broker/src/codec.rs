@@ -25,22 +25,51 @@ pub enum DecodeError {
 pub fn decode(buffer: &mut BytesMut, max_packet: usize) -> Result<Option<Packet>, DecodeError> {
     let Some(&first) = buffer.first() else { return Ok(None) };
     check_flags(first)?;
-    let header_len = match mqttbytes::check(buffer.iter(), max_packet) {
-        Ok(_) => fixed_header_len(buffer),
+    let (header_len, frame_len) = match mqttbytes::check(buffer.iter(), max_packet) {
+        Ok(header) => (fixed_header_len(buffer), header.frame_length()),
         Err(mqttbytes::Error::InsufficientBytes(_)) => return Ok(None),
         Err(mqttbytes::Error::PayloadSizeLimitExceeded(size)) => {
             return Err(DecodeError::TooLarge(size));
         }
         Err(_) => return Err(DecodeError::Malformed("bad remaining length")),
     };
-    if first >> 4 == 1 {
-        check_connect(&buffer[header_len..])?;
+    // Only this packet's bytes: the buffer may already hold the next packets, and a CONNECT
+    // must be judged the same whether they arrived with it or not (found by fuzzing).
+    let username_flag = if first >> 4 == 1 {
+        check_connect(&buffer[header_len..frame_len])? & USERNAME_FLAG != 0
+    } else {
+        false
+    };
+    let mut packet =
+        v4::read(buffer, max_packet).map_err(|error| DecodeError::Malformed(describe(&error)))?;
+    // mqttbytes reads a CONNECT whose username and password flags are set but whose strings
+    // are empty as no login at all, which would make it anonymous; it is a login with an
+    // empty username (found by fuzzing).
+    if let Packet::Connect(connect) = &mut packet
+        && username_flag
+        && connect.login.is_none()
+    {
+        connect.login = Some(v4::Login::new("", ""));
     }
-    v4::read(buffer, max_packet).map(Some).map_err(|error| DecodeError::Malformed(describe(&error)))
+    Ok(Some(packet))
 }
 
+/// CONNECT flag: a username follows (MQTT 3.1.1 §3.1.2.8).
+const USERNAME_FLAG: u8 = 0b1000_0000;
+
 /// Appends `packet` to `out`.
+///
+/// # Errors
+///
+/// [`DecodeError::Malformed`] for a packet mqttbytes cannot write faithfully: a CONNECT whose
+/// login has an empty username (it would drop the username flag but keep the password, which
+/// no server accepts). The broker never sends CONNECT; this keeps the bench and tests honest.
 pub fn encode(packet: &Packet, out: &mut BytesMut) -> Result<(), DecodeError> {
+    if let Packet::Connect(connect) = packet
+        && connect.login.as_ref().is_some_and(|login| login.username.is_empty())
+    {
+        return Err(DecodeError::Malformed("CONNECT with an empty username cannot be encoded"));
+    }
     let result = match packet {
         Packet::Connect(p) => p.write(out),
         Packet::ConnAck(p) => p.write(out),
@@ -83,7 +112,8 @@ fn check_flags(first: u8) -> Result<(), DecodeError> {
 }
 
 /// MQTT 3.1.1 §3.1.2: protocol name and level, reserved flag, will and password flags.
-fn check_connect(body: &[u8]) -> Result<(), DecodeError> {
+/// Returns the connect flags.
+fn check_connect(body: &[u8]) -> Result<u8, DecodeError> {
     let short = || DecodeError::Malformed("truncated CONNECT header");
     let length = body.get(..2).ok_or_else(short)?;
     let name_len = usize::from(u16::from_be_bytes([length[0], length[1]]));
@@ -109,7 +139,7 @@ fn check_connect(body: &[u8]) -> Result<(), DecodeError> {
     if password && !username {
         return Err(DecodeError::Malformed("password without username"));
     }
-    Ok(())
+    Ok(flags)
 }
 
 fn describe(error: &mqttbytes::Error) -> &'static str {
@@ -225,6 +255,37 @@ mod tests {
             decode(&mut BytesMut::from(&[0x30u8, 0x80, 0x08][..]), 100),
             Err(DecodeError::TooLarge(1024))
         );
+    }
+
+    /// Regression (fuzz target `mqtt_decode`): the CONNECT checks read past the packet into
+    /// whatever the client had already sent after it, so a CONNECT cut off inside its protocol
+    /// header was judged by the next packet's bytes (here, as a protocol level 5 refusal), and
+    /// differently depending on how the bytes were split across reads.
+    #[test]
+    fn connect_checks_stay_inside_the_packet() {
+        let cut = [0x10, 0x06, 0, 4, b'M', b'Q', b'T', b'T'];
+        let mut pipelined = cut.to_vec();
+        pipelined.extend_from_slice(&[0x05, 0x02, 0, 60, 0, 1, b'c']);
+        let expected = Err(DecodeError::Malformed("truncated CONNECT header"));
+        assert_eq!(decode_all(&cut), expected);
+        assert_eq!(decode_all(&pipelined), expected);
+    }
+
+    /// Regression (fuzz target `mqtt_decode`): mqttbytes turns a login whose username and
+    /// password are both empty into no login (anonymous), and writes a login with an empty
+    /// username without the username flag but with the password.
+    #[test]
+    fn empty_username_is_a_login_not_anonymous() {
+        let mut bytes = vec![0x10, 17, 0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2, 0, 60];
+        bytes.extend_from_slice(&[0, 1, b'c', 0, 0, 0, 0]);
+        let Ok(Some(Packet::Connect(connect))) = decode_all(&bytes) else {
+            panic!("a valid CONNECT");
+        };
+        assert_eq!(connect.login, Some(v4::Login::new("", "")));
+
+        let mut connect = connect;
+        connect.login = Some(v4::Login::new("", "secret"));
+        assert!(encode(&Packet::Connect(connect), &mut BytesMut::new()).is_err());
     }
 
     #[test]

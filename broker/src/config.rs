@@ -79,6 +79,44 @@ pub struct LimitsConfig {
     /// How often usage counters are written to the registry.
     #[serde(with = "humantime_serde")]
     pub usage_flush: Duration,
+    // Hostile-client limits (docs/RELIABILITY.md). Each one that triggers counts
+    // `meridian_broker_limited_total{limit="…"}` with the label named in its comment.
+    /// Open connections across all listeners; beyond it a new socket is closed at accept,
+    /// before any TLS or WebSocket handshake (`max_connections`). Broker-wide.
+    pub max_connections: usize,
+    /// New connections per second per source address (IPv6: per /64) once its burst is used;
+    /// beyond it sockets are closed at accept (`connection_rate`). 0 disables.
+    pub connection_rate: u32,
+    /// Connections a source address may open at once, e.g. a NAT gateway whose devices all
+    /// reconnect after an outage.
+    pub connection_burst: u32,
+    /// Failed logins from one source address (IPv6: per /64) within `auth_backoff` after which
+    /// every CONNECT from it gets CONNACK 5 without its password being checked, for
+    /// `auth_backoff` (`auth_backoff_address`). High, because many devices share a NAT. 0
+    /// disables.
+    pub auth_failures_per_address: u32,
+    /// Failed logins for one username (a device's `{dn}&{pk}`) within `auth_backoff` after
+    /// which CONNECTs for it get CONNACK 5 unchecked, for `auth_backoff`
+    /// (`auth_backoff_username`). 0 disables.
+    pub auth_failures_per_username: u32,
+    /// The failure-counting window and the back-off period.
+    #[serde(with = "humantime_serde")]
+    pub auth_backoff: Duration,
+    /// Addresses and usernames tracked for back-off, each; bounds the tables' memory.
+    pub auth_backoff_entries: usize,
+    /// Filters in one SUBSCRIBE; more closes the connection (`subscribe_filters`).
+    pub max_filters_per_subscribe: usize,
+    /// Levels (`/`-separated) in a subscription filter; a deeper filter gets SUBACK 0x80
+    /// (`topic_levels`).
+    pub max_topic_levels: usize,
+    /// Messages queued for delivery across all sessions (mailboxes, queues behind inflight
+    /// windows, offline sessions). Broker-wide; see `max_queued_bytes` for the shedding policy.
+    pub max_queued_messages: usize,
+    /// Payload bytes queued across all sessions. Above three quarters of either cap, QoS 0
+    /// deliveries are dropped (`queue_shed_qos0`) and QoS 1/2 is refused for queues that are
+    /// not draining: offline sessions and connections whose mailbox is half full
+    /// (`queue_backlogged`). At the cap every delivery is dropped (`queue_full`).
+    pub max_queued_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -93,6 +131,17 @@ impl Default for LimitsConfig {
             connect_timeout: Duration::from_secs(10),
             notify_rate: 2_000,
             usage_flush: Duration::from_secs(10),
+            max_connections: 200_000,
+            connection_rate: 100,
+            connection_burst: 1_000,
+            auth_failures_per_address: 100,
+            auth_failures_per_username: 10,
+            auth_backoff: Duration::from_secs(60),
+            auth_backoff_entries: 100_000,
+            max_filters_per_subscribe: 64,
+            max_topic_levels: 32,
+            max_queued_messages: 1_000_000,
+            max_queued_bytes: 512 * 1024 * 1024,
         }
     }
 }

@@ -13,10 +13,11 @@ use tokio::sync::{mpsc, watch};
 
 use crate::auth::Credentials;
 use crate::broker::Broker;
+use crate::budget::Load;
 use crate::codec::{self, DecodeError};
 use crate::metrics as m;
 use crate::router::{Handle, Kick};
-use crate::session::{Close, Event, Message, Session};
+use crate::session::{Close, Delivery, Event, Message, Session};
 
 /// Read buffer reserved when a read needs room. Small, because most packets are small and an
 /// idle connection should hold as little as possible.
@@ -63,11 +64,15 @@ where
         }
         Ok(Err(ended)) => {
             m::connect_result("malformed");
+            if let Ended::Decode(DecodeError::TooLarge(_)) = ended {
+                m::limited("max_packet");
+            }
             tracing::debug!(%peer, ?ended, "connection closed before CONNECT");
             return;
         }
         Err(_) => {
             m::connect_result("timeout");
+            m::limited("connect_timeout");
             tracing::debug!(%peer, "no CONNECT in time");
             return;
         }
@@ -83,6 +88,16 @@ where
         client_id = broker.assign_client_id();
     }
     let login = connect.login.as_ref();
+    let username = login.map(|l| l.username.as_str());
+    // Guessing is answered before any password is checked, the same way whichever side is
+    // backed off, so a guesser learns nothing and costs nothing.
+    if let Err(backed_off) = broker.auth_backoff().check(peer.ip(), username, Instant::now()) {
+        m::limited(backed_off.label());
+        m::connect_result(m::refusal(ConnectReturnCode::NotAuthorized));
+        tracing::info!(%peer, client_id = %client_id, "CONNECT refused: login back-off");
+        let _ = write_packet(&mut stream, &connack(ConnectReturnCode::NotAuthorized)).await;
+        return;
+    }
     let offered = Credentials {
         client_id: &client_id,
         username: login.map(|l| l.username.as_str()),
@@ -90,8 +105,16 @@ where
         keep_alive: connect.keep_alive,
     };
     let accepted = match broker.authenticator().authenticate(offered) {
-        Ok(accepted) => accepted,
+        Ok(accepted) => {
+            broker.auth_backoff().succeeded(username);
+            accepted
+        }
         Err(code) => {
+            // Only a wrong credential is a guess; placement and keepalive refusals follow a
+            // correct signature.
+            if code == ConnectReturnCode::BadUserNamePassword {
+                broker.auth_backoff().failed(peer.ip(), username, Instant::now());
+            }
             m::connect_result(m::refusal(code));
             // Never log credentials: the username is safe to name, the password is not.
             tracing::info!(%peer, client_id = %client_id, ?code, "CONNECT refused");
@@ -111,6 +134,17 @@ where
     let handle = Handle { connection, mailbox: mailbox_tx, control: control_tx, finished };
     let parked = broker.router().connect(&session_id, connect.clean_session, handle).await;
     let session_present = parked.is_some();
+    // What was queued for a persistent client while it was away, on a device its account no
+    // longer owns (SPEC §6), is not handed over on its return.
+    let parked = parked.map(|mut parked| {
+        let may_receive =
+            |d: &Delivery| accepted.principal.may_receive(&d.message.topic, broker.view());
+        for delivery in parked.retain_pending(may_receive) {
+            broker.router().budget().release(Load::of(&delivery));
+            m::dropped("not_permitted");
+        }
+        parked
+    });
 
     let will = connect.last_will.map(|will| Message {
         topic: will.topic.into(),
@@ -132,6 +166,9 @@ where
     broker.usage().opened(connection, Instant::now());
     tracing::debug!(%peer, session = %session_id, session_present, "connected");
 
+    // The session's share of the broker-wide queue budget: a resumed session's queue is already
+    // reserved (the router held it while parked); from here on it moves with `adjust`.
+    let mut held = session.load();
     let mut out = BytesMut::new();
     codec::encode(
         &Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, session_present)),
@@ -181,14 +218,10 @@ where
                 }
             }
             Some(delivery) = mailbox.recv() => {
-                if !session.handle_delivery(delivery) {
-                    m::dropped("queue_full");
-                }
+                deliver(&broker, &mut session, delivery);
                 // Take whatever else is already waiting, so one wake-up writes many messages.
                 while let Ok(delivery) = mailbox.try_recv() {
-                    if !session.handle_delivery(delivery) {
-                        m::dropped("queue_full");
-                    }
+                    deliver(&broker, &mut session, delivery);
                 }
             }
             Some(kick) = control.recv() => break Ended::Kicked(kick),
@@ -198,7 +231,17 @@ where
                 }
             }
         }
+        let now = session.load();
+        broker.router().budget().adjust(held, now);
+        held = now;
     };
+    // Deliveries still in the mailbox will never be read: give their reservations back. Once
+    // closed, the router's sends fail and it releases those itself.
+    mailbox.close();
+    while let Ok(delivery) = mailbox.try_recv() {
+        broker.router().budget().release(Load::of(&delivery));
+    }
+    broker.router().budget().adjust(held, session.load());
 
     let graceful =
         matches!(ended, Ended::Session(Close::Disconnect) | Ended::Kicked(Kick::Shutdown));
@@ -221,6 +264,20 @@ where
     tracing::debug!(%peer, session = %session_id, ?ended, "disconnected");
 }
 
+/// Hands a routed message to the session, unless its client may no longer receive it (an
+/// application client whose account no longer owns the device, SPEC §6).
+fn deliver(broker: &Broker, session: &mut Session, delivery: Delivery) {
+    // The router reserved each mailbox entry; what the session keeps is accounted as `held`.
+    broker.router().budget().release(Load::of(&delivery));
+    if !session.principal().may_receive(&delivery.message.topic, broker.view()) {
+        m::dropped("not_permitted");
+        return;
+    }
+    if !session.handle_delivery(delivery) {
+        m::dropped("queue_full");
+    }
+}
+
 /// Decodes and handles every complete packet in `buffer`.
 fn handle_input(
     broker: &Broker,
@@ -235,6 +292,9 @@ fn handle_input(
             Ok(None) => break,
             Err(error) => {
                 m::dropped("malformed_packet");
+                if let DecodeError::TooLarge(_) = error {
+                    m::limited("max_packet");
+                }
                 return Err(Ended::Decode(error));
             }
         };
@@ -324,7 +384,7 @@ impl Broker {
                 }
                 Event::Subscribe(filters) => {
                     for delivery in self.router().subscribe(session_id, &filters) {
-                        session.handle_delivery(delivery);
+                        deliver(self, session, delivery);
                     }
                 }
                 Event::Unsubscribe(filters) => self.router().unsubscribe(session_id, &filters),
@@ -332,6 +392,7 @@ impl Broker {
                     m::publish_denied();
                     tracing::debug!(session = %session_id, %topic, "publish outside the client's topics dropped");
                 }
+                Event::Limited(limit) => m::limited(limit),
             }
         }
     }

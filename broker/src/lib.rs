@@ -11,8 +11,10 @@
 #![deny(rust_2018_idioms)]
 
 pub mod acl;
+pub mod admission;
 pub mod auth;
 mod broker;
+pub mod budget;
 pub mod codec;
 pub mod config;
 mod connection;

@@ -56,6 +56,17 @@ pub fn dropped(reason: &'static str) {
     counter!("meridian_broker_dropped_total", "reason" => reason).increment(1);
 }
 
+/// A hostile-client limit triggered (docs/RELIABILITY.md lists every `limit` label).
+pub fn limited(limit: &'static str) {
+    counter!("meridian_broker_limited_total", "limit" => limit).increment(1);
+}
+
+/// The broker-wide queue budget's use.
+pub fn queued(messages: usize, bytes: usize) {
+    gauge!("meridian_broker_queued_messages").set(messages as f64);
+    gauge!("meridian_broker_queued_bytes").set(bytes as f64);
+}
+
 pub fn publish_denied() {
     counter!("meridian_broker_publish_denied_total").increment(1);
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
+use crate::budget::{Load, QueueBudget};
 use crate::session::{Delivery, Limits, Message, Parked};
 use crate::trie::SubscriptionIndex;
 
@@ -58,6 +59,9 @@ pub struct Router {
     limits: Limits,
     /// Consecutive full-mailbox drops after which a slow consumer is disconnected.
     slow_consumer_drops: u32,
+    /// The broker-wide cap on queued deliveries: the router reserves for what it puts in a
+    /// mailbox or a parked session and releases parked state it drops.
+    budget: QueueBudget,
 }
 
 /// How long a new connection waits for the one it takes over to finish before replacing it
@@ -72,11 +76,22 @@ impl Router {
             sessions: Mutex::new(HashMap::new()),
             limits,
             slow_consumer_drops,
+            budget: QueueBudget::unlimited(),
         }
+    }
+
+    /// Caps what all sessions together may queue (see [`crate::budget`]).
+    pub fn with_queue_budget(mut self, budget: QueueBudget) -> Router {
+        self.budget = budget;
+        self
     }
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    pub fn budget(&self) -> &QueueBudget {
+        &self.budget
     }
 
     /// Registers a new connection for `session_id`, taking over any online one (which is kicked
@@ -115,6 +130,7 @@ impl Router {
                         return match (clean, parked) {
                             (false, parked) => parked,
                             (true, Some(old)) => {
+                                self.budget.release(old.load());
                                 self.remove_subscriptions(session_id, old.subscriptions.keys());
                                 None
                             }
@@ -139,11 +155,16 @@ impl Router {
         filters: &[String],
     ) {
         let mut sessions = lock(&self.sessions);
-        let Some(Slot::Online { handle, clean, .. }) = sessions.get(session_id) else { return };
+        let Some(Slot::Online { handle, clean, .. }) = sessions.get(session_id) else {
+            self.budget.release(parked.load());
+            return;
+        };
         if handle.connection != connection {
+            self.budget.release(parked.load());
             return;
         }
         if *clean {
+            self.budget.release(parked.load());
             sessions.remove(session_id);
             drop(sessions);
             self.remove_subscriptions(session_id, filters);
@@ -215,14 +236,23 @@ impl Router {
         for (session_id, granted) in subscribers {
             let delivery =
                 Delivery { message: message.clone(), qos: message.qos.min(granted), retain: false };
+            let load = Load { messages: 1, bytes: message.payload.len() };
             match sessions.get_mut(&session_id) {
                 Some(Slot::Online { handle, consecutive_drops, .. }) => {
+                    // A mailbox at least half full is a client not keeping up.
+                    let backlogged = handle.mailbox.capacity() <= handle.mailbox.max_capacity() / 2;
+                    if let Err(shed) = self.budget.reserve(load.bytes, delivery.qos, backlogged) {
+                        crate::metrics::limited(shed.label());
+                        routed.dropped += 1;
+                        continue;
+                    }
                     match handle.mailbox.try_send(delivery) {
                         Ok(()) => {
                             *consecutive_drops = 0;
                             routed.delivered += 1;
                         }
                         Err(mpsc::error::TrySendError::Full(_)) => {
+                            self.budget.release(load);
                             routed.dropped += 1;
                             *consecutive_drops += 1;
                             if *consecutive_drops == self.slow_consumer_drops {
@@ -230,13 +260,30 @@ impl Router {
                             }
                         }
                         // The connection is ending; it will park or forget its session.
-                        Err(mpsc::error::TrySendError::Closed(_)) => routed.dropped += 1,
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            self.budget.release(load);
+                            routed.dropped += 1;
+                        }
                     }
                 }
                 Some(Slot::Offline(parked)) => {
+                    // QoS 0 is never kept for an offline client; `enqueue` counts that drop.
+                    // An offline session drains nothing, so it is always backlogged.
+                    if delivery.qos > 0
+                        && let Err(shed) = self.budget.reserve(load.bytes, delivery.qos, true)
+                    {
+                        crate::metrics::limited(shed.label());
+                        parked.dropped += 1;
+                        routed.dropped += 1;
+                        continue;
+                    }
+                    let qos = delivery.qos;
                     if parked.enqueue(delivery, &self.limits) {
                         routed.delivered += 1;
                     } else {
+                        if qos > 0 {
+                            self.budget.release(load);
+                        }
                         routed.dropped += 1;
                     }
                 }

@@ -18,6 +18,7 @@ use mqttbytes::v4::{
 };
 
 use crate::acl::{Principal, Profile};
+use crate::budget::Load;
 use crate::topic;
 use crate::view::RegistryView;
 
@@ -50,6 +51,8 @@ pub enum Event {
     Unsubscribe(Vec<String>),
     /// A publish the ACL refused (SPEC §3: dropped and counted).
     PublishDenied { topic: String },
+    /// A hostile-client limit triggered; the label of `meridian_broker_limited_total`.
+    Limited(&'static str),
 }
 
 /// Why the session ended (or must end).
@@ -73,6 +76,10 @@ pub struct Limits {
     pub inflight: usize,
     /// QoS 1/2 messages waiting for the inflight window (online or parked offline).
     pub queued: usize,
+    /// Filters in one SUBSCRIBE; more is a protocol violation that closes the connection.
+    pub max_filters_per_subscribe: usize,
+    /// Levels in one filter; a deeper filter is refused with SUBACK 0x80.
+    pub max_topic_levels: usize,
 }
 
 /// State that outlives a connection of a persistent (clean session = 0) client.
@@ -102,6 +109,30 @@ impl Parked {
     pub fn queued(&self) -> usize {
         self.pending.len() + self.inflight.len()
     }
+
+    /// Keeps the queued deliveries `keep` accepts and returns the others, so their share of
+    /// the queue budget can be given back: what a client may receive can change while it is
+    /// away (a device transferred to another account, SPEC §6).
+    pub fn retain_pending(&mut self, keep: impl FnMut(&Delivery) -> bool) -> VecDeque<Delivery> {
+        let (kept, refused) = std::mem::take(&mut self.pending).into_iter().partition(keep);
+        self.pending = kept;
+        refused
+    }
+
+    /// What this parked state holds against the broker-wide queue budget.
+    pub fn load(&self) -> Load {
+        load(&self.pending, &self.inflight)
+    }
+}
+
+/// QoS 1/2 messages waiting behind and inside an inflight window, with their payload bytes.
+fn load(pending: &VecDeque<Delivery>, inflight: &BTreeMap<u16, Inflight>) -> Load {
+    let waiting = pending.iter().map(|delivery| delivery.message.payload.len());
+    let sent = inflight.values().map(|entry| match entry {
+        Inflight::Sent(publish) => publish.payload.len(),
+        Inflight::Released => 0,
+    });
+    Load { messages: pending.len() + inflight.len(), bytes: waiting.chain(sent).sum() }
 }
 
 #[derive(Clone, Debug)]
@@ -200,6 +231,11 @@ impl Session {
 
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+
+    /// What this session holds against the broker-wide queue budget.
+    pub fn load(&self) -> Load {
+        load(&self.pending, &self.inflight)
     }
 
     /// One packet from the client. An error means the connection must close now (the will, if
@@ -301,6 +337,11 @@ impl Session {
         if subscribe.filters.is_empty() {
             return Err(Close::ProtocolViolation("SUBSCRIBE without filters"));
         }
+        // A subscription bomb: refused whole, before any filter is looked at.
+        if subscribe.filters.len() > self.limits.max_filters_per_subscribe {
+            self.events.push_back(Event::Limited("subscribe_filters"));
+            return Err(Close::ProtocolViolation("too many filters in one SUBSCRIBE"));
+        }
         // Validate every filter before granting any: a SUBSCRIBE that closes the connection
         // must not leave earlier filters in `subscriptions` that the router never heard of.
         if subscribe
@@ -315,7 +356,12 @@ impl Session {
         for filter in subscribe.filters {
             let fresh = !self.subscriptions.contains_key(&filter.path);
             let full = fresh && self.subscriptions.len() >= self.profile.max_subscriptions;
-            if full || !self.principal.may_subscribe(&filter.path, view) {
+            // Deep filters make every publish's trie walk longer.
+            let deep = filter.path.split('/').count() > self.limits.max_topic_levels;
+            if deep {
+                self.events.push_back(Event::Limited("topic_levels"));
+            }
+            if full || deep || !self.principal.may_subscribe(&filter.path, view) {
                 codes.push(SubscribeReasonCode::Failure);
                 continue;
             }

@@ -74,6 +74,28 @@ impl RegistryView {
         self.products.get(&product).is_some_and(|entry| &entry.owner == account)
     }
 
+    /// Whether `account` may use the topics of device `product`/`device`: it owns the device,
+    /// which after a transfer (SPEC §6) need not be the product's owner. A device this view
+    /// does not know (not created yet, or a name no device can have) falls back to the
+    /// product's owner, as before devices could change hands.
+    pub fn account_may_use_device(&self, account: &AccountId, product: &str, device: &str) -> bool {
+        let key = match (product.parse::<ProductKey>(), device.parse()) {
+            (Ok(product_key), Ok(device_name)) => DeviceKey { product_key, device_name },
+            _ => return self.account_owns_product(account, product),
+        };
+        match self.devices.get(&key) {
+            Some(entry) => &entry.owner == account,
+            None => self.account_owns_product(account, product),
+        }
+    }
+
+    /// Records one device as the feed describes it, minus its secret; unit tests elsewhere in
+    /// the crate use it to give devices an owner.
+    #[cfg(test)]
+    pub(crate) fn apply_device(&self, key: DeviceKey, entry: DeviceEntry) {
+        self.devices.insert(key, entry);
+    }
+
     /// Records one product as the feed describes it. `apply` is its only production caller;
     /// unit tests elsewhere in the crate use it to give application clients something to own.
     pub(crate) fn apply_product(&self, key: ProductKey, entry: ProductEntry) {
@@ -190,7 +212,8 @@ fn apply(view: &RegistryView, sealer: &SecretKey, change: &Change) -> Option<Dev
                 placement: device.placement,
             };
             // Only a change of where the device may be, or whether it may connect at all,
-            // concerns an online session (a tag edit does not).
+            // concerns an online session (a tag edit does not, nor does a new owner: a
+            // transferred device stays connected, SPEC §6).
             let moved = |previous: &DeviceEntry| {
                 previous.placement != entry.placement || previous.status != entry.status
             };

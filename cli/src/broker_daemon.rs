@@ -94,8 +94,13 @@ pub async fn run(
         .await
         .context("starting the broker")?;
     tracing::info!(%instance, %addr, "broker listening");
+    // Register the signal handlers (first poll) before announcing readiness.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let stop_now = futures::poll!(shutdown.as_mut()).is_ready();
     tracing::info!("meridian broker: ready");
-    shutdown.await;
+    if !stop_now {
+        shutdown.await;
+    }
     tracing::info!("meridian broker: shutting down");
     daemon.shutdown().await;
     sync.abort();

@@ -68,6 +68,10 @@ pub async fn run(
 
     let edge = start_edge(&config, &registry).await.context("starting the bootstrap edge")?;
 
+    // Poll the shutdown future once so its signal handlers are registered before "ready" is
+    // announced: a SIGTERM right after that line must stop us, not kill us.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let stop_now = futures::poll!(shutdown.as_mut()).is_ready();
     let revision = registry.store().revision().await?;
     tracing::info!(
         store = %config.store.path.display(),
@@ -76,7 +80,9 @@ pub async fn run(
         revision,
         "meridian up: ready"
     );
-    shutdown.await;
+    if !stop_now {
+        shutdown.await;
+    }
     tracing::info!("meridian up: shutting down");
     edge.stop().await;
     control.stop().await;

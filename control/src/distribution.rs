@@ -162,6 +162,14 @@ impl ControlPlane {
                 product.key
             )));
         }
+        let locked = self.pending_transfer_locks(&product.key).await?;
+        if let Some((device, transfer)) =
+            devices.iter().find_map(|d| locked.get(&d.device_name).map(|t| (d, t)))
+        {
+            return Err(ControlError::Rule(format!(
+                "device {device} is in pending transfer {transfer}; transfer and distribution exclude each other"
+            )));
+        }
 
         let now = self.now();
         let task = Task {
@@ -364,10 +372,18 @@ impl ControlPlane {
             }
             TaskState::Distributing => {
                 let home = self.registry.product(&task.product).await?.home_instance;
+                // SPEC §5: once a device of the product is transferred, no device of it is
+                // distributed, even by a task submitted before. The guard makes a transfer
+                // accepted meanwhile conflict with this batch, which is then redone.
+                let transferred = self.product_was_transferred(&task.product).await?;
                 let end = (task.cursor + BATCH).min(task.devices.len());
-                let mut ops = Vec::with_capacity(end - task.cursor + 1);
+                let mut ops = Vec::with_capacity(2 * (end - task.cursor) + 2);
+                if !transferred {
+                    let marker = crate::transfer::transferred_marker(&task.product);
+                    ops.push(Op::delete(marker).expecting(Expect::Absent));
+                }
                 for key in &task.devices[task.cursor..end] {
-                    let (record, op) = self.move_device(&task, key, &home).await?;
+                    let (record, op) = self.move_device(&task, key, &home, transferred).await?;
                     ops.extend(op);
                     task.records.push(record);
                 }
@@ -386,26 +402,35 @@ impl ControlPlane {
         }
     }
 
-    /// The write that moves one device, or why it cannot move.
+    /// The writes that move one device, or why it cannot move.
     async fn move_device(
         &self,
         task: &Task,
         key: &DeviceKey,
         home: &InstanceId,
-    ) -> Result<(DeviceRecord, Option<Op>)> {
+        product_transferred: bool,
+    ) -> Result<(DeviceRecord, Vec<Op>)> {
         let record = |result, reason: &str| DeviceRecord {
             product_key: key.product_key.clone(),
             device_name: key.device_name.to_string(),
             result,
             reason: reason.to_owned(),
         };
+        if product_transferred {
+            let reason = "a device of the product was transferred to another account";
+            return Ok((record(RecordResult::Failed, reason), Vec::new()));
+        }
         let Some(entry) = self.registry.store().get(&keys::device(key)).await? else {
-            return Ok((record(RecordResult::Failed, "device does not exist"), None));
+            return Ok((record(RecordResult::Failed, "device does not exist"), Vec::new()));
         };
         let mut device: Device = decode(&entry.key, &entry.value)?;
         if device.owner != task.owner {
-            return Ok((record(RecordResult::Failed, "device does not exist"), None));
+            return Ok((record(RecordResult::Failed, "device does not exist"), Vec::new()));
         }
+        let Some(guard) = self.transfer_guard(key).await? else {
+            let reason = "device is in a pending transfer";
+            return Ok((record(RecordResult::Failed, reason), Vec::new()));
+        };
         device.placement = match &task.policy {
             Policy::Specified { instance } if instance == home => Placement::Home,
             Policy::Specified { instance } => Placement::Specified { instance: instance.clone() },
@@ -420,7 +445,7 @@ impl ControlPlane {
             device.status = DeviceStatus::Inactive;
         }
         let op = Op::put(entry.key, encode(&device)?).expecting(Expect::Revision(entry.revision));
-        Ok((record(RecordResult::Succeeded, ""), Some(op)))
+        Ok((record(RecordResult::Succeeded, ""), vec![op, guard]))
     }
 
     async fn commit(&self, ops: Vec<Op>) -> Result<()> {
@@ -470,7 +495,7 @@ impl ControlPlane {
     /// Whether any device of the product was transferred or authorized to another account
     /// (SPEC §5): then none of its devices may be distributed.
     async fn product_was_transferred(&self, product: &ProductKey) -> Result<bool> {
-        let marker = format!("transferred-products/{product}");
+        let marker = crate::transfer::transferred_marker(product);
         Ok(self.registry.store().get(&marker).await?.is_some())
     }
 }
@@ -486,8 +511,10 @@ fn destinations(policy: &Policy) -> Vec<InstanceId> {
     }
 }
 
-/// The task's device list from names or CSV, validated, without duplicates.
-fn task_devices(request: &TaskRequest) -> Result<Vec<DeviceKey>> {
+/// The task's device list from names or CSV, validated, without duplicates. Public (hidden)
+/// for the fuzz targets.
+#[doc(hidden)]
+pub fn task_devices(request: &TaskRequest) -> Result<Vec<DeviceKey>> {
     let mut names: Vec<String> = request.devices.clone();
     if let Some(csv_text) = &request.csv {
         if !names.is_empty() {

@@ -1,6 +1,7 @@
 //! Meridian's control plane: accounts with API keys, regions and instances, products and
-//! devices, cross-account verification codes, distribution tasks and the audit log, all on the
-//! registry store. Every operation takes the calling account and sees only its resources.
+//! devices, cross-account verification codes, distribution tasks, device and instance transfer
+//! orders, and the audit log, all on the registry store. Every operation takes the calling
+//! account and sees only its resources.
 //!
 //! The admin HTTP API over it is [`api::serve`].
 //!
@@ -15,7 +16,11 @@ pub mod internal;
 pub mod model;
 pub mod plane;
 pub mod remote;
+pub mod resource_transfer;
+pub mod transfer;
 
 pub use distribution::{CSV_TEMPLATE, CrossAccount, MAX_TASK_DEVICES, PolicyRequest, TaskRequest};
 pub use error::ControlError;
 pub use plane::{ControlPlane, DeviceView, NewAccount, NewInstance, NewProduct, ProductPatch};
+pub use resource_transfer::{InstanceTransfer, InstanceTransferRequest, InstanceTransferState};
+pub use transfer::{DeviceTransfer, DeviceTransferRequest, DeviceTransferState, ProductView};

@@ -170,6 +170,9 @@ impl ControlPlane {
         if self.account_by_name(&new.name).await?.is_some() {
             return Err(ControlError::Conflict { kind: "account name", id: new.name });
         }
+        if let Some(entity) = &new.verified_entity {
+            self.check_entity_capacity(entity).await?;
+        }
         let account = Account {
             id: new.id,
             name: new.name,
@@ -417,42 +420,7 @@ impl ControlPlane {
         product: &ProductKey,
         csv_text: &str,
     ) -> Result<Vec<CreatedDevice>> {
-        let mut reader =
-            csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(csv_text.as_bytes());
-        let headers = reader
-            .headers()
-            .map_err(|e| ControlError::Invalid(format!("CSV header: {e}")))?
-            .clone();
-        let name_column = headers
-            .iter()
-            .position(|h| h == "deviceName")
-            .ok_or_else(|| ControlError::Invalid("CSV needs a deviceName column".into()))?;
-        let secret_column = headers.iter().position(|h| h == "deviceSecret");
-        let mut names = Vec::new();
-        for (line, record) in reader.records().enumerate() {
-            let record =
-                record.map_err(|e| ControlError::Invalid(format!("CSV row {}: {e}", line + 2)))?;
-            if names.len() == MAX_CSV_ROWS {
-                return Err(ControlError::Invalid(format!(
-                    "CSV holds more than {MAX_CSV_ROWS} rows"
-                )));
-            }
-            let name = record.get(name_column).unwrap_or_default();
-            let name: DeviceName = name
-                .parse()
-                .map_err(|e| ControlError::Invalid(format!("CSV row {}: {e}", line + 2)))?;
-            let secret = match secret_column.and_then(|c| record.get(c)).filter(|s| !s.is_empty()) {
-                Some(secret) => Some(
-                    DeviceSecret::new(secret)
-                        .map_err(|e| ControlError::Invalid(format!("CSV row {}: {e}", line + 2)))?,
-                ),
-                None => None,
-            };
-            names.push((name, secret));
-        }
-        if names.is_empty() {
-            return Err(ControlError::Invalid("CSV holds no devices".into()));
-        }
+        let names = parse_devices_csv(csv_text)?;
         self.create_devices(caller, product, names).await
     }
 
@@ -587,6 +555,44 @@ impl ControlPlane {
         let snapshot = self.registry.store().scan_prefix(&format!("{AUDIT}{caller}/")).await?;
         snapshot.entries.iter().map(|entry| Ok(decode(&entry.key, &entry.value)?)).collect()
     }
+}
+
+/// The devices of an import CSV (a `deviceName` column and an optional `deviceSecret` column,
+/// at most [`MAX_CSV_ROWS`] rows), validated. Pure, so the fuzz targets reach it directly.
+pub fn parse_devices_csv(csv_text: &str) -> Result<Vec<(DeviceName, Option<DeviceSecret>)>> {
+    let mut reader =
+        csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(csv_text.as_bytes());
+    let headers =
+        reader.headers().map_err(|e| ControlError::Invalid(format!("CSV header: {e}")))?.clone();
+    let name_column = headers
+        .iter()
+        .position(|h| h == "deviceName")
+        .ok_or_else(|| ControlError::Invalid("CSV needs a deviceName column".into()))?;
+    let secret_column = headers.iter().position(|h| h == "deviceSecret");
+    let mut names = Vec::new();
+    for (line, record) in reader.records().enumerate() {
+        let record =
+            record.map_err(|e| ControlError::Invalid(format!("CSV row {}: {e}", line + 2)))?;
+        if names.len() == MAX_CSV_ROWS {
+            return Err(ControlError::Invalid(format!("CSV holds more than {MAX_CSV_ROWS} rows")));
+        }
+        let name = record.get(name_column).unwrap_or_default();
+        let name: DeviceName = name
+            .parse()
+            .map_err(|e| ControlError::Invalid(format!("CSV row {}: {e}", line + 2)))?;
+        let secret = match secret_column.and_then(|c| record.get(c)).filter(|s| !s.is_empty()) {
+            Some(secret) => Some(
+                DeviceSecret::new(secret)
+                    .map_err(|e| ControlError::Invalid(format!("CSV row {}: {e}", line + 2)))?,
+            ),
+            None => None,
+        };
+        names.push((name, secret));
+    }
+    if names.is_empty() {
+        return Err(ControlError::Invalid("CSV holds no devices".into()));
+    }
+    Ok(names)
 }
 
 pub(crate) fn not_found(kind: &'static str, id: &str) -> ControlError {

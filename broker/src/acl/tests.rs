@@ -285,6 +285,52 @@ fn application_needs_the_product_in_the_view() {
     assert!(!app.may_publish(&t("/sys/{pk}/dev1/thing/x"), &view));
 }
 
+/// `view_with_products`, plus device `{pk}/dev1`, transferred from `acme` to `buyer`, and
+/// `{pk}/dev2`, still `acme`'s.
+fn view_with_transferred_device() -> RegistryView {
+    let view = view_with_products();
+    for (name, owner) in [("dev1", "buyer"), ("dev2", "acme")] {
+        let key =
+            DeviceKey { product_key: PK.parse().unwrap(), device_name: name.parse().unwrap() };
+        let entry = crate::view::DeviceEntry {
+            secret: meridian_registry::secret::DeviceSecret::new("secret-of-a-device").unwrap(),
+            owner: owner.parse().unwrap(),
+            status: meridian_registry::model::DeviceStatus::Online,
+            placement: meridian_registry::model::Placement::Home,
+        };
+        view.apply_device(key, entry);
+    }
+    view
+}
+
+#[test]
+fn application_access_follows_the_device_owner() {
+    let view = view_with_transferred_device();
+    let (source, destination) = (application("acme"), application("buyer"));
+    // The destination reaches its device by name, not the product's other devices nor the
+    // product as a whole.
+    for topic in ["/{pk}/dev1/user/x", "/sys/{pk}/dev1/thing/event/post", "/shadow/get/{pk}/dev1"] {
+        assert!(destination.may_subscribe(&t(topic), &view), "{topic}");
+        assert!(destination.may_publish(&t(topic), &view), "{topic}");
+        assert!(!source.may_subscribe(&t(topic), &view), "{topic}");
+        assert!(!source.may_publish(&t(topic), &view), "{topic}");
+    }
+    for filter in ["/{pk}/dev2/user/#", "/{pk}/+/user/#", "/sys/{pk}/#", "/broadcast/{pk}/#"] {
+        assert!(!destination.may_subscribe(&t(filter), &view), "{filter}");
+        assert!(source.may_subscribe(&t(filter), &view), "{filter}");
+    }
+    // The source keeps its wildcard subscription, but deliveries of the transferred device's
+    // messages stop; the destination receives them.
+    assert!(!source.may_receive(&t("/{pk}/dev1/user/x"), &view));
+    assert!(source.may_receive(&t("/{pk}/dev2/user/x"), &view));
+    assert!(destination.may_receive(&t("/{pk}/dev1/user/x"), &view));
+    assert!(!destination.may_receive(&t("/{pk}/dev2/user/x"), &view));
+    assert!(!destination.may_receive(&t("/broadcast/{pk}/all"), &view));
+    // Devices and standard clients are bounded by their subscriptions only.
+    assert!(device().may_receive(&t("/sys/{pk}/{dn}/thing/x"), &view));
+    assert!(standard().may_receive("anything/at/all", &view));
+}
+
 #[test]
 fn only_devices_have_implicit_filters() {
     assert_eq!(device().implicit_filters(), vec![t("/sys/{pk}/{dn}/#")]);

@@ -6,7 +6,8 @@ use tokio::sync::mpsc::error::TryRecvError;
 
 use super::*;
 
-const LIMITS: Limits = Limits { inflight: 4, queued: 3 };
+const LIMITS: Limits =
+    Limits { inflight: 4, queued: 3, max_filters_per_subscribe: 8, max_topic_levels: 8 };
 
 /// The far side of a [`Handle`]: what a connection task would read.
 struct Client {
@@ -512,4 +513,45 @@ async fn kick_and_kick_all_reach_online_connections_only() {
     let mut online = router.online();
     online.sort();
     assert_eq!(online, [a, b]);
+}
+
+/// The broker-wide queue budget (8 messages): above its soft mark (6) QoS 0 is shed and QoS 1
+/// goes only to queues that drain; an offline session is never draining; at the cap nothing
+/// is queued; dropping parked state gives its share back.
+#[tokio::test]
+async fn global_queue_budget_sheds_qos0_then_backlogged_queues() {
+    let router = Router::new(LIMITS, 1_000).with_queue_budget(QueueBudget::new(8, 1 << 20));
+    let (fast, slow, away) = (id("fast"), id("slow"), id("away"));
+    let (handle_fast, mut client_fast) = handle(1, 64);
+    let (handle_slow, _client_slow) = handle(2, 4);
+    let (handle_away, _) = handle(3, 4);
+    router.connect(&fast, true, handle_fast).await;
+    router.connect(&slow, true, handle_slow).await;
+    router.connect(&away, false, handle_away).await;
+    for session in [&fast, &slow, &away] {
+        router.subscribe(session, &filters(&[("t", 1)]));
+    }
+    router.disconnect(&away, 3, Parked::default(), &[]);
+
+    // Two QoS 1 messages: each session queues both (6 reserved: the soft mark).
+    for _ in 0..2 {
+        assert_eq!(router.publish(message("t", 1, "m", false)).delivered, 3);
+    }
+    assert_eq!(router.budget().used().messages, 6);
+    // Above the mark: QoS 0 is shed for both online clients (and never kept offline); QoS 1
+    // reaches only the draining mailbox (the slow one is half full, the offline one never
+    // drains).
+    assert_eq!(router.publish(message("t", 0, "q0", false)), Routed { delivered: 0, dropped: 3 });
+    assert_eq!(router.publish(message("t", 1, "m", false)), Routed { delivered: 1, dropped: 2 });
+    // The fast client reads: its share is released by its connection task (here, by hand).
+    let read = client_fast.deliveries();
+    assert_eq!(read.len(), 3);
+    for delivery in &read {
+        router.budget().release(Load::of(delivery));
+    }
+    assert_eq!(router.budget().used().messages, 4);
+    // Dropping the parked session gives its two back.
+    let (handle_again, _) = handle(4, 4);
+    assert!(router.connect(&away, true, handle_again).await.is_none());
+    assert_eq!(router.budget().used().messages, 2);
 }

@@ -10,7 +10,7 @@ const PK: &str = "a13FN5TplKq";
 const DN: &str = "dev1";
 
 fn limits() -> Limits {
-    Limits { inflight: 2, queued: 3 }
+    Limits { inflight: 2, queued: 3, max_filters_per_subscribe: 16, max_topic_levels: 8 }
 }
 
 fn device() -> Principal {
@@ -518,6 +518,46 @@ fn subscription_limit_refuses_the_extra_filters() {
     assert_eq!(filters, ["a", "d"]);
 }
 
+/// Subscription bombs: a SUBSCRIBE with more filters than allowed closes the connection
+/// before any is granted; a filter deeper than allowed gets 0x80 while the others are granted.
+#[test]
+fn subscription_bombs_are_refused() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let mut session = standard_session(now);
+    let many: Vec<String> = (0..17).map(|i| format!("bomb/{i}")).collect();
+    let filters: Vec<(&str, QoS)> = many.iter().map(|f| (f.as_str(), QoS::AtMostOnce)).collect();
+    assert_eq!(
+        session.handle_packet(now, subscribe(1, &filters), &view),
+        Err(Close::ProtocolViolation("too many filters in one SUBSCRIBE"))
+    );
+    assert!(transmitted(&mut session).is_empty());
+    assert_eq!(events(&mut session), vec![Event::Limited("subscribe_filters")]);
+    assert_eq!(session.filters().count(), 0);
+
+    let mut session = standard_session(now);
+    let deep = "+/".repeat(8) + "#";
+    let just_deep_enough = "+/".repeat(7) + "#";
+    session
+        .handle_packet(
+            now,
+            subscribe(2, &[(&deep, QoS::AtMostOnce), (&just_deep_enough, QoS::AtMostOnce)]),
+            &view,
+        )
+        .unwrap();
+    assert_eq!(
+        transmitted(&mut session),
+        vec![Packet::SubAck(SubAck::new(
+            2,
+            vec![SubscribeReasonCode::Failure, SubscribeReasonCode::Success(QoS::AtMostOnce)]
+        ))]
+    );
+    assert_eq!(
+        events(&mut session),
+        vec![Event::Limited("topic_levels"), Event::Subscribe(vec![(just_deep_enough, 0)])]
+    );
+}
+
 #[test]
 fn device_downlink_does_not_count_against_its_subscription_limit() {
     let now = Instant::now();
@@ -656,7 +696,7 @@ fn qos1_deliveries_respect_the_window_and_the_queue() {
 fn qos1_delivery_is_sent_when_the_window_has_room_even_without_a_queue() {
     let now = Instant::now();
     let view = RegistryView::default();
-    let limits = Limits { inflight: 1, queued: 0 };
+    let limits = Limits { inflight: 1, queued: 0, ..limits() };
     let mut session = Session::new(now, standard(), standard_profile(), limits, 60, None, None);
     assert!(session.handle_delivery(delivery("a", 1, "m0")));
     assert_eq!(publishes(&transmitted(&mut session)), [(1, QoS::AtLeastOnce, false, "m0".into())]);
@@ -672,7 +712,7 @@ fn qos1_delivery_is_sent_when_the_window_has_room_even_without_a_queue() {
 fn qos2_delivery_handshake() {
     let now = Instant::now();
     let view = RegistryView::default();
-    let limits = Limits { inflight: 1, queued: 10 };
+    let limits = Limits { inflight: 1, queued: 10, ..limits() };
     let mut session = Session::new(now, standard(), standard_profile(), limits, 60, None, None);
 
     assert!(session.handle_delivery(delivery("a", 2, "first")));
@@ -721,7 +761,7 @@ fn retained_delivery_keeps_its_retain_flag() {
 fn packet_ids_skip_ids_in_use_and_zero() {
     let now = Instant::now();
     let view = RegistryView::default();
-    let limits = Limits { inflight: 3, queued: 0 };
+    let limits = Limits { inflight: 3, queued: 0, ..limits() };
     let mut session = Session::new(now, standard(), standard_profile(), limits, 60, None, None);
 
     session.handle_delivery(delivery("a", 1, "held"));

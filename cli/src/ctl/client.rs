@@ -244,6 +244,25 @@ impl Client {
         self.json(&answer)
     }
 
+    /// `method` with the operator token (the `/v1/operator/...` routes), with an optional JSON
+    /// body; answered with JSON, or `null` for an answer without content.
+    pub(crate) async fn as_operator(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
+        let body = match body {
+            Some(body) => Body::Json(self.encode(body)?),
+            None => Body::Empty,
+        };
+        let answer = self.send(method, path, Auth::Operator, body).await?;
+        if answer.is_empty() {
+            return Ok(Value::Null);
+        }
+        self.json(&answer)
+    }
+
     async fn send(
         &self,
         method: Method,

@@ -36,6 +36,13 @@ pub(super) enum Command {
     },
     /// Show one instance.
     Show { id: String },
+    /// Extend an instance's lifetime (refused while a transfer order is pending on it).
+    Renew {
+        id: String,
+        /// Days to add to its expiry.
+        #[arg(long)]
+        days: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Serialize, clap::ValueEnum)]
@@ -122,6 +129,17 @@ pub(super) async fn run(ctl: &Ctl, command: Command) -> anyhow::Result<()> {
         Command::Show { id } => {
             let answer = ctl.client.get(&format!("/v1/instances/{}", segment(&id))).await?;
             ctl.show(&answer, show)
+        }
+        Command::Renew { id, days } => {
+            let path = format!("/v1/instances/{}/renew", segment(&id));
+            let answer = ctl.client.post(&path, &serde_json::json!({ "days": days })).await?;
+            ctl.show(&answer, |instance: Instance| {
+                output::line(format!(
+                    "instance {} renewed: expires {}",
+                    instance.id,
+                    output::time(instance.expires_at)
+                ))
+            })
         }
     }
 }

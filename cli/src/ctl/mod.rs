@@ -13,11 +13,13 @@ mod client;
 mod codes;
 mod devices;
 mod distribute;
+mod instance_transfer;
 mod instances;
 mod output;
 mod products;
 mod regions;
 mod tasks;
+mod transfer;
 mod usage;
 mod watch;
 
@@ -103,6 +105,10 @@ enum CtlCommand {
     /// Distribution tasks: progress, retry, per-device records.
     #[command(subcommand)]
     Tasks(tasks::Command),
+    /// Ownership transfers: device transfer orders and product views, instance transfer
+    /// orders, the transfer allow-list (operator).
+    #[command(subcommand)]
+    Transfer(transfer::Command),
     /// Usage of your instances: connections, connected time, messages.
     Usage,
     /// Your account's audit log, oldest first.
@@ -136,6 +142,7 @@ async fn execute(args: CtlArgs) -> anyhow::Result<()> {
         CtlCommand::Codes(command) => codes::run(&ctl, command).await,
         CtlCommand::Distribute(args) => distribute::run(&ctl, args).await,
         CtlCommand::Tasks(command) => tasks::run(&ctl, command).await,
+        CtlCommand::Transfer(command) => transfer::run(&ctl, command).await,
         CtlCommand::Usage => usage::run(&ctl).await,
         CtlCommand::Audit => audit::run(&ctl).await,
     }

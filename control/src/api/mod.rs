@@ -3,7 +3,8 @@
 //!
 //! Every tenant route authenticates `Authorization: Bearer <api key>` and passes the caller's
 //! account to the plane, which scopes every read and write to it: another account's resource is
-//! a 404, exactly like a missing one. Account creation takes the operator token instead.
+//! a 404, exactly like a missing one. Account creation and the `/v1/operator/...` routes take
+//! the operator token instead.
 //! Errors are always `{"code":<status>,"message":"…"}`.
 //!
 //! What it does not do: TLS (put it behind a terminating proxy or bind it to a private
@@ -11,7 +12,9 @@
 //! stores the task).
 
 mod accounts;
+mod device_transfers;
 mod devices;
+mod instance_transfers;
 mod instances;
 mod openapi;
 mod products;
@@ -19,6 +22,7 @@ mod request;
 mod response;
 mod router;
 mod tasks;
+mod transfers;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -130,6 +134,10 @@ async fn dispatch(
             plane.authenticate_operator(request.bearer()?)?;
             accounts::create(plane, request).await
         }
+        Endpoint::Operator(endpoint) => {
+            plane.authenticate_operator(request.bearer()?)?;
+            transfers::operator(plane, endpoint, request).await
+        }
         Endpoint::Tenant(endpoint) => {
             let caller = plane.authenticate(request.bearer()?).await?;
             tenant(plane, &caller, endpoint, request).await
@@ -171,5 +179,6 @@ async fn tenant(
         Tenant::Task => tasks::get(plane, caller, request).await,
         Tenant::RetryTask => tasks::retry(plane, caller, request).await,
         Tenant::TaskRecords => tasks::records(plane, caller, request).await,
+        Tenant::Ownership(endpoint) => transfers::tenant(plane, caller, endpoint, request).await,
     }
 }

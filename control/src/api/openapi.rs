@@ -74,7 +74,9 @@ mod tests {
             let operation = &document["paths"][route.path][route.method.as_str().to_lowercase()];
             let expected = match route.endpoint {
                 Endpoint::OpenApi => serde_json::json!([]),
-                Endpoint::CreateAccount => serde_json::json!([{ "operatorToken": [] }]),
+                Endpoint::CreateAccount | Endpoint::Operator(_) => {
+                    serde_json::json!([{ "operatorToken": [] }])
+                }
                 // Inherits the document-wide API key requirement.
                 Endpoint::Tenant(_) => Value::Null,
             };

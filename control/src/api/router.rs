@@ -8,6 +8,8 @@
 use hyper::Method;
 use percent_encoding::percent_decode_str;
 
+use super::transfers::{Operator, Ownership};
+
 /// What a request asks for, and so which credentials it needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Endpoint {
@@ -15,6 +17,9 @@ pub(crate) enum Endpoint {
     OpenApi,
     /// Creates an account; needs the operator token.
     CreateAccount,
+    /// Operator configuration of accounts (transfer allow-list, organisations); needs the
+    /// operator token.
+    Operator(Operator),
     /// Everything else needs an API key and sees only its account's resources.
     Tenant(Tenant),
 }
@@ -49,6 +54,8 @@ pub(crate) enum Tenant {
     Task,
     RetryTask,
     TaskRecords,
+    /// Device and instance transfers (SPEC §6, §7), see `transfers.rs`.
+    Ownership(Ownership),
 }
 
 /// One row of the table: `{name}` segments bind path parameters.
@@ -90,6 +97,49 @@ pub(crate) static ROUTES: &[Route] = &[
     tenant(Method::GET, "/v1/distribution-tasks/{id}", Tenant::Task),
     tenant(Method::POST, "/v1/distribution-tasks/{id}/retry", Tenant::RetryTask),
     tenant(Method::GET, "/v1/distribution-tasks/{id}/records.csv", Tenant::TaskRecords),
+    operator(Method::GET, "/v1/operator/transfer-allow-list", Operator::AllowList),
+    operator(Method::PUT, "/v1/operator/transfer-allow-list/{account}", Operator::Allow),
+    operator(Method::DELETE, "/v1/operator/transfer-allow-list/{account}", Operator::Disallow),
+    operator(
+        Method::PUT,
+        "/v1/operator/accounts/{account}/organisation",
+        Operator::SetOrganisation,
+    ),
+    transfer(Method::GET, "/v1/device-transfers", Ownership::DeviceTransfers),
+    transfer(Method::POST, "/v1/device-transfers", Ownership::CreateDeviceTransfer),
+    transfer(Method::GET, "/v1/device-transfers/template.csv", Ownership::DeviceTransferTemplate),
+    transfer(Method::GET, "/v1/device-transfers/{id}", Ownership::DeviceTransfer),
+    transfer(Method::POST, "/v1/device-transfers/{id}/accept", Ownership::AcceptDeviceTransfer),
+    transfer(Method::POST, "/v1/device-transfers/{id}/reject", Ownership::RejectDeviceTransfer),
+    transfer(Method::POST, "/v1/device-transfers/{id}/cancel", Ownership::CancelDeviceTransfer),
+    transfer(Method::GET, "/v1/product-views", Ownership::ProductViews),
+    transfer(Method::GET, "/v1/product-views/{id}", Ownership::ProductView),
+    transfer(Method::GET, "/v1/product-views/{id}/devices", Ownership::ViewDevices),
+    transfer(Method::GET, "/v1/product-views/{id}/devices/{dn}", Ownership::ViewDevice),
+    transfer(Method::DELETE, "/v1/product-views/{id}/devices/{dn}", Ownership::DeleteViewDevice),
+    transfer(
+        Method::POST,
+        "/v1/product-views/{id}/devices/{dn}/disable",
+        Ownership::DisableViewDevice,
+    ),
+    transfer(
+        Method::POST,
+        "/v1/product-views/{id}/devices/{dn}/enable",
+        Ownership::EnableViewDevice,
+    ),
+    transfer(Method::GET, "/v1/instance-transfers", Ownership::InstanceTransfers),
+    transfer(Method::POST, "/v1/instance-transfers", Ownership::InitiateInstanceTransfers),
+    transfer(Method::POST, "/v1/instance-transfers/confirm", Ownership::ConfirmInstanceTransfers),
+    transfer(Method::POST, "/v1/instance-transfers/cancel", Ownership::CancelInstanceTransfers),
+    transfer(Method::POST, "/v1/instance-transfers/reject", Ownership::RejectInstanceTransfers),
+    transfer(Method::GET, "/v1/instance-transfers/{id}", Ownership::InstanceTransfer),
+    transfer(Method::POST, "/v1/instances/{id}/renew", Ownership::RenewInstance),
+    transfer(Method::GET, "/v1/organisation/instances", Ownership::OrganisationInstances),
+    transfer(
+        Method::GET,
+        "/v1/organisation/instance-transfers",
+        Ownership::OrganisationInstanceTransfers,
+    ),
 ];
 
 const fn route(method: Method, path: &'static str, endpoint: Endpoint) -> Route {
@@ -98,6 +148,14 @@ const fn route(method: Method, path: &'static str, endpoint: Endpoint) -> Route 
 
 const fn tenant(method: Method, path: &'static str, endpoint: Tenant) -> Route {
     route(method, path, Endpoint::Tenant(endpoint))
+}
+
+const fn transfer(method: Method, path: &'static str, endpoint: Ownership) -> Route {
+    tenant(method, path, Tenant::Ownership(endpoint))
+}
+
+const fn operator(method: Method, path: &'static str, endpoint: Operator) -> Route {
+    route(method, path, Endpoint::Operator(endpoint))
 }
 
 /// The outcome of matching a request against [`ROUTES`].

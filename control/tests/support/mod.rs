@@ -38,6 +38,9 @@ pub struct TestApi {
     pub clock: ManualClock,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
+    /// Kept for [`TestApi::restart`], which reopens the same store.
+    #[allow(dead_code, reason = "read by restart, which not every test file uses")]
+    sealer: SecretKey,
     _dir: tempfile::TempDir,
 }
 
@@ -57,11 +60,27 @@ pub enum Body<'a> {
 impl TestApi {
     pub async fn start() -> TestApi {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn Store> =
-            Arc::new(RedbStore::open(dir.path().join("registry.redb")).expect("open store"));
         let sealer = SecretKey::from_hex(&SecretKey::generate_hex().expect("key")).expect("key");
         let clock = ManualClock::new(Timestamp(1_700_000_000_000));
-        let registry = Registry::new(store, sealer, Arc::new(clock.clone()));
+        TestApi::open(dir, sealer, clock).await
+    }
+
+    /// Stops the server, closes the store, and starts a new control plane on the same store
+    /// file with the same key and clock: what a restart of the process keeps.
+    #[allow(dead_code, reason = "not every test file restarts")]
+    pub async fn restart(mut self) -> TestApi {
+        self.stop().await;
+        let (clock, sealer) = (self.clock.clone(), self.sealer.clone());
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().expect("tempdir"));
+        // Drops the plane, the last handle on the store, which closes the redb file.
+        drop(self);
+        TestApi::open(dir, sealer, clock).await
+    }
+
+    async fn open(dir: tempfile::TempDir, sealer: SecretKey, clock: ManualClock) -> TestApi {
+        let store: Arc<dyn Store> =
+            Arc::new(RedbStore::open(dir.path().join("registry.redb")).expect("open store"));
+        let registry = Registry::new(store, sealer.clone(), Arc::new(clock.clone()));
         for (id, latitude, longitude) in REGIONS {
             registry
                 .put_region(Region {
@@ -81,7 +100,15 @@ impl TestApi {
         let server = tokio::spawn(meridian_control::api::serve(listener, plane.clone(), async {
             let _ = stopped.await;
         }));
-        TestApi { addr, plane, clock, shutdown: Some(shutdown), server: Some(server), _dir: dir }
+        TestApi {
+            addr,
+            plane,
+            clock,
+            shutdown: Some(shutdown),
+            server: Some(server),
+            sealer,
+            _dir: dir,
+        }
     }
 
     /// Asks the server to shut down and waits until `serve` returns.

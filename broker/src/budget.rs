@@ -1,0 +1,183 @@
+//! The broker-wide cap on queued messages and bytes, and what is shed when it is reached.
+//!
+//! Every session's queues are bounded on their own (`mailbox`, `inflight`, `queued`), but a
+//! million sessions times a bounded queue is still unbounded memory. The budget counts what
+//! waits for delivery anywhere: in a connection's mailbox, behind its inflight window, in its
+//! inflight window, and in offline persistent sessions. The router reserves when it hands a
+//! delivery to a mailbox or a parked session; a connection task keeps its session's share in
+//! step with [`QueueBudget::adjust`]; whoever drops queued state releases it.
+//!
+//! Shedding policy, from the first mark reached:
+//! 1. Below three quarters of either cap, everything is accepted.
+//! 2. Above it, QoS 0 deliveries are dropped (they promise nothing), and QoS 1/2 deliveries are
+//!    refused for queues that are not draining: offline sessions, and connections whose
+//!    mailbox is at least half full. Clients that keep up keep receiving everything.
+//! 3. At the cap, every delivery is dropped.
+//!
+//! Each drop counts `meridian_broker_limited_total{limit=…}` with [`Shed::label`]. Reservations
+//! are two relaxed atomics, so concurrent publishers may overshoot a cap by at most one message
+//! each.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::session::Delivery;
+
+/// Why a delivery was not queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shed {
+    /// Above the soft mark: QoS 0 is dropped first.
+    Qos0,
+    /// Above the soft mark: the target queue is not draining.
+    Backlogged,
+    /// At the cap.
+    Full,
+}
+
+impl Shed {
+    pub fn label(self) -> &'static str {
+        match self {
+            Shed::Qos0 => "queue_shed_qos0",
+            Shed::Backlogged => "queue_backlogged",
+            Shed::Full => "queue_full",
+        }
+    }
+}
+
+/// What some queue holds: messages and their payload bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Load {
+    pub messages: usize,
+    pub bytes: usize,
+}
+
+impl Load {
+    /// One delivery's load.
+    pub fn of(delivery: &Delivery) -> Load {
+        Load { messages: 1, bytes: delivery.message.payload.len() }
+    }
+}
+
+#[derive(Debug)]
+pub struct QueueBudget {
+    max_messages: usize,
+    max_bytes: usize,
+    messages: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl QueueBudget {
+    pub fn new(max_messages: usize, max_bytes: usize) -> QueueBudget {
+        QueueBudget {
+            max_messages,
+            max_bytes,
+            messages: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+        }
+    }
+
+    /// No cap (tests of other rules).
+    pub fn unlimited() -> QueueBudget {
+        QueueBudget::new(usize::MAX, usize::MAX)
+    }
+
+    /// Reserves room for one delivery of `bytes` at `qos` into a queue that is `backlogged`
+    /// (not draining), or says why not.
+    pub fn reserve(&self, bytes: usize, qos: u8, backlogged: bool) -> Result<(), Shed> {
+        let used = self.used();
+        if used.messages >= self.max_messages || used.bytes.saturating_add(bytes) > self.max_bytes {
+            return Err(Shed::Full);
+        }
+        let soft = used.messages >= soft_mark(self.max_messages)
+            || used.bytes >= soft_mark(self.max_bytes);
+        if soft && qos == 0 {
+            return Err(Shed::Qos0);
+        }
+        if soft && backlogged {
+            return Err(Shed::Backlogged);
+        }
+        self.add(Load { messages: 1, bytes });
+        Ok(())
+    }
+
+    /// Gives back what a queue no longer holds.
+    pub fn release(&self, load: Load) {
+        // Saturating: a release never exceeds what was reserved, but an underflow must not wrap
+        // into "full" if that ever broke.
+        let _ = self.messages.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
+            Some(m.saturating_sub(load.messages))
+        });
+        let _ = self.bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+            Some(b.saturating_sub(load.bytes))
+        });
+    }
+
+    /// Moves a queue's accounted load from `before` to `now` without any policy: the messages
+    /// are already held (a connection moving deliveries from its mailbox into its session).
+    pub fn adjust(&self, before: Load, now: Load) {
+        self.add(Load {
+            messages: now.messages.saturating_sub(before.messages),
+            bytes: now.bytes.saturating_sub(before.bytes),
+        });
+        self.release(Load {
+            messages: before.messages.saturating_sub(now.messages),
+            bytes: before.bytes.saturating_sub(now.bytes),
+        });
+    }
+
+    pub fn used(&self) -> Load {
+        Load {
+            messages: self.messages.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    fn add(&self, load: Load) {
+        self.messages.fetch_add(load.messages, Ordering::Relaxed);
+        self.bytes.fetch_add(load.bytes, Ordering::Relaxed);
+    }
+}
+
+fn soft_mark(cap: usize) -> usize {
+    cap / 4 * 3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sheds_qos0_then_backlogged_then_everything() {
+        let budget = QueueBudget::new(8, 1_000);
+        for _ in 0..6 {
+            budget.reserve(10, 0, true).expect("below the soft mark everything goes");
+        }
+        assert_eq!(budget.reserve(10, 0, false), Err(Shed::Qos0));
+        assert_eq!(budget.reserve(10, 1, true), Err(Shed::Backlogged));
+        budget.reserve(10, 1, false).expect("a draining queue still gets QoS 1");
+        budget.reserve(10, 2, false).expect("and QoS 2");
+        assert_eq!(budget.reserve(10, 1, false), Err(Shed::Full));
+        assert_eq!(budget.used(), Load { messages: 8, bytes: 80 });
+        budget.release(Load { messages: 3, bytes: 30 });
+        budget.reserve(10, 0, true).expect("below the soft mark again");
+    }
+
+    #[test]
+    fn bytes_cap_too() {
+        let budget = QueueBudget::new(1_000, 100);
+        budget.reserve(70, 1, true).unwrap();
+        assert_eq!(budget.reserve(40, 1, false), Err(Shed::Full), "would exceed the byte cap");
+        budget.reserve(5, 0, false).expect("70 bytes is below the soft mark of 75");
+        assert_eq!(budget.reserve(1, 0, false), Err(Shed::Qos0));
+    }
+
+    #[test]
+    fn adjust_moves_without_policy() {
+        let budget = QueueBudget::new(2, 100);
+        budget.adjust(Load::default(), Load { messages: 5, bytes: 500 });
+        assert_eq!(budget.used(), Load { messages: 5, bytes: 500 });
+        budget.adjust(Load { messages: 5, bytes: 500 }, Load { messages: 1, bytes: 10 });
+        assert_eq!(budget.used(), Load { messages: 1, bytes: 10 });
+        budget.release(Load { messages: 9, bytes: 900 });
+        assert_eq!(budget.used(), Load::default(), "never wraps");
+    }
+}
