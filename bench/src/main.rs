@@ -70,7 +70,9 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Connect(args) => save(&cli.out, "connect", &connect::run(&args).await?),
             Command::Throughput(args) => {
-                save(&cli.out, "throughput", &throughput::run(&args).await?)
+                // Fixed-rate runs are a separate result, so one output directory holds both.
+                let name = if args.rate.is_some() { "throughput-rate" } else { "throughput" };
+                save(&cli.out, name, &throughput::run(&args).await?)
             }
             Command::Hold(args) => save(&cli.out, "hold", &hold::run(&args).await?),
             Command::Migrate(args) => save(&cli.out, "migrate", &migrate::run(&args).await?),

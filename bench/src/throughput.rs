@@ -76,11 +76,18 @@ pub struct ThroughputArgs {
     /// Seconds measured.
     #[arg(long, default_value_t = 3.0)]
     pub duration: f64,
+    /// Offered load in messages per second over all publishers, on an open-loop schedule
+    /// (latency counted from the scheduled send time); omitted: as fast as the window allows.
+    #[arg(long)]
+    pub rate: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ThroughputRun {
     pub broker: BrokerKind,
+    /// Offered messages per second (all publishers), when the run was at a fixed rate.
+    #[serde(default)]
+    pub rate: Option<f64>,
     pub pattern: Pattern,
     pub qos: u8,
     pub size: usize,
@@ -157,6 +164,8 @@ struct Shared {
     measure_from: u64,
     measure_until: u64,
     sent: AtomicU64,
+    /// Time between two messages of one publisher at a fixed offered rate.
+    interval: Option<Duration>,
 }
 
 async fn one_run(
@@ -236,6 +245,7 @@ async fn one_run(
         measure_from: (start + warm).as_nanos() as u64,
         measure_until: (start + warm + measured).as_nanos() as u64,
         sent: AtomicU64::new(0),
+        interval: args.rate.map(|rate| Duration::from_secs_f64(publishers as f64 / rate.max(1.0))),
     });
     for connection in subscriber_connections {
         subscriber_tasks.spawn(subscribe(connection, shared.clone(), publishers, stop.clone()));
@@ -274,6 +284,7 @@ async fn one_run(
         out_of_order += tally.out_of_order;
     }
     Ok(ThroughputRun {
+        rate: args.rate,
         sent: shared.sent.load(Ordering::Relaxed),
         broker: broker.kind,
         pattern,
@@ -311,7 +322,16 @@ async fn publish(
     let mut buffer = BytesMut::with_capacity(WRITE_BATCH + size + 64);
     let mut seq: u32 = 0;
     let mut pkid: u16 = 0;
+    // At a fixed rate: when the next message is due. Its timestamp is that time, not the time
+    // it was written, so a publisher held back by the window is charged to the broker.
+    let mut due = Instant::now();
     loop {
+        if shared.interval.is_some() {
+            tokio::select! {
+                () = tokio::time::sleep_until(due.into()) => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
         let permit = tokio::select! {
             permit = window.acquire_many(shared.fanout) => permit,
             _ = stop.wait_for(|s| *s) => break,
@@ -322,12 +342,22 @@ async fn publish(
         loop {
             seq = seq.wrapping_add(1);
             pkid = pkid % u16::MAX + 1;
+            let stamp = match shared.interval {
+                Some(_) => due.saturating_duration_since(shared.epoch),
+                None => shared.epoch.elapsed(),
+            };
             let mut head = [0u8; HEAD];
-            head[..8].copy_from_slice(&(shared.epoch.elapsed().as_nanos() as u64).to_be_bytes());
+            head[..8].copy_from_slice(&(stamp.as_nanos() as u64).to_be_bytes());
             head[8..12].copy_from_slice(&(me as u32).to_be_bytes());
             head[12..16].copy_from_slice(&seq.to_be_bytes());
             mqtt::write_publish(&mut buffer, &topic, qos, pkid, &head, size);
             shared.sent.fetch_add(1, Ordering::Relaxed);
+            if let Some(interval) = shared.interval {
+                due += interval;
+                if due > Instant::now() {
+                    break;
+                }
+            }
             if buffer.len() >= WRITE_BATCH {
                 break;
             }

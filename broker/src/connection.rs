@@ -100,7 +100,7 @@ where
     }
     let offered = Credentials {
         client_id: &client_id,
-        username: login.map(|l| l.username.as_str()),
+        username,
         password: login.map(|l| l.password.as_bytes()),
         keep_alive: connect.keep_alive,
     };

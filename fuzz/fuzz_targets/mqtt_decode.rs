@@ -62,8 +62,12 @@ fn decode_stream(
     (packets, None)
 }
 
-/// The packets after the first, as a connected standard client would send them.
-fn drive_session(packets: Vec<Packet>) {
+/// The packets after a leading CONNECT (which the connection task consumes), as a connected
+/// standard client would send them.
+fn drive_session(mut packets: Vec<Packet>) {
+    if let Some(Packet::Connect(_)) = packets.first() {
+        packets.remove(0);
+    }
     static VIEW: OnceLock<RegistryView> = OnceLock::new();
     let view = VIEW.get_or_init(RegistryView::default);
     let start = Instant::now();

@@ -1,13 +1,13 @@
 //! Secrets never reach logs, error answers or metrics (issue 8, SPEC §9).
 //!
 //! One flow through the admin API and a broker, in-process, with every log line of every crate
-//! captured at TRACE level: accounts and API keys (right and wrong), device secrets given,
+//! captured at TRACE level and every metric recorded: accounts and API keys (right and wrong), device secrets given,
 //! generated and imported, a verification code requested and a wrong one tried, device
 //! CONNECTs with right and wrong signatures, a standard user with a wrong password. Then no
-//! secret may appear in the captured logs or in any error answer.
+//! secret may appear in the captured logs, the rendered metrics, or any error answer.
 //!
-//! The only test in this file: the subscriber is process-wide (nextest runs each test in its
-//! own process), so tasks on every runtime thread are captured too.
+//! The only test in this file: the subscriber and the recorder are process-wide (nextest runs
+//! each test in its own process), so tasks on every runtime thread are captured too.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -27,8 +27,11 @@ const WRONG_SECRET: &str = "wrong-secret-H5tB9cYe";
 const WRONG_PASSWORD: &str = "wrong-password-K2dF6sGa";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_secret_reaches_logs_or_errors() {
+async fn no_secret_reaches_logs_metrics_or_errors() {
     let logs = capture_logs();
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    metrics::set_global_recorder(recorder).expect("the only recorder");
     let registry = TestRegistry::new().await;
     let plane = ControlPlane::new(registry.registry.clone(), OPERATOR_TOKEN);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -145,8 +148,11 @@ async fn no_secret_reaches_logs_or_errors() {
     broker.daemon.shutdown().await;
     let logs = String::from_utf8_lossy(&logs.lock().expect("log buffer")).into_owned();
     assert!(logs.contains("CONNECT refused"), "the capture works: {} bytes", logs.len());
+    let metrics = metrics.render();
+    assert!(metrics.contains("bad_username_password"), "the recorder works: {metrics}");
     for secret in &secrets {
         assert!(!logs.contains(secret.as_str()), "a secret reached the logs: {secret}");
+        assert!(!metrics.contains(secret.as_str()), "a secret reached the metrics: {secret}");
         for error in &errors {
             assert!(!error.to_string().contains(secret.as_str()), "{secret} in {error}");
         }
@@ -154,6 +160,7 @@ async fn no_secret_reaches_logs_or_errors() {
     // Six digits could occur inside some other number; only a standalone token would be it.
     for candidate in [code.as_str(), wrong_code] {
         assert!(!standalone(&logs, candidate), "a verification code reached the logs");
+        assert!(!standalone(&metrics, candidate), "a verification code reached the metrics");
     }
 }
 
