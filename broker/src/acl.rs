@@ -103,7 +103,45 @@ impl Principal {
             _ => None,
         }
     }
+
+    /// The key of this client's session in the router. A device's session is the device, so
+    /// the newest connection wins whatever its clientId. Other clients are keyed by clientId
+    /// inside their own namespace (an application's inside its account's), so no clientId a
+    /// client picks can take over a device's session or another account's.
+    pub fn session_id(&self, client_id: &str) -> String {
+        match self {
+            Principal::Device(key) => {
+                device_session_id(key.product_key.as_str(), key.device_name.as_str())
+            }
+            Principal::Standard { .. } => format!("client:{client_id}"),
+            Principal::Application { account } => format!("app:{account}:{client_id}"),
+        }
+    }
 }
+
+/// The session id of device `{pk}/{dn}` (see [`Principal::session_id`]).
+pub fn device_session_id(product_key: &str, device_name: &str) -> String {
+    format!("device:{product_key}/{device_name}")
+}
+
+/// The device session whose implicit downlink `/sys/{pk}/{dn}/#` matches `topic`, if any.
+///
+/// Every device is subscribed to its downlink from the moment it connects (the real SDKs never
+/// send SUBSCRIBE for it, SPEC §3). The router reaches it by session id rather than through
+/// the subscription index, so a million idle devices cost the index nothing.
+pub fn downlink_session(topic: &str) -> Option<String> {
+    let rest = topic.strip_prefix("/sys/")?;
+    let mut levels = rest.splitn(3, '/');
+    let (product_key, device_name) = (levels.next()?, levels.next()?);
+    // `#` also matches its parent level: `/sys/{pk}/{dn}` itself.
+    if product_key.is_empty() || device_name.is_empty() {
+        return None;
+    }
+    Some(device_session_id(product_key, device_name))
+}
+
+/// The QoS a device's implicit downlink is granted.
+pub const DOWNLINK_QOS: u8 = 1;
 
 /// Whether `topic` (a name, or a filter when `subscribe`) lies inside the device's own
 /// namespace. Wildcards may only appear after the levels that name the device.

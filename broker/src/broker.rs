@@ -17,6 +17,7 @@ use crate::admission::{Admission, AuthBackoff};
 use crate::auth::Authenticator;
 use crate::budget::QueueBudget;
 use crate::config::LimitsConfig;
+use crate::memory::Pressure;
 use crate::router::{Kick, Router};
 use crate::session::{Limits, Message};
 use crate::usage::Usage;
@@ -64,9 +65,12 @@ impl Broker {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |elapsed| elapsed.as_millis() as u64);
         Arc::new(Broker {
-            router: Router::new(session_limits, limits.slow_consumer_drops).with_queue_budget(
-                QueueBudget::new(limits.max_queued_messages, limits.max_queued_bytes),
-            ),
+            router: Router::new(session_limits, limits.slow_consumer_drops)
+                .with_queue_budget(
+                    QueueBudget::new(limits.max_queued_messages, limits.max_queued_bytes)
+                        .with_memory_cap(limits.max_rss),
+                )
+                .with_retained_caps(limits.max_retained_messages, limits.max_retained_bytes),
             admission: Admission::new(&limits),
             auth_backoff: AuthBackoff::new(&limits),
             auth,
@@ -109,7 +113,7 @@ impl Broker {
     /// The session id a device's connections share, so its newest connection always wins
     /// whatever clientId parameters it sends.
     pub fn device_session_id(device: &DeviceKey) -> String {
-        format!("device:{}/{}", device.product_key, device.device_name)
+        crate::acl::device_session_id(device.product_key.as_str(), device.device_name.as_str())
     }
 
     pub(crate) fn next_connection_id(&self) -> u64 {
@@ -167,6 +171,11 @@ impl Broker {
                         }
                     };
                     // Before any handshake: a flood costs an accept and a close, nothing more.
+                    if self.router.budget().memory_pressure() == Pressure::Full {
+                        m::limited("memory_full");
+                        tracing::debug!(%peer, "connection refused at accept: memory cap");
+                        continue;
+                    }
                     let slot = match self.admission.admit(peer.ip()) {
                         Ok(slot) => slot,
                         Err(refusal) => {
@@ -181,7 +190,11 @@ impl Broker {
                     let handshake = self.limits.connect_timeout;
                     tasks.spawn(async move {
                         let _slot = slot;
-                        match tokio::time::timeout(handshake, wrap(stream)).await {
+                        // Awaited in its own statement: a temporary in the `match` would keep
+                        // the handshake's timer and state in the future for the connection's
+                        // whole life.
+                        let wrapped = tokio::time::timeout(handshake, wrap(stream)).await;
+                        match wrapped {
                             Ok(Ok(stream)) => connection::serve(broker, stream, peer).await,
                             Ok(Err(error)) => tracing::debug!(%peer, %error, "handshake failed"),
                             Err(_) => tracing::debug!(%peer, "handshake timed out"),

@@ -14,12 +14,16 @@
 //!    mailbox is at least half full. Clients that keep up keep receiving everything.
 //! 3. At the cap, every delivery is dropped.
 //!
+//! The process's resident-memory cap ([`crate::memory`]) applies the same two steps on its own
+//! marks, so whichever bound is nearer decides.
+//!
 //! Each drop counts `meridian_broker_limited_total{limit=…}` with [`Shed::label`]. Reservations
 //! are two relaxed atomics, so concurrent publishers may overshoot a cap by at most one message
 //! each.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::memory::{MemoryGuard, Pressure};
 use crate::session::Delivery;
 
 /// Why a delivery was not queued.
@@ -31,6 +35,10 @@ pub enum Shed {
     Backlogged,
     /// At the cap.
     Full,
+    /// The resident set is past the memory cap's shedding mark.
+    MemoryShed,
+    /// The resident set is at the memory cap.
+    MemoryFull,
 }
 
 impl Shed {
@@ -39,6 +47,8 @@ impl Shed {
             Shed::Qos0 => "queue_shed_qos0",
             Shed::Backlogged => "queue_backlogged",
             Shed::Full => "queue_full",
+            Shed::MemoryShed => "memory_shed",
+            Shed::MemoryFull => "memory_full",
         }
     }
 }
@@ -63,6 +73,7 @@ pub struct QueueBudget {
     max_bytes: usize,
     messages: AtomicUsize,
     bytes: AtomicUsize,
+    memory: MemoryGuard,
 }
 
 impl QueueBudget {
@@ -72,7 +83,23 @@ impl QueueBudget {
             max_bytes,
             messages: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
+            memory: MemoryGuard::off(),
         }
+    }
+
+    /// Also sheds by the process's resident memory (see [`crate::memory`]).
+    pub fn with_memory_cap(mut self, max_rss: usize) -> QueueBudget {
+        self.memory = MemoryGuard::new(max_rss);
+        self
+    }
+
+    pub fn memory(&self) -> &MemoryGuard {
+        &self.memory
+    }
+
+    /// How close the process is to its memory cap right now.
+    pub fn memory_pressure(&self) -> Pressure {
+        self.memory.pressure(self.used().bytes)
     }
 
     /// No cap (tests of other rules).
@@ -94,6 +121,11 @@ impl QueueBudget {
         }
         if soft && backlogged {
             return Err(Shed::Backlogged);
+        }
+        match self.memory.pressure(used.bytes.saturating_add(bytes)) {
+            Pressure::Full => return Err(Shed::MemoryFull),
+            Pressure::Shed if qos == 0 || backlogged => return Err(Shed::MemoryShed),
+            _ => {}
         }
         self.add(Load { messages: 1, bytes });
         Ok(())
@@ -168,6 +200,25 @@ mod tests {
         assert_eq!(budget.reserve(40, 1, false), Err(Shed::Full), "would exceed the byte cap");
         budget.reserve(5, 0, false).expect("70 bytes is below the soft mark of 75");
         assert_eq!(budget.reserve(1, 0, false), Err(Shed::Qos0));
+    }
+
+    #[test]
+    fn memory_cap_sheds_on_its_own_marks() {
+        let budget = QueueBudget::new(1_000, 1 << 30).with_memory_cap(100 * 1024);
+        budget.memory().sample(80 * 1024, 0);
+        budget.reserve(1024, 0, true).expect("81 % of the cap: below the shedding mark");
+        // The sample plus what was reserved since: 86 %.
+        budget.reserve(4 * 1024, 1, false).unwrap();
+        assert_eq!(budget.reserve(10, 0, false), Err(Shed::MemoryShed));
+        assert_eq!(budget.reserve(10, 1, true), Err(Shed::MemoryShed));
+        budget.reserve(10, 1, false).expect("a draining queue still gets QoS 1");
+        assert_eq!(budget.reserve(10 * 1024, 1, false), Err(Shed::MemoryFull));
+        assert_eq!(budget.memory_pressure(), Pressure::Shed);
+        // Released, and a fresh sample shows the memory back: everything goes again.
+        budget.release(budget.used());
+        budget.memory().sample(50 * 1024, 0);
+        budget.reserve(10, 0, true).unwrap();
+        assert_eq!(budget.memory_pressure(), Pressure::None);
     }
 
     #[test]

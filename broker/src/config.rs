@@ -117,6 +117,18 @@ pub struct LimitsConfig {
     /// not draining: offline sessions and connections whose mailbox is half full
     /// (`queue_backlogged`). At the cap every delivery is dropped (`queue_full`).
     pub max_queued_bytes: usize,
+    /// Topics with a retained message. Broker-wide. A retained PUBLISH for a new topic beyond
+    /// it is delivered but not retained (`retained_full`).
+    pub max_retained_messages: usize,
+    /// Topic and payload bytes of all retained messages. Broker-wide. A retained PUBLISH that
+    /// would exceed it is delivered but not retained (`retained_full`); replacing a topic's
+    /// message with one no larger always fits.
+    pub max_retained_bytes: usize,
+    /// The broker process's resident memory, bytes; 0 disables. From 85 % of it, QoS 0 and
+    /// queues that are not draining are shed (`memory_shed`); from 95 %, no delivery is queued
+    /// and new connections are closed at accept (`memory_full`). A backstop for what the other
+    /// bounds do not see: set it below the memory the host or container gives the broker.
+    pub max_rss: usize,
 }
 
 impl Default for LimitsConfig {
@@ -142,6 +154,9 @@ impl Default for LimitsConfig {
             max_topic_levels: 32,
             max_queued_messages: 1_000_000,
             max_queued_bytes: 512 * 1024 * 1024,
+            max_retained_messages: 1_000_000,
+            max_retained_bytes: 256 * 1024 * 1024,
+            max_rss: 0,
         }
     }
 }

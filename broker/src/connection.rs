@@ -1,31 +1,45 @@
 //! The tokio driver of one client connection: reads bytes into packets for the [`Session`],
 //! writes the packets it produces, and wakes it for deliveries, kicks and its keepalive timer.
 //! No protocol decision is made here.
+//!
+//! An idle connection should cost as little as possible, since a broker holds mostly idle
+//! devices: the handshake's state is boxed and freed once the connection is open, reads go
+//! through one scratch buffer per thread (a connection keeps only the bytes of a packet that has
+//! not fully arrived), and the router reaches the task through one small [`Link`].
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Poll, ready};
 use std::time::Instant;
 
 use bytes::BytesMut;
 use mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, Packet};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use crate::acl::DOWNLINK_QOS;
 use crate::auth::Credentials;
 use crate::broker::Broker;
 use crate::budget::Load;
 use crate::codec::{self, DecodeError};
+use crate::link::{FinishOnDrop, Link};
 use crate::metrics as m;
-use crate::router::{Handle, Kick};
+use crate::router::Kick;
 use crate::session::{Close, Delivery, Event, Message, Session};
 
-/// Read buffer reserved when a read needs room. Small, because most packets are small and an
-/// idle connection should hold as little as possible.
-const READ_CHUNK: usize = 512;
+/// Bytes one read may take from a socket: the per-thread scratch buffer's size.
+const SCRATCH: usize = 32 * 1024;
 /// How long a closing connection may spend flushing its last packets.
 const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
-/// Buffers grown beyond this by a large packet are released once empty.
+/// A write buffer grown beyond this by a large packet is released once written.
 const KEEP_BUFFER: usize = 8 * 1024;
+
+thread_local! {
+    /// Where every connection on this thread reads into; see [`read_some`].
+    static SCRATCH_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
+}
 
 /// Why a connection ended, for logs and metrics.
 #[derive(Debug)]
@@ -39,8 +53,33 @@ enum Ended {
     PeerClosed,
 }
 
+/// A connection past CONNACK: what it needs for the rest of its life.
+struct Open {
+    session_id: Arc<str>,
+    connection: u64,
+    link: Arc<Link>,
+    session: Session,
+    /// Bytes the client sent after CONNECT.
+    buffer: BytesMut,
+    /// CONNACK, then whatever the session queued on resuming.
+    out: BytesMut,
+}
+
 /// Serves one accepted connection until it ends.
 pub async fn serve<S>(broker: Arc<Broker>, mut stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    // Boxed, so the handshake's state (CONNECT, credentials, a takeover's wait) is freed once
+    // the connection is open instead of sizing the future every idle connection keeps.
+    let Some(open) = Box::pin(handshake(&broker, &mut stream, peer)).await else {
+        return;
+    };
+    run(&broker, stream, peer, open).await;
+}
+
+/// Reads CONNECT, authenticates, and registers the session; answers refusals itself.
+async fn handshake<S>(broker: &Arc<Broker>, stream: &mut S, peer: SocketAddr) -> Option<Box<Open>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -48,19 +87,16 @@ where
     let limits = broker.limits();
     let connect = tokio::time::timeout(
         limits.connect_timeout,
-        read_connect(&mut stream, &mut buffer, limits.max_packet),
+        read_connect(stream, &mut buffer, limits.max_packet),
     )
     .await;
     let connect = match connect {
         Ok(Ok(connect)) => connect,
         Ok(Err(Ended::Decode(DecodeError::UnacceptableProtocol))) => {
             m::connect_result("unacceptable_protocol");
-            let _ = write_packet(
-                &mut stream,
-                &Packet::ConnAck(ConnAck::new(ConnectReturnCode::RefusedProtocolVersion, false)),
-            )
-            .await;
-            return;
+            let refused = ConnAck::new(ConnectReturnCode::RefusedProtocolVersion, false);
+            let _ = write_packet(stream, &Packet::ConnAck(refused)).await;
+            return None;
         }
         Ok(Err(ended)) => {
             m::connect_result("malformed");
@@ -68,13 +104,13 @@ where
                 m::limited("max_packet");
             }
             tracing::debug!(%peer, ?ended, "connection closed before CONNECT");
-            return;
+            return None;
         }
         Err(_) => {
             m::connect_result("timeout");
             m::limited("connect_timeout");
             tracing::debug!(%peer, "no CONNECT in time");
-            return;
+            return None;
         }
     };
 
@@ -82,8 +118,8 @@ where
     if client_id.is_empty() {
         if !connect.clean_session {
             m::connect_result("identifier_rejected");
-            let _ = write_packet(&mut stream, &connack(ConnectReturnCode::BadClientId)).await;
-            return;
+            let _ = write_packet(stream, &connack(ConnectReturnCode::BadClientId)).await;
+            return None;
         }
         client_id = broker.assign_client_id();
     }
@@ -95,8 +131,8 @@ where
         m::limited(backed_off.label());
         m::connect_result(m::refusal(ConnectReturnCode::NotAuthorized));
         tracing::info!(%peer, client_id = %client_id, "CONNECT refused: login back-off");
-        let _ = write_packet(&mut stream, &connack(ConnectReturnCode::NotAuthorized)).await;
-        return;
+        let _ = write_packet(stream, &connack(ConnectReturnCode::NotAuthorized)).await;
+        return None;
     }
     let offered = Credentials {
         client_id: &client_id,
@@ -118,21 +154,15 @@ where
             m::connect_result(m::refusal(code));
             // Never log credentials: the username is safe to name, the password is not.
             tracing::info!(%peer, client_id = %client_id, ?code, "CONNECT refused");
-            let _ = write_packet(&mut stream, &connack(code)).await;
-            return;
+            let _ = write_packet(stream, &connack(code)).await;
+            return None;
         }
     };
 
-    let session_id: Arc<str> = match accepted.principal.device() {
-        Some(device) => Broker::device_session_id(device).into(),
-        None => client_id.as_str().into(),
-    };
+    let session_id: Arc<str> = accepted.principal.session_id(&client_id).into();
     let connection = broker.next_connection_id();
-    let (mailbox_tx, mut mailbox) = mpsc::channel(limits.mailbox);
-    let (control_tx, mut control) = mpsc::unbounded_channel();
-    let (finished_tx, finished) = watch::channel(());
-    let handle = Handle { connection, mailbox: mailbox_tx, control: control_tx, finished };
-    let parked = broker.router().connect(&session_id, connect.clean_session, handle).await;
+    let link = Arc::new(Link::new(connection, limits.mailbox, limits.queued));
+    let parked = broker.router().connect(&session_id, connect.clean_session, link.clone()).await;
     let session_present = parked.is_some();
     // What was queued for a persistent client while it was away, on a device its account no
     // longer owns (SPEC §6), is not handed over on its return.
@@ -152,6 +182,9 @@ where
         qos: will.qos as u8,
         retain: will.retain,
     });
+    // A device's downlink is subscribed from the start: its retained messages are due now.
+    let downlink: Vec<(String, u8)> =
+        accepted.principal.implicit_filters().into_iter().map(|f| (f, DOWNLINK_QOS)).collect();
     let mut session = Session::new(
         Instant::now(),
         accepted.principal,
@@ -166,16 +199,39 @@ where
     broker.usage().opened(connection, Instant::now());
     tracing::debug!(%peer, session = %session_id, session_present, "connected");
 
-    // The session's share of the broker-wide queue budget: a resumed session's queue is already
-    // reserved (the router held it while parked); from here on it moves with `adjust`.
-    let mut held = session.load();
     let mut out = BytesMut::new();
     codec::encode(
         &Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, session_present)),
         &mut out,
     )
     .unwrap_or_default();
+    for delivery in broker.router().retained(&downlink) {
+        deliver(broker, &mut session, delivery);
+    }
     broker.drain_events(&session_id, &mut session);
+    if buffer.is_empty() {
+        // CONNECT's bytes are consumed; keep no buffer for the next packet.
+        buffer = BytesMut::new();
+    }
+    // Boxed: `serve` holds it only until `run` takes its fields apart.
+    Some(Box::new(Open { session_id, connection, link, session, buffer, out }))
+}
+
+/// Moves packets both ways until the connection ends, then parks or forgets its session.
+async fn run<S>(broker: &Arc<Broker>, mut stream: S, peer: SocketAddr, open: Box<Open>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    // Unboxed by value, so the box is freed now rather than when `run` returns.
+    let Open { session_id, connection, link, mut session, mut buffer, mut out } = unbox(open);
+    // However the task ends, a takeover waiting for it is released.
+    let finish = FinishOnDrop(&link);
+    let max_packet = broker.limits().max_packet;
+    // The session's share of the broker-wide queue budget: a resumed session's queue is already
+    // reserved (the router held it while parked); from here on it moves with `adjust`.
+    let mut held = session.load();
+    // Set when the link woke the task while it was busy writing: deliveries are waiting.
+    let mut woken = false;
 
     let ended = loop {
         while let Some(packet) = session.poll_transmit() {
@@ -190,14 +246,26 @@ where
         if !out.is_empty() {
             m::bytes_out(out.len());
             // A client that stops reading blocks this write; a kick (slow consumer, takeover,
-            // shutdown) must still get through.
-            tokio::select! {
-                written = async { stream.write_all(&out).await?; stream.flush().await } => {
-                    if let Err(error) = written {
-                        break Ended::Io(error);
-                    }
+            // shutdown) must still get through, and deliveries arriving meanwhile must not
+            // cancel it.
+            let write = async {
+                stream.write_all(&out).await?;
+                stream.flush().await
+            };
+            tokio::pin!(write);
+            let written = loop {
+                tokio::select! {
+                    written = &mut write => break Ok(written),
+                    () = link.woken() => match link.kicked() {
+                        Some(kick) => break Err(kick),
+                        None => woken = true,
+                    },
                 }
-                Some(kick) = control.recv() => break Ended::Kicked(kick),
+            };
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => break Ended::Io(error),
+                Err(kick) => break Ended::Kicked(kick),
             }
             out.clear();
             if out.capacity() > KEEP_BUFFER {
@@ -213,18 +281,24 @@ where
                     Ok(n) => m::bytes_in(n),
                     Err(error) => break Ended::Io(error),
                 }
-                if let Err(ended) = handle_input(&broker, &session_id, &mut session, &mut buffer, limits.max_packet) {
+                if let Err(ended) = handle_input(broker, &session_id, &mut session, &mut buffer, max_packet) {
                     break ended;
                 }
             }
-            Some(delivery) = mailbox.recv() => {
-                deliver(&broker, &mut session, delivery);
-                // Take whatever else is already waiting, so one wake-up writes many messages.
-                while let Ok(delivery) = mailbox.try_recv() {
-                    deliver(&broker, &mut session, delivery);
+            () = woken_or_ready(&link, woken) => {
+                woken = false;
+                // Everything waiting at once, so one wake-up writes many messages.
+                let mut inbox = VecDeque::new();
+                if let Some(kick) = link.take(&mut inbox) {
+                    break Ended::Kicked(kick);
+                }
+                for delivery in inbox {
+                    // The router reserved each inbox entry; what the session keeps is
+                    // accounted as `held`.
+                    broker.router().budget().release(Load::of(&delivery));
+                    deliver(broker, &mut session, delivery);
                 }
             }
-            Some(kick) = control.recv() => break Ended::Kicked(kick),
             _ = sleep_until(deadline) => {
                 if let Err(close) = session.handle_timeout(Instant::now()) {
                     break Ended::Session(close);
@@ -235,10 +309,9 @@ where
         broker.router().budget().adjust(held, now);
         held = now;
     };
-    // Deliveries still in the mailbox will never be read: give their reservations back. Once
-    // closed, the router's sends fail and it releases those itself.
-    mailbox.close();
-    while let Ok(delivery) = mailbox.try_recv() {
+    // Deliveries still waiting will never be read: give their reservations back. Once closed,
+    // the router's pushes fail and it releases those itself.
+    for delivery in link.close() {
         broker.router().budget().release(Load::of(&delivery));
     }
     broker.router().budget().adjust(held, session.load());
@@ -258,17 +331,29 @@ where
     }
     let filters: Vec<String> = session.filters().map(str::to_owned).collect();
     broker.router().disconnect(&session_id, connection, session.park(), &filters);
-    drop(finished_tx);
+    drop(finish);
     m::connection_closed();
     broker.usage().closed(connection, Instant::now());
     tracing::debug!(%peer, session = %session_id, ?ended, "disconnected");
 }
 
+/// Moves a value out of its box and frees the box now (a `*boxed` in place would keep the
+/// allocation until the box's binding goes out of scope).
+#[allow(clippy::boxed_local, reason = "taking the box by value is the point")]
+fn unbox<T>(boxed: Box<T>) -> T {
+    *boxed
+}
+
+/// Resolves at once when `already` (the task was woken while busy), else at the next wake-up.
+async fn woken_or_ready(link: &Link, already: bool) {
+    if !already {
+        link.woken().await;
+    }
+}
+
 /// Hands a routed message to the session, unless its client may no longer receive it (an
 /// application client whose account no longer owns the device, SPEC §6).
 fn deliver(broker: &Broker, session: &mut Session, delivery: Delivery) {
-    // The router reserved each mailbox entry; what the session keeps is accounted as `held`.
-    broker.router().budget().release(Load::of(&delivery));
     if !session.principal().may_receive(&delivery.message.topic, broker.view()) {
         m::dropped("not_permitted");
         return;
@@ -306,7 +391,8 @@ fn handle_input(
         broker.drain_events(session_id, session);
         result.map_err(Ended::Session)?;
     }
-    if buffer.is_empty() && buffer.capacity() > KEEP_BUFFER {
+    // Nothing partial left: hold no buffer while waiting for the next packet.
+    if buffer.is_empty() {
         *buffer = BytesMut::new();
     }
     Ok(())
@@ -340,14 +426,22 @@ where
     }
 }
 
+/// Reads what the socket has into `buffer`. The read lands in this thread's scratch buffer
+/// and only the bytes read are copied into `buffer`, so a connection waiting for its next
+/// packet holds no read buffer at all.
 async fn read_some<S: AsyncRead + Unpin>(
     stream: &mut S,
     buffer: &mut BytesMut,
 ) -> std::io::Result<usize> {
-    if buffer.capacity() - buffer.len() < READ_CHUNK / 4 {
-        buffer.reserve(READ_CHUNK);
-    }
-    stream.read_buf(buffer).await
+    std::future::poll_fn(|cx| {
+        SCRATCH_BUFFER.with_borrow_mut(|scratch| {
+            let mut read = ReadBuf::new(scratch);
+            ready!(Pin::new(&mut *stream).poll_read(cx, &mut read))?;
+            buffer.extend_from_slice(read.filled());
+            Poll::Ready(Ok(read.filled().len()))
+        })
+    })
+    .await
 }
 
 async fn write_packet<S: AsyncWrite + Unpin>(

@@ -137,6 +137,9 @@ pub async fn start(
     tasks.spawn(broker.clone().enforce_placement(changed_rx, config.notify_reply_wait));
     let usage = Arc::new(UsageFlusher::load(store, broker.clone(), config.instance.clone()).await);
     tasks.spawn(usage.clone().run(stopped.clone()));
+    if broker.router().budget().memory().enabled() {
+        tasks.spawn(sample_memory(broker.clone(), stopped.clone()));
+    }
     tasks.spawn(broker.clone().serve_tcp(listeners.tcp, until(stopped.clone())));
     if let Some((listener, acceptor)) = listeners.tls {
         let handshake = move |stream| tls::handshake(acceptor.clone(), stream);
@@ -232,6 +235,24 @@ impl UsageFlusher {
                 () = tokio::time::sleep(every) => self.flush().await,
                 () = until(stopped.clone()) => return,
             }
+        }
+    }
+}
+
+/// Reads the process's resident set for the memory cap until stopped.
+async fn sample_memory(broker: Arc<Broker>, stopped: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(crate::memory::SAMPLE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let budget = broker.router().budget();
+    loop {
+        tokio::select! {
+            _ = every.tick() => {
+                if let Some(rss) = crate::memory::resident_bytes() {
+                    budget.memory().sample(rss, budget.used().bytes);
+                    crate::metrics::resident(rss);
+                }
+            }
+            () = until(stopped.clone()) => return,
         }
     }
 }

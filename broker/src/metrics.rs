@@ -67,6 +67,11 @@ pub fn queued(messages: usize, bytes: usize) {
     gauge!("meridian_broker_queued_bytes").set(bytes as f64);
 }
 
+/// The process's resident set, as the memory cap last read it.
+pub fn resident(bytes: usize) {
+    gauge!("meridian_broker_resident_bytes").set(bytes as f64);
+}
+
 pub fn publish_denied() {
     counter!("meridian_broker_publish_denied_total").increment(1);
 }

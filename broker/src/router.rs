@@ -9,9 +9,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
-
+use crate::acl::{DOWNLINK_QOS, downlink_session};
 use crate::budget::{Load, QueueBudget};
+use crate::link::{Link, Refused};
+use crate::retained::Retained;
 use crate::session::{Delivery, Limits, Message, Parked};
 use crate::trie::SubscriptionIndex;
 
@@ -28,19 +29,15 @@ pub enum Kick {
     Shutdown,
 }
 
-/// How the router reaches one online connection.
-#[derive(Clone)]
-pub struct Handle {
-    pub connection: u64,
-    pub mailbox: mpsc::Sender<Delivery>,
-    pub control: mpsc::UnboundedSender<Kick>,
-    /// Closed (sender dropped) when the connection task has finished and parked its state.
-    pub finished: watch::Receiver<()>,
-}
-
 enum Slot {
-    Online { handle: Handle, clean: bool, consecutive_drops: u32 },
-    Offline(Parked),
+    Online {
+        link: Arc<Link>,
+        clean: bool,
+        consecutive_drops: u32,
+    },
+    /// Boxed: a table of mostly online sessions should not reserve a parked session's size
+    /// for every entry.
+    Offline(Box<Parked>),
 }
 
 /// Counts the router keeps for metrics and tests.
@@ -48,19 +45,19 @@ enum Slot {
 pub struct Routed {
     /// Deliveries queued to a subscriber (online or parked).
     pub delivered: usize,
-    /// Deliveries dropped because a subscriber's queue was full.
+    /// Deliveries dropped because a subscriber's queue (or the broker's budget) was full.
     pub dropped: usize,
 }
 
 pub struct Router {
     index: RwLock<SubscriptionIndex>,
-    retained: RwLock<HashMap<Arc<str>, Arc<Message>>>,
+    retained: RwLock<Retained>,
     sessions: Mutex<HashMap<Arc<str>, Slot>>,
     limits: Limits,
-    /// Consecutive full-mailbox drops after which a slow consumer is disconnected.
+    /// Consecutive full-inbox drops after which a slow consumer is disconnected.
     slow_consumer_drops: u32,
     /// The broker-wide cap on queued deliveries: the router reserves for what it puts in a
-    /// mailbox or a parked session and releases parked state it drops.
+    /// connection's inbox or a parked session and releases parked state it drops.
     budget: QueueBudget,
 }
 
@@ -72,7 +69,7 @@ impl Router {
     pub fn new(limits: Limits, slow_consumer_drops: u32) -> Router {
         Router {
             index: RwLock::new(SubscriptionIndex::default()),
-            retained: RwLock::new(HashMap::new()),
+            retained: RwLock::new(Retained::new(usize::MAX, usize::MAX)),
             sessions: Mutex::new(HashMap::new()),
             limits,
             slow_consumer_drops,
@@ -83,6 +80,12 @@ impl Router {
     /// Caps what all sessions together may queue (see [`crate::budget`]).
     pub fn with_queue_budget(mut self, budget: QueueBudget) -> Router {
         self.budget = budget;
+        self
+    }
+
+    /// Caps the retained store (see [`crate::retained`]).
+    pub fn with_retained_caps(mut self, max_messages: usize, max_bytes: usize) -> Router {
+        self.retained = RwLock::new(Retained::new(max_messages, max_bytes));
         self
     }
 
@@ -100,31 +103,30 @@ impl Router {
         &self,
         session_id: &Arc<str>,
         clean: bool,
-        handle: Handle,
+        link: Arc<Link>,
     ) -> Option<Parked> {
         let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
         loop {
-            let mut finished = {
+            let old = {
                 let mut sessions = lock(&self.sessions);
                 match sessions.get(session_id) {
-                    // A connection whose task already ended (its `finished` sender is gone,
-                    // e.g. it panicked before `disconnect`) is replaced at once: waiting on it
-                    // would spin until the deadline, kicking it on every turn.
-                    Some(Slot::Online { handle: old, .. })
-                        if tokio::time::Instant::now() < deadline
-                            && old.finished.has_changed().is_ok() =>
+                    // A connection whose task already ended (e.g. it panicked before
+                    // `disconnect`) is replaced at once: waiting on it would spin until the
+                    // deadline.
+                    Some(Slot::Online { link: old, .. })
+                        if tokio::time::Instant::now() < deadline && !old.is_finished() =>
                     {
-                        let _ = old.control.send(Kick::TakenOver);
-                        old.finished.clone()
+                        old.kick(Kick::TakenOver);
+                        old.clone()
                     }
                     _ => {
                         let previous = sessions.insert(
                             session_id.clone(),
-                            Slot::Online { handle, clean, consecutive_drops: 0 },
+                            Slot::Online { link, clean, consecutive_drops: 0 },
                         );
                         drop(sessions);
                         let parked = match previous {
-                            Some(Slot::Offline(parked)) => Some(parked),
+                            Some(Slot::Offline(parked)) => Some(*parked),
                             _ => None,
                         };
                         return match (clean, parked) {
@@ -139,8 +141,8 @@ impl Router {
                     }
                 }
             };
-            // Resolves when the old task drops its sender (after parking), or at the deadline.
-            let _ = tokio::time::timeout_at(deadline, finished.changed()).await;
+            // Resolves when the old task has parked its state and finished, or at the deadline.
+            let _ = tokio::time::timeout_at(deadline, old.finished()).await;
         }
     }
 
@@ -155,11 +157,11 @@ impl Router {
         filters: &[String],
     ) {
         let mut sessions = lock(&self.sessions);
-        let Some(Slot::Online { handle, clean, .. }) = sessions.get(session_id) else {
+        let Some(Slot::Online { link, clean, .. }) = sessions.get(session_id) else {
             self.budget.release(parked.load());
             return;
         };
-        if handle.connection != connection {
+        if link.connection() != connection {
             self.budget.release(parked.load());
             return;
         }
@@ -169,7 +171,7 @@ impl Router {
             drop(sessions);
             self.remove_subscriptions(session_id, filters);
         } else {
-            sessions.insert(session_id.clone(), Slot::Offline(parked));
+            sessions.insert(session_id.clone(), Slot::Offline(Box::new(parked)));
         }
     }
 
@@ -181,17 +183,21 @@ impl Router {
                 index.insert(filter, session_id.clone(), *qos);
             }
         }
+        self.retained(filters)
+    }
+
+    /// The retained messages `filters` match, as deliveries at the lower of each message's and
+    /// the filter's QoS.
+    pub fn retained(&self, filters: &[(String, u8)]) -> Vec<Delivery> {
         let retained = read(&self.retained);
         let mut deliveries = Vec::new();
         for (filter, qos) in filters {
-            for message in retained.values() {
-                if crate::topic::matches(filter, &message.topic) {
-                    deliveries.push(Delivery {
-                        message: message.clone(),
-                        qos: message.qos.min(*qos),
-                        retain: true,
-                    });
-                }
+            for message in retained.matching(filter) {
+                deliveries.push(Delivery {
+                    message: message.clone(),
+                    qos: message.qos.min(*qos),
+                    retain: true,
+                });
             }
         }
         deliveries
@@ -219,15 +225,18 @@ impl Router {
     /// Routes a message to every matching subscriber and updates the retained store.
     pub fn publish(&self, message: Message) -> Routed {
         let message = Arc::new(message);
-        if message.retain {
-            let mut retained = write(&self.retained);
-            if message.payload.is_empty() {
-                retained.remove(&message.topic);
-            } else {
-                retained.insert(message.topic.clone(), message.clone());
+        // A message the retained store has no room for is still delivered, just not kept.
+        if message.retain && write(&self.retained).update(&message).is_err() {
+            crate::metrics::limited("retained_full");
+        }
+        let mut subscribers = read(&self.index).matches(&message.topic);
+        if let Some(device) = downlink_session(&message.topic) {
+            // Also subscribed explicitly: delivered once, at the higher grant.
+            match subscribers.iter_mut().find(|(session, _)| **session == *device) {
+                Some((_, granted)) => *granted = (*granted).max(DOWNLINK_QOS),
+                None => subscribers.push((device.into(), DOWNLINK_QOS)),
             }
         }
-        let subscribers = read(&self.index).matches(&message.topic);
         if subscribers.is_empty() {
             return Routed::default();
         }
@@ -238,29 +247,29 @@ impl Router {
                 Delivery { message: message.clone(), qos: message.qos.min(granted), retain: false };
             let load = Load { messages: 1, bytes: message.payload.len() };
             match sessions.get_mut(&session_id) {
-                Some(Slot::Online { handle, consecutive_drops, .. }) => {
-                    // A mailbox at least half full is a client not keeping up.
-                    let backlogged = handle.mailbox.capacity() <= handle.mailbox.max_capacity() / 2;
-                    if let Err(shed) = self.budget.reserve(load.bytes, delivery.qos, backlogged) {
+                Some(Slot::Online { link, consecutive_drops, .. }) => {
+                    if let Err(shed) =
+                        self.budget.reserve(load.bytes, delivery.qos, link.backlogged())
+                    {
                         crate::metrics::limited(shed.label());
                         routed.dropped += 1;
                         continue;
                     }
-                    match handle.mailbox.try_send(delivery) {
+                    match link.push(delivery) {
                         Ok(()) => {
                             *consecutive_drops = 0;
                             routed.delivered += 1;
                         }
-                        Err(mpsc::error::TrySendError::Full(_)) => {
+                        Err((Refused::Full, _)) => {
                             self.budget.release(load);
                             routed.dropped += 1;
                             *consecutive_drops += 1;
                             if *consecutive_drops == self.slow_consumer_drops {
-                                let _ = handle.control.send(Kick::SlowConsumer);
+                                link.kick(Kick::SlowConsumer);
                             }
                         }
                         // The connection is ending; it will park or forget its session.
-                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                        Err((Refused::Closed, _)) => {
                             self.budget.release(load);
                             routed.dropped += 1;
                         }
@@ -297,7 +306,7 @@ impl Router {
     pub fn kick(&self, session_id: &str, reason: Kick) -> bool {
         let sessions = lock(&self.sessions);
         match sessions.get(session_id) {
-            Some(Slot::Online { handle, .. }) => handle.control.send(reason).is_ok(),
+            Some(Slot::Online { link, .. }) => link.kick(reason),
             _ => false,
         }
     }
@@ -305,8 +314,8 @@ impl Router {
     /// Kicks every online connection (shutdown).
     pub fn kick_all(&self, reason: Kick) {
         for slot in lock(&self.sessions).values() {
-            if let Slot::Online { handle, .. } = slot {
-                let _ = handle.control.send(reason);
+            if let Slot::Online { link, .. } = slot {
+                link.kick(reason);
             }
         }
     }
@@ -325,13 +334,18 @@ impl Router {
             .collect()
     }
 
-    /// Subscriptions in the index (explicit and implicit, online and parked).
+    /// Subscriptions in the index (online and parked; a device's implicit downlink is not one).
     pub fn subscription_count(&self) -> usize {
         read(&self.index).len()
     }
 
     pub fn retained_count(&self) -> usize {
         read(&self.retained).len()
+    }
+
+    /// Topic and payload bytes of the retained messages.
+    pub fn retained_bytes(&self) -> usize {
+        read(&self.retained).bytes()
     }
 }
 

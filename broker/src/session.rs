@@ -6,7 +6,7 @@
 //! `connection.rs` only moves bytes and timers, so every protocol rule is tested here in virtual
 //! time.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -88,7 +88,7 @@ pub struct Parked {
     pub subscriptions: HashMap<String, u8>,
     inflight: BTreeMap<u16, Inflight>,
     pending: VecDeque<Delivery>,
-    incoming_qos2: HashSet<u16>,
+    incoming_qos2: BTreeSet<u16>,
     next_pkid: u16,
     /// Messages dropped while parked because the queue was full (or they were QoS 0).
     pub dropped: u64,
@@ -150,18 +150,16 @@ pub struct Session {
     /// `None` when the client disabled keepalive (0).
     keep_alive: Option<Duration>,
     deadline: Option<Instant>,
-    will: Option<Message>,
+    /// Boxed: most clients have none, and every idle connection holds a session.
+    will: Option<Box<Message>>,
     /// Filters the client subscribed to, with the granted QoS.
     subscriptions: HashMap<String, u8>,
-    /// Filters subscribed on the client's behalf (a device's downlink); not counted against
-    /// its subscription limit.
-    implicit: HashSet<String>,
     next_pkid: u16,
     inflight: BTreeMap<u16, Inflight>,
     pending: VecDeque<Delivery>,
     /// QoS 2 packet ids received and PUBREC'd, awaiting PUBREL: a duplicate PUBLISH with one
     /// of these ids is acknowledged again but not routed twice.
-    incoming_qos2: HashSet<u16>,
+    incoming_qos2: BTreeSet<u16>,
     transmit: VecDeque<Packet>,
     events: VecDeque<Event>,
     /// Messages dropped because the queue was full.
@@ -182,16 +180,14 @@ impl Session {
     ) -> Session {
         let keep_alive = (keep_alive > 0).then(|| Duration::from_secs(u64::from(keep_alive)));
         let parked = parked.unwrap_or_default();
-        let implicit: HashSet<String> = principal.implicit_filters().into_iter().collect();
         let mut session = Session {
             principal,
             profile,
             limits,
             keep_alive,
             deadline: None,
-            will: if profile.will { will } else { None },
+            will: if profile.will { will.map(Box::new) } else { None },
             subscriptions: parked.subscriptions,
-            implicit,
             next_pkid: parked.next_pkid,
             inflight: BTreeMap::new(),
             pending: parked.pending,
@@ -201,10 +197,6 @@ impl Session {
             dropped: parked.dropped,
         };
         session.touch(now);
-        let implicit: Vec<_> = session.implicit.iter().map(|filter| (filter.clone(), 1)).collect();
-        if !implicit.is_empty() {
-            session.events.push_back(Event::Subscribe(implicit));
-        }
         for (pkid, inflight) in parked.inflight {
             match &inflight {
                 Inflight::Sent(publish) => {
@@ -224,9 +216,10 @@ impl Session {
         &self.principal
     }
 
-    /// Every filter this session is subscribed to, explicit and implicit.
+    /// Every filter the client subscribed to. A device's implicit downlink is not among them:
+    /// the router reaches it by its session id (see [`crate::acl::downlink_session`]).
     pub fn filters(&self) -> impl Iterator<Item = &str> {
-        self.subscriptions.keys().chain(self.implicit.iter()).map(String::as_str)
+        self.subscriptions.keys().map(String::as_str)
     }
 
     pub fn dropped(&self) -> u64 {
@@ -384,14 +377,12 @@ impl Session {
         if unsubscribe.topics.is_empty() {
             return Err(Close::ProtocolViolation("UNSUBSCRIBE without filters"));
         }
-        // The router holds one entry per (filter, session), so an implicit filter the client
-        // also subscribed to explicitly stays routed: a device keeps its `/sys` downlink.
+        // A device that unsubscribes from its `/sys` downlink keeps it: the implicit route is
+        // not a subscription.
         let removed: Vec<String> = unsubscribe
             .topics
             .into_iter()
-            .filter(|filter| {
-                self.subscriptions.remove(filter).is_some() && !self.implicit.contains(filter)
-            })
+            .filter(|filter| self.subscriptions.remove(filter).is_some())
             .collect();
         self.transmit.push_back(Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)));
         if !removed.is_empty() {
@@ -454,16 +445,32 @@ impl Session {
     }
 
     pub fn poll_transmit(&mut self) -> Option<Packet> {
-        self.transmit.pop_front()
+        let packet = self.transmit.pop_front();
+        if packet.is_none() {
+            // An idle connection keeps no buffers: most sessions are idle most of the time, and
+            // an emptied queue or map would otherwise hold its largest size.
+            self.transmit = VecDeque::new();
+            if self.pending.is_empty() {
+                self.pending = VecDeque::new();
+            }
+            if self.inflight.is_empty() {
+                self.inflight = BTreeMap::new();
+            }
+        }
+        packet
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if event.is_none() {
+            self.events = VecDeque::new();
+        }
+        event
     }
 
     /// The will to publish because the connection ended without DISCONNECT.
     pub fn take_will(&mut self) -> Option<Message> {
-        self.will.take()
+        self.will.take().map(|will| *will)
     }
 
     /// The state to keep for a persistent session after its connection ends.

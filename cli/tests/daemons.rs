@@ -15,6 +15,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use meridian_registry::signature::{SdkShape, sign_connect};
+use meridian_tests::raw::{self, ConnectReturnCode as Code};
 
 const DEVICES: usize = 2_000;
 const PRODUCT: &str = "daemonProd1";
@@ -157,24 +158,15 @@ fn api(setup: &Setup, method: &str, path: &str, body: &str) -> (u16, String) {
 }
 
 /// A raw CONNECT of one device; returns the CONNACK code and the open stream.
-fn connect(broker: SocketAddr, n: usize) -> (u8, TcpStream) {
+fn connect(broker: SocketAddr, n: usize) -> (Code, TcpStream) {
     let name = format!("dev-{n:05}");
     let signed = sign_connect(SdkShape::CSdk, PRODUCT, &name, &format!("secret-{n:05}"), None);
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2, 0, 60];
-    for field in [&signed.client_id, &signed.username, &signed.password] {
-        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
-        body.extend_from_slice(field.as_bytes());
-    }
-    let mut packet = vec![0x10];
-    let len = body.len();
-    packet.extend_from_slice(&[(len % 128) as u8 | 0x80, (len / 128) as u8]);
-    packet.extend_from_slice(&body);
+    let login = Some((signed.username.as_str(), signed.password.as_str()));
     let mut stream = TcpStream::connect(broker).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    stream.write_all(&packet).unwrap();
-    let mut connack = [0u8; 4];
-    stream.read_exact(&mut connack).unwrap();
-    (connack[3], stream)
+    let connack =
+        raw::blocking::handshake(&mut stream, &raw::connect_packet(&signed.client_id, login, 60));
+    (connack.unwrap().code, stream)
 }
 
 #[test]
@@ -205,20 +197,20 @@ fn control_plane_kill_9_mid_task_and_broker_restart() {
     // The brokers learn of them through the watch API; one device goes online in Shanghai.
     let (code, mut online) = loop {
         let (code, stream) = connect(sh_addr, 7);
-        if code == 0 {
+        if code == Code::Success {
             break (code, stream);
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert_eq!(code, 0);
+    assert_eq!(code, Code::Success);
     // Until Frankfurt's replica has the device it is unknown there (4); then misplaced (5).
     let code = (0..500)
         .map(|_| {
             std::thread::sleep(Duration::from_millis(10));
             connect(fra_addr, 8).0
         })
-        .find(|code| *code != 4);
-    assert_eq!(code, Some(5), "placed in Shanghai, not Frankfurt");
+        .find(|code| *code != Code::BadUserNamePassword);
+    assert_eq!(code, Some(Code::NotAuthorized), "placed in Shanghai, not Frankfurt");
 
     // Distribute everything to Frankfurt and kill the control plane straight away.
     let names: Vec<String> = (0..DEVICES).map(|n| format!("\"dev-{n:05}\"")).collect();
@@ -265,20 +257,20 @@ fn control_plane_kill_9_mid_task_and_broker_restart() {
     // Frankfurt accepts the moved devices, Shanghai refuses them.
     let accepted = |addr, n| loop {
         let (code, _) = connect(addr, n);
-        if code == 0 {
+        if code == Code::Success {
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     accepted(fra_addr, 7);
-    assert_eq!(connect(sh_addr, 9).0, 5);
+    assert_eq!(connect(sh_addr, 9).0, Code::NotAuthorized);
 
     // A restarted broker resumes from its replica (no full download) and still serves.
     fra.terminate();
     let fra = Daemon::start(&["broker"], &fra_config);
     let fra_addr = field(&fra.wait_for("broker listening"), "addr");
     fra.wait_for("meridian broker: ready");
-    assert_eq!(connect(fra_addr, 1999).0, 0);
+    assert_eq!(connect(fra_addr, 1999).0, Code::Success);
 
     fra.terminate();
     sh.terminate();

@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 use meridian_registry::store::{RedbStore, Store};
+use meridian_tests::raw::{self, ConnectReturnCode as Code};
 
 fn meridian() -> Command {
     Command::new(env!("CARGO_BIN_EXE_meridian"))
@@ -101,8 +102,8 @@ async fn up_seeds_the_store_and_stops_on_sigterm() {
     let (up, brokers) = start_up(&config);
     assert_eq!(brokers.len(), 3, "one broker per configured instance");
     for broker in &brokers {
-        assert_eq!(mqtt_connect(*broker, "demo", "demo-password"), 0);
-        assert_eq!(mqtt_connect(*broker, "demo", "wrong"), 4);
+        assert_eq!(mqtt_connect(*broker, "demo", "demo-password"), Code::Success);
+        assert_eq!(mqtt_connect(*broker, "demo", "wrong"), Code::BadUserNamePassword);
     }
     let exposition = http_get(metrics, "/metrics");
     assert!(exposition.contains("meridian_broker_connects_total"), "{exposition}");
@@ -143,19 +144,8 @@ fn up_refuses_a_broken_config_with_a_clear_error() {
 }
 
 /// A raw MQTT 3.1.1 CONNECT; returns the CONNACK return code.
-fn mqtt_connect(addr: std::net::SocketAddr, username: &str, password: &str) -> u8 {
-    use std::io::{Read, Write};
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2, 0, 30];
-    for field in ["up-test", username, password] {
-        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
-        body.extend_from_slice(field.as_bytes());
-    }
-    let mut packet = vec![0x10, body.len() as u8];
-    packet.extend_from_slice(&body);
+fn mqtt_connect(addr: std::net::SocketAddr, username: &str, password: &str) -> Code {
+    let connect = raw::connect_packet("up-test", Some((username, password)), 30);
     let mut stream = std::net::TcpStream::connect(addr).expect("connect to broker");
-    stream.write_all(&packet).unwrap();
-    let mut connack = [0u8; 4];
-    stream.read_exact(&mut connack).unwrap();
-    assert_eq!(&connack[..2], &[0x20, 0x02]);
-    connack[3]
+    raw::blocking::handshake(&mut stream, &connect).unwrap().code
 }

@@ -7,28 +7,29 @@
 //! crash after leaves the cursor past those devices. A restart (or a retry) resumes at the
 //! cursor, so no device is moved twice by one task.
 
-use std::collections::HashSet;
-
 use serde::Deserialize;
 
-use meridian_registry::ids::{AccountId, DeviceKey, DeviceName, InstanceId, ProductKey};
+use meridian_registry::ids::{AccountId, DeviceKey, InstanceId, ProductKey};
 use meridian_registry::model::{
     Device, DeviceStatus, Edition, Placement, PlacementCandidate, ProductCopy, Topology,
 };
-use meridian_registry::store::{Expect, Op, Revision, StoreError};
+use meridian_registry::store::{Entry, Expect, Op, Revision, StoreError};
 use meridian_registry::{decode, encode, keys};
 
+use crate::device_list::{DeviceCsv, unique_names};
 use crate::error::ControlError;
 use crate::model::{DeviceRecord, Policy, RecordResult, Task, TaskState};
-use crate::plane::{ControlPlane, MAX_CSV_ROWS, Result, not_found, random_token};
+use crate::plane::{ControlPlane, Result, not_found, random_token};
 
 pub(crate) const TASKS: &str = "tasks/";
 
 /// Most devices one task may list (SPEC §5).
 pub const MAX_TASK_DEVICES: usize = 10_000;
-/// Devices moved per atomic batch: small enough that one commit stays quick, large enough
-/// that 10,000 devices take few commits.
-const BATCH: usize = 500;
+/// Devices a task moves per atomic commit unless [`ControlPlane::with_task_batch`] says
+/// otherwise. Every commit also rewrites the task record, which holds the whole device list and
+/// every record so far (about 1.3 MB for 10,000 devices), so the fewer commits the faster: the
+/// largest task moves in one, as one batch of routing-table changes (SPEC §4).
+pub const TASK_BATCH: usize = MAX_TASK_DEVICES;
 
 /// What the caller asks for.
 #[derive(Clone, Debug, Deserialize)]
@@ -71,6 +72,15 @@ pub struct CrossAccount {
 pub const CSV_TEMPLATE: &str = "productKey,deviceName\n";
 
 impl ControlPlane {
+    /// Sets how many devices a task moves per atomic commit (at least one; default
+    /// [`TASK_BATCH`]). Smaller batches show progress in more steps and hold the store's write
+    /// lock for less time each, but a task takes longer, since each commit rewrites the task
+    /// record.
+    pub fn with_task_batch(mut self, devices: usize) -> ControlPlane {
+        self.task_batch = devices.max(1);
+        self
+    }
+
     /// Checks a task request against every SPEC §5 rule and stores it as `Initializing`; the
     /// executor takes it from there. Nothing is stored when a rule fails.
     pub async fn submit_task(&self, caller: &AccountId, request: TaskRequest) -> Result<Task> {
@@ -134,6 +144,9 @@ impl ControlPlane {
                             "cross-account destination is the caller's own account".into(),
                         ));
                     }
+                    // The code first: only a caller the destination handed a code to may
+                    // learn which instances it owns, or whether it has a public one.
+                    let consume = self.check_code(&destination.id, caller, &cross.code).await?;
                     let instance = match instance {
                         Some(id) => {
                             let instance = self
@@ -148,7 +161,6 @@ impl ControlPlane {
                         }
                         None => self.default_public_instance(&destination.id).await?,
                     };
-                    let consume = self.check_code(&destination.id, &cross.code).await?;
                     (
                         Policy::Specified { instance: instance.id },
                         Some(destination.id),
@@ -189,6 +201,7 @@ impl ControlPlane {
         };
         let mut ops = vec![Op::put(task_key(&task.id), encode(&task)?).expecting(Expect::Absent)];
         ops.extend(consume_code);
+        ops.push(self.audit_op(caller, "task.started", &task.id)?);
         match self.registry.store().batch(ops).await {
             Ok(_) => {}
             Err(StoreError::Conflict { .. }) => {
@@ -196,7 +209,6 @@ impl ControlPlane {
             }
             Err(other) => return Err(other.into()),
         }
-        self.audit(caller, "task.started", &task.id).await;
         self.wake.notify_one();
         Ok(task)
     }
@@ -343,6 +355,16 @@ impl ControlPlane {
                 // Copy the product, read-only, to every destination (SPEC §5); a snapshot, so
                 // later edits at the source do not propagate.
                 let product = self.registry.product(&task.product).await?;
+                // The product changed owner since submission (its instance was transferred):
+                // copying it now would hand the new owner's product to the task's account.
+                if product.owner != task.owner {
+                    task.state = TaskState::Failed;
+                    task.failure =
+                        Some(format!("product {} no longer belongs to this account", task.product));
+                    task.updated_at = self.now();
+                    self.save_task(&task, revision).await?;
+                    return Ok(Some(task));
+                }
                 let holder = task.destination_account.clone().unwrap_or_else(|| task.owner.clone());
                 let mut ops = Vec::new();
                 for instance in destinations(&task.policy) {
@@ -376,16 +398,22 @@ impl ControlPlane {
                 // distributed, even by a task submitted before. The guard makes a transfer
                 // accepted meanwhile conflict with this batch, which is then redone.
                 let transferred = self.product_was_transferred(&task.product).await?;
-                let end = (task.cursor + BATCH).min(task.devices.len());
-                let mut ops = Vec::with_capacity(2 * (end - task.cursor) + 2);
-                if !transferred {
+                let end = (task.cursor + self.task_batch).min(task.devices.len());
+                let batch = &task.devices[task.cursor..end];
+                let mut ops = Vec::with_capacity(2 * batch.len() + 2);
+                if transferred {
+                    let reason = "a device of the product was transferred to another account";
+                    task.records
+                        .extend(batch.iter().map(|key| record(key, RecordResult::Failed, reason)));
+                } else {
                     let marker = crate::transfer::transferred_marker(&task.product);
                     ops.push(Op::delete(marker).expecting(Expect::Absent));
-                }
-                for key in &task.devices[task.cursor..end] {
-                    let (record, op) = self.move_device(&task, key, &home, transferred).await?;
-                    ops.extend(op);
-                    task.records.push(record);
+                    let found = self.read_batch(batch).await?;
+                    for (key, (device, locked)) in batch.iter().zip(found) {
+                        let (record, op) = move_device(&task, key, &home, device, locked)?;
+                        ops.extend(op);
+                        task.records.push(record);
+                    }
                 }
                 task.cursor = end;
                 if task.cursor == task.devices.len() {
@@ -402,50 +430,14 @@ impl ControlPlane {
         }
     }
 
-    /// The writes that move one device, or why it cannot move.
-    async fn move_device(
-        &self,
-        task: &Task,
-        key: &DeviceKey,
-        home: &InstanceId,
-        product_transferred: bool,
-    ) -> Result<(DeviceRecord, Vec<Op>)> {
-        let record = |result, reason: &str| DeviceRecord {
-            product_key: key.product_key.clone(),
-            device_name: key.device_name.to_string(),
-            result,
-            reason: reason.to_owned(),
-        };
-        if product_transferred {
-            let reason = "a device of the product was transferred to another account";
-            return Ok((record(RecordResult::Failed, reason), Vec::new()));
-        }
-        let Some(entry) = self.registry.store().get(&keys::device(key)).await? else {
-            return Ok((record(RecordResult::Failed, "device does not exist"), Vec::new()));
-        };
-        let mut device: Device = decode(&entry.key, &entry.value)?;
-        if device.owner != task.owner {
-            return Ok((record(RecordResult::Failed, "device does not exist"), Vec::new()));
-        }
-        let Some(guard) = self.transfer_guard(key).await? else {
-            let reason = "device is in a pending transfer";
-            return Ok((record(RecordResult::Failed, reason), Vec::new()));
-        };
-        device.placement = match &task.policy {
-            Policy::Specified { instance } if instance == home => Placement::Home,
-            Policy::Specified { instance } => Placement::Specified { instance: instance.clone() },
-            Policy::Nearest { candidates } => Placement::Nearest { candidates: candidates.clone() },
-        };
-        // What does not move (SPEC §5): tags, groups and topology are cleared; runtime data
-        // stays keyed by (device, source instance) and is untouched here.
-        device.tags.clear();
-        device.groups.clear();
-        device.topology = Topology::default();
-        if device.status != DeviceStatus::Disabled {
-            device.status = DeviceStatus::Inactive;
-        }
-        let op = Op::put(entry.key, encode(&device)?).expecting(Expect::Revision(entry.revision));
-        Ok((record(RecordResult::Succeeded, ""), vec![op, guard]))
+    /// The batch's device records, each with whether the device is in a pending transfer, from
+    /// one consistent read: one store round-trip per batch, not two per device.
+    async fn read_batch(&self, batch: &[DeviceKey]) -> Result<Vec<(Option<Entry>, bool)>> {
+        let mut keys: Vec<String> = batch.iter().map(keys::device).collect();
+        keys.extend(batch.iter().map(crate::transfer::lock_key));
+        let mut devices = self.registry.store().get_many(&keys).await?;
+        let locks = devices.split_off(batch.len());
+        Ok(devices.into_iter().zip(locks.iter().map(Option::is_some)).collect())
     }
 
     async fn commit(&self, ops: Vec<Op>) -> Result<()> {
@@ -500,6 +492,53 @@ impl ControlPlane {
     }
 }
 
+/// The writes that move one device, or why it cannot move, from its record as read (`None`
+/// when absent) and whether it is in a pending transfer.
+fn move_device(
+    task: &Task,
+    key: &DeviceKey,
+    home: &InstanceId,
+    entry: Option<Entry>,
+    locked: bool,
+) -> Result<(DeviceRecord, Vec<Op>)> {
+    let Some(entry) = entry else {
+        return Ok((record(key, RecordResult::Failed, "device does not exist"), Vec::new()));
+    };
+    let mut device: Device = decode(&entry.key, &entry.value)?;
+    if device.owner != task.owner {
+        return Ok((record(key, RecordResult::Failed, "device does not exist"), Vec::new()));
+    }
+    if locked {
+        let reason = "device is in a pending transfer";
+        return Ok((record(key, RecordResult::Failed, reason), Vec::new()));
+    }
+    device.placement = match &task.policy {
+        Policy::Specified { instance } if instance == home => Placement::Home,
+        Policy::Specified { instance } => Placement::Specified { instance: instance.clone() },
+        Policy::Nearest { candidates } => Placement::Nearest { candidates: candidates.clone() },
+    };
+    // What does not move (SPEC §5): tags, groups and topology are cleared; runtime data stays
+    // keyed by (device, source instance) and is untouched here.
+    device.tags.clear();
+    device.groups.clear();
+    device.topology = Topology::default();
+    if device.status != DeviceStatus::Disabled {
+        device.status = DeviceStatus::Inactive;
+    }
+    let op = Op::put(entry.key, encode(&device)?).expecting(Expect::Revision(entry.revision));
+    let guard = crate::transfer::transfer_guard(key);
+    Ok((record(key, RecordResult::Succeeded, ""), vec![op, guard]))
+}
+
+fn record(key: &DeviceKey, result: RecordResult, reason: &str) -> DeviceRecord {
+    DeviceRecord {
+        product_key: key.product_key.clone(),
+        device_name: key.device_name.to_string(),
+        result,
+        reason: reason.to_owned(),
+    }
+}
+
 fn task_key(id: &str) -> String {
     format!("{TASKS}{id}")
 }
@@ -520,42 +559,12 @@ pub fn task_devices(request: &TaskRequest) -> Result<Vec<DeviceKey>> {
         if !names.is_empty() {
             return Err(ControlError::Invalid("give devices as a list or as CSV, not both".into()));
         }
-        let mut reader =
-            csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(csv_text.as_bytes());
-        let headers = reader
-            .headers()
-            .map_err(|e| ControlError::Invalid(format!("CSV header: {e}")))?
-            .clone();
-        if headers.iter().collect::<Vec<_>>() != ["productKey", "deviceName"] {
-            return Err(ControlError::Invalid("CSV header must be productKey,deviceName".into()));
-        }
-        for (line, row) in reader.records().enumerate() {
-            let row =
-                row.map_err(|e| ControlError::Invalid(format!("CSV row {}: {e}", line + 2)))?;
-            if names.len() == MAX_CSV_ROWS {
-                return Err(ControlError::Invalid(format!(
-                    "CSV holds more than {MAX_CSV_ROWS} rows"
-                )));
-            }
-            if row.get(0) != Some(request.product.as_str()) {
-                return Err(ControlError::Invalid(format!(
-                    "CSV row {}: productKey must be {} (one product per task)",
-                    line + 2,
-                    request.product
-                )));
-            }
-            names.push(row.get(1).unwrap_or_default().to_owned());
+        for row in DeviceCsv::open_list(csv_text)?.rows() {
+            names.push(row?.device_name_of(&request.product, "task")?);
         }
     }
-    let mut seen = HashSet::with_capacity(names.len());
-    let mut devices = Vec::with_capacity(names.len());
-    for name in names {
-        let device_name: DeviceName =
-            name.parse().map_err(|e| ControlError::Invalid(format!("device {name:?}: {e}")))?;
-        if !seen.insert(device_name.clone()) {
-            return Err(ControlError::Invalid(format!("device {name} is listed twice")));
-        }
-        devices.push(DeviceKey { product_key: request.product.clone(), device_name });
-    }
-    Ok(devices)
+    let devices = unique_names(names)?.into_iter();
+    Ok(devices
+        .map(|device_name| DeviceKey { product_key: request.product.clone(), device_name })
+        .collect())
 }

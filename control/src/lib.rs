@@ -10,6 +10,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod api;
+mod device_list;
 pub mod distribution;
 pub mod error;
 pub mod internal;

@@ -1,5 +1,7 @@
-//! Records the control plane adds to the registry: API keys, verification codes, distribution
-//! tasks and their per-device records, and the audit log.
+//! Records the control plane adds to the registry: API keys, verification codes and the
+//! attempts at them, distribution tasks and their per-device records, and the audit log.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -19,15 +21,26 @@ pub struct ApiKey {
 
 /// A cross-account verification code, requested by the destination account (SPEC §5). Only
 /// its hash is stored; it is valid for five minutes and for one task.
+///
+/// Attempts at it are not counted here but in [`CodeAttempts`], one record per attempting
+/// account: a wrong guess must never change the record another account's task consumes.
+/// (Records written before that split carry a `failed_attempts` field, now ignored.)
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerificationCode {
     /// The account that requested it (the destination of a cross-account task).
     pub account: AccountId,
     pub hash: String,
     pub expires_at: Timestamp,
-    /// Wrong guesses so far; the code dies after too many.
-    #[serde(default)]
-    pub failed_attempts: u32,
+}
+
+/// How often one account has tried another account's (or its own) live verification codes.
+/// Kept per attempting account so that a griefer exhausting its attempts locks out only
+/// itself, never the account the code was handed to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeAttempts {
+    /// Attempts so far, by code id (the last segment of the code's key). Entries of codes that
+    /// expired or were used are dropped on the next attempt.
+    pub codes: BTreeMap<String, u32>,
 }
 
 /// A distribution task (SPEC §5).

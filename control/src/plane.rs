@@ -1,6 +1,7 @@
 //! The control plane's operations, each scoped to the calling account: a resource of another
 //! account is reported as not found, never as forbidden, so nothing leaks across accounts.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,26 +13,32 @@ use tokio::sync::Notify;
 use meridian_registry::clock::Timestamp;
 use meridian_registry::ids::{AccountId, DeviceKey, DeviceName, InstanceId, ProductKey, RegionId};
 use meridian_registry::model::{
-    Account, AccountKind, Device, Edition, Instance, InstanceUsage, MqttEndpoint, Placement,
-    Product, ProductCopy, Region, TopicCategory,
+    Account, AccountKind, Device, DeviceStatus, Edition, Instance, InstanceUsage, MqttEndpoint,
+    Placement, Product, ProductCopy, Region, TopicCategory,
 };
 use meridian_registry::secret::DeviceSecret;
-use meridian_registry::store::{Expect, Op};
-use meridian_registry::{CreatedDevice, NewDevice, Registry, decode, encode, keys};
+use meridian_registry::store::{Entry, Expect, Op, StoreError};
+use meridian_registry::{CreatedDevice, NewDevice, Registry, RegistryError, decode, encode, keys};
 
+use crate::device_list::DeviceCsv;
 use crate::error::ControlError;
-use crate::model::{ApiKey, AuditEntry, VerificationCode};
+use crate::model::{ApiKey, AuditEntry, CodeAttempts, VerificationCode};
 
 pub type Result<T, E = ControlError> = std::result::Result<T, E>;
 
 pub(crate) const API_KEYS: &str = "api-keys/";
 pub(crate) const CODES: &str = "codes/";
+/// `code-attempts/{owner}/{attempter}`: a [`CodeAttempts`] record.
+pub(crate) const CODE_ATTEMPTS: &str = "code-attempts/";
 pub(crate) const AUDIT: &str = "audit/";
 
 /// How long a cross-account verification code is valid (SPEC §5).
 pub const CODE_VALIDITY: Duration = Duration::from_secs(5 * 60);
-/// Wrong codes tolerated before every outstanding code of the account is burned.
+/// Attempts one account may make at each live code of an account (its own or another's); the
+/// last may succeed. Beyond it that account, and only that account, is locked out of the code.
 pub const CODE_MAX_ATTEMPTS: u32 = 5;
+/// Compare-and-swap rounds an attempt is given to be counted under contention.
+const ATTEMPT_RETRIES: usize = 16;
 /// Most rows a device CSV may hold (SPEC §5 for distribution; the same bound for imports).
 pub const MAX_CSV_ROWS: usize = 1_000;
 
@@ -128,6 +135,9 @@ pub struct ControlPlane {
     operator_token_hash: Arc<[u8; 32]>,
     /// Wakes the task executor when a task is submitted or retried.
     pub(crate) wake: Arc<Notify>,
+    /// Devices a distribution task moves per atomic commit; see
+    /// [`ControlPlane::with_task_batch`].
+    pub(crate) task_batch: usize,
 }
 
 impl ControlPlane {
@@ -137,6 +147,7 @@ impl ControlPlane {
             registry,
             operator_token_hash: Arc::new(sha256(operator_token.as_bytes())),
             wake: Arc::new(Notify::new()),
+            task_batch: crate::distribution::TASK_BATCH,
         }
     }
 
@@ -362,26 +373,48 @@ impl ControlPlane {
         if patch.name.as_ref().is_some_and(|name| name.trim().is_empty() || name.len() > 64) {
             return Err(ControlError::Invalid("product name must be 1-64 characters".into()));
         }
-        let product = self
+        // Read, check the owner and write back on that same revision: a product whose
+        // instance was transferred meanwhile is not edited by its former owner.
+        let entry = self
             .registry
-            .update_product(key, |product| {
-                if let Some(name) = patch.name {
-                    product.name = name;
-                }
-                if let Some(published) = patch.published {
-                    product.published = published;
-                }
-                if let Some(categories) = patch.topic_categories {
-                    product.topic_categories = categories;
-                }
-                if let Some(tsl) = patch.tsl {
-                    product.tsl = tsl;
-                }
-                if let Some(script) = patch.parsing_script {
-                    product.parsing_script = Some(script);
-                }
-            })
-            .await?;
+            .store()
+            .get(&keys::product(key))
+            .await?
+            .ok_or_else(|| not_found("product", key.as_str()))?;
+        let mut product: Product = decode(&entry.key, &entry.value)?;
+        if &product.owner != caller {
+            return Err(not_found("product", key.as_str()));
+        }
+        if let Some(name) = patch.name {
+            product.name = name;
+        }
+        if let Some(published) = patch.published {
+            product.published = published;
+        }
+        if let Some(categories) = patch.topic_categories {
+            product.topic_categories = categories;
+        }
+        if let Some(tsl) = patch.tsl {
+            product.tsl = tsl;
+        }
+        if let Some(script) = patch.parsing_script {
+            product.parsing_script = Some(script);
+        }
+        let write = self
+            .registry
+            .store()
+            .compare_and_swap(&entry.key, Expect::Revision(entry.revision), Some(encode(&product)?))
+            .await;
+        match write {
+            Ok(_) => {}
+            Err(StoreError::Conflict { .. }) => {
+                return Err(ControlError::Conflict {
+                    kind: "product",
+                    id: format!("{key} (modified concurrently; retry)"),
+                });
+            }
+            Err(other) => return Err(other.into()),
+        }
         self.audit(caller, "product.updated", key.as_str()).await;
         Ok(product)
     }
@@ -448,7 +481,7 @@ impl ControlPlane {
         enabled: bool,
     ) -> Result<Device> {
         self.device(caller, key).await?;
-        let device = self.registry.set_device_enabled(key, enabled).await?;
+        let device = self.set_own_device_enabled(caller, key, enabled).await?;
         let action = if enabled { "device.enabled" } else { "device.disabled" };
         self.audit(caller, action, &key.to_string()).await;
         Ok(device)
@@ -457,27 +490,86 @@ impl ControlPlane {
     /// Deletes a device at its source. A distributed device must first be distributed back
     /// (SPEC §5); its runtime data at other instances stays where it is.
     pub async fn delete_device(&self, caller: &AccountId, key: &DeviceKey) -> Result<()> {
-        let device = self.device(caller, key).await?;
-        if device.placement != Placement::Home {
-            return Err(ControlError::Rule(format!(
-                "device {key} is distributed; distribute it back to its source before deleting it"
-            )));
-        }
-        self.registry.delete_device(key).await?;
+        self.device(caller, key).await?;
+        self.delete_own_device(caller, key, |device| {
+            if device.placement != Placement::Home {
+                return Err(ControlError::Rule(format!(
+                    "device {key} is distributed; distribute it back to its source before \
+                     deleting it"
+                )));
+            }
+            Ok(())
+        })
+        .await?;
         self.audit(caller, "device.deleted", &key.to_string()).await;
         Ok(())
+    }
+
+    /// Disables or enables one of `caller`'s devices. The owner is checked inside the
+    /// compare-and-swap that writes the status, so a device that changes owner meanwhile (a
+    /// transfer accepted, an instance transfer confirmed) is never touched by its former
+    /// owner: it is not found.
+    pub(crate) async fn set_own_device_enabled(
+        &self,
+        caller: &AccountId,
+        key: &DeviceKey,
+        enabled: bool,
+    ) -> Result<Device> {
+        let device = self
+            .registry
+            .update_device(key, |device| {
+                if &device.owner != caller {
+                    return Err(RegistryError::NotFound { kind: "device", id: key.to_string() });
+                }
+                // The transitions of `Registry::set_device_enabled`.
+                device.status = match (enabled, device.status) {
+                    (false, _) => DeviceStatus::Disabled,
+                    (true, DeviceStatus::Disabled) => DeviceStatus::Offline,
+                    (true, status) => status,
+                };
+                Ok(())
+            })
+            .await?;
+        Ok(device)
+    }
+
+    /// Deletes one of `caller`'s devices if `check` allows, on the very revision whose owner
+    /// was checked (see [`ControlPlane::set_own_device_enabled`]).
+    pub(crate) async fn delete_own_device(
+        &self,
+        caller: &AccountId,
+        key: &DeviceKey,
+        check: impl FnOnce(&Device) -> Result<()>,
+    ) -> Result<()> {
+        let store = self.registry.store();
+        let entry = store.get(&keys::device(key)).await?;
+        let Some(entry) = entry else { return Err(not_found("device", &key.to_string())) };
+        let device: Device = decode(&entry.key, &entry.value)?;
+        if &device.owner != caller {
+            return Err(not_found("device", &key.to_string()));
+        }
+        check(&device)?;
+        match store.compare_and_swap(&entry.key, Expect::Revision(entry.revision), None).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::Conflict { .. }) => Err(ControlError::Conflict {
+                kind: "device",
+                id: format!("{key} (modified concurrently; retry)"),
+            }),
+            Err(other) => Err(other.into()),
+        }
     }
 
     /// A cross-account verification code for the caller (the destination account), valid for
     /// five minutes and one task.
     pub async fn request_code(&self, caller: &AccountId) -> Result<String> {
         self.registry.account(caller).await?;
+        let now = self.now();
+        self.prune_codes(caller, now).await;
         let code = random_digits(6)?;
         let record = VerificationCode {
             account: caller.clone(),
             hash: hex::encode(sha256(code.as_bytes())),
-            expires_at: self.now().after(CODE_VALIDITY),
-            failed_attempts: 0,
+            expires_at: now.after(CODE_VALIDITY),
         };
         let key = format!("{CODES}{caller}/{}", &record.hash[..16]);
         self.registry.store().put(&key, encode(&record)?).await?;
@@ -485,69 +577,163 @@ impl ControlPlane {
         Ok(code)
     }
 
-    /// Checks `code` against `account`'s live codes. Returns the op that consumes the matched
-    /// code, to be committed atomically with whatever the code authorises.
-    pub(crate) async fn check_code(&self, account: &AccountId, code: &str) -> Result<Op> {
+    /// Checks `code`, offered by `attempter`, against `owner`'s live codes. Returns the op that
+    /// consumes the matched code, to be committed atomically with whatever the code authorises.
+    ///
+    /// Every attempt counts against each of `owner`'s live codes, so guessing cannot outlast
+    /// the limit by spreading over codes; but it counts for `attempter` alone. An account that
+    /// exhausts [`CODE_MAX_ATTEMPTS`] is locked out of those codes, while the account the codes
+    /// were handed to still uses them: nobody can burn another account's codes by guessing.
+    pub(crate) async fn check_code(
+        &self,
+        owner: &AccountId,
+        attempter: &AccountId,
+        code: &str,
+    ) -> Result<Op> {
         let now = self.now();
-        let prefix = format!("{CODES}{account}/");
-        let snapshot = self.registry.store().scan_prefix(&prefix).await?;
-        let offered = sha256(code.trim().as_bytes());
+        let snapshot = self.registry.store().scan_prefix(&format!("{CODES}{owner}/")).await?;
         let mut live = Vec::new();
         for entry in snapshot.entries {
             let record: VerificationCode = decode(&entry.key, &entry.value)?;
-            if record.expires_at <= now {
+            if record.expires_at > now {
+                live.push((entry, record));
+            }
+        }
+        if live.is_empty() {
+            return Err(invalid_code());
+        }
+        // Counted before comparing, so concurrent guesses cannot outrun the limit.
+        let tries = self.count_attempt(owner, attempter, &live).await?;
+        // Every live code is in `tries`; a code that somehow is not counts as locked out.
+        let tries_at = |key: &str| tries.get(code_id(key)).copied().unwrap_or(u32::MAX);
+        let offered = sha256(code.trim().as_bytes());
+        for (entry, record) in &live {
+            // A code this attempter is locked out of matches nothing, so a locked code cannot
+            // serve as an oracle while another code still takes guesses.
+            if tries_at(&entry.key) > CODE_MAX_ATTEMPTS {
                 continue;
             }
             let stored = hex::decode(&record.hash).unwrap_or_default();
             if bool::from(offered.as_slice().ct_eq(stored.as_slice())) {
-                if record.failed_attempts >= CODE_MAX_ATTEMPTS {
-                    return Err(ControlError::TooManyAttempts(
-                        "verification code locked after too many attempts".into(),
-                    ));
-                }
-                return Ok(Op::delete(entry.key).expecting(Expect::Revision(entry.revision)));
+                return Ok(
+                    Op::delete(entry.key.clone()).expecting(Expect::Revision(entry.revision))
+                );
             }
-            live.push((entry, record));
         }
-        // A wrong guess counts against every live code of the account, so guessing cannot
-        // outlast the attempt limit by spreading over codes.
-        let mut locked = false;
-        for (entry, mut record) in live {
-            record.failed_attempts += 1;
-            locked |= record.failed_attempts >= CODE_MAX_ATTEMPTS;
-            let _ = self
-                .registry
-                .store()
-                .compare_and_swap(
-                    &entry.key,
-                    Expect::Revision(entry.revision),
-                    Some(encode(&record)?),
-                )
-                .await;
-        }
-        if locked {
+        if live.iter().all(|(entry, _)| tries_at(&entry.key) >= CODE_MAX_ATTEMPTS) {
             return Err(ControlError::TooManyAttempts(
-                "verification code locked after too many attempts".into(),
+                "too many attempts at this account's verification codes; ask it for a new code"
+                    .into(),
             ));
         }
-        Err(ControlError::Rule("verification code is invalid or expired".into()))
+        Err(invalid_code())
+    }
+
+    /// Adds one attempt by `attempter` to each of `live` (codes of `owner`); returns the
+    /// attempts per code id, this one included. A compare-and-swap loop: concurrent attempts
+    /// are all counted.
+    async fn count_attempt(
+        &self,
+        owner: &AccountId,
+        attempter: &AccountId,
+        live: &[(Entry, VerificationCode)],
+    ) -> Result<BTreeMap<String, u32>> {
+        let key = format!("{CODE_ATTEMPTS}{owner}/{attempter}");
+        let store = self.registry.store();
+        for _ in 0..ATTEMPT_RETRIES {
+            let (before, expect) = match store.get(&key).await? {
+                Some(entry) => (
+                    decode::<CodeAttempts>(&entry.key, &entry.value)?,
+                    Expect::Revision(entry.revision),
+                ),
+                None => (CodeAttempts::default(), Expect::Absent),
+            };
+            let mut after = CodeAttempts::default();
+            for (entry, _) in live {
+                let id = code_id(&entry.key);
+                let tries = before.codes.get(id).copied().unwrap_or(0);
+                // Capped: past the limit the count only means "locked out", so a locked-out
+                // attempter's further tries leave the record as it is.
+                after
+                    .codes
+                    .insert(id.to_owned(), tries.saturating_add(1).min(CODE_MAX_ATTEMPTS + 1));
+            }
+            if after == before {
+                return Ok(after.codes);
+            }
+            match store.compare_and_swap(&key, expect, Some(encode(&after)?)).await {
+                Ok(_) => return Ok(after.codes),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Err(ControlError::Conflict {
+            kind: "verification code attempt",
+            id: format!("by {attempter} (too many at once; retry)"),
+        })
+    }
+
+    /// Best effort, when `owner` asks for a new code: forgets its expired codes and the attempt
+    /// records that name none of its live ones, so neither piles up. A record that does not
+    /// decode is left for the operator to see.
+    async fn prune_codes(&self, owner: &AccountId, now: Timestamp) {
+        let store = self.registry.store();
+        let mut ops = Vec::new();
+        let mut live = Vec::new();
+        if let Ok(codes) = store.scan_prefix(&format!("{CODES}{owner}/")).await {
+            for entry in codes.entries {
+                let Ok(code) = decode::<VerificationCode>(&entry.key, &entry.value) else {
+                    continue;
+                };
+                if code.expires_at > now {
+                    live.push(code_id(&entry.key).to_owned());
+                } else {
+                    ops.push(Op::delete(entry.key).expecting(Expect::Revision(entry.revision)));
+                }
+            }
+        }
+        if let Ok(attempts) = store.scan_prefix(&format!("{CODE_ATTEMPTS}{owner}/")).await {
+            for entry in attempts.entries {
+                let Ok(record) = decode::<CodeAttempts>(&entry.key, &entry.value) else {
+                    continue;
+                };
+                if !record.codes.keys().any(|id| live.contains(id)) {
+                    ops.push(Op::delete(entry.key).expecting(Expect::Revision(entry.revision)));
+                }
+            }
+        }
+        // One batch: a concurrent attempt makes it conflict, and the next request tries again.
+        if !ops.is_empty()
+            && let Err(error) = store.batch(ops).await
+        {
+            tracing::debug!(%error, "verification codes not pruned");
+        }
     }
 
     /// Records a control-plane change for the account that owns the resource. Best effort:
     /// a failed audit write is logged, never turned into a failed request after the fact.
     pub(crate) async fn audit(&self, account: &AccountId, action: &str, target: &str) {
+        let written = match self.audit_op(account, action, target) {
+            Ok(op) => self.registry.store().batch(vec![op]).await.map(drop).map_err(Into::into),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = written {
+            tracing::warn!(%error, action, "audit entry not recorded");
+        }
+    }
+
+    /// The write that records `action` in `account`'s audit log. Changes committed in one
+    /// batch carry their audit entries in the same batch, so a crash between the change and
+    /// its record cannot lose the record (SPEC §9).
+    pub(crate) fn audit_op(&self, account: &AccountId, action: &str, target: &str) -> Result<Op> {
         let entry = AuditEntry {
             at: self.now(),
             account: account.clone(),
             action: action.into(),
             target: target.into(),
         };
-        let Ok(value) = encode(&entry) else { return };
-        let Ok(unique) = random_token(6) else { return };
-        let key = format!("{AUDIT}{account}/{:020}-{unique}", entry.at.millis());
-        if let Err(error) = self.registry.store().put(&key, value).await {
-            tracing::warn!(%error, action, "audit entry not recorded");
-        }
+        let key = format!("{AUDIT}{account}/{:020}-{}", entry.at.millis(), random_token(6)?);
+        Ok(Op::put(key, encode(&entry)?).expecting(Expect::Absent))
     }
 
     /// The caller's audit log, oldest first.
@@ -560,31 +746,17 @@ impl ControlPlane {
 /// The devices of an import CSV (a `deviceName` column and an optional `deviceSecret` column,
 /// at most [`MAX_CSV_ROWS`] rows), validated. Pure, so the fuzz targets reach it directly.
 pub fn parse_devices_csv(csv_text: &str) -> Result<Vec<(DeviceName, Option<DeviceSecret>)>> {
-    let mut reader =
-        csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(csv_text.as_bytes());
-    let headers =
-        reader.headers().map_err(|e| ControlError::Invalid(format!("CSV header: {e}")))?.clone();
-    let name_column = headers
-        .iter()
-        .position(|h| h == "deviceName")
+    let csv = DeviceCsv::open(csv_text)?;
+    let name_column = csv
+        .column("deviceName")
         .ok_or_else(|| ControlError::Invalid("CSV needs a deviceName column".into()))?;
-    let secret_column = headers.iter().position(|h| h == "deviceSecret");
+    let secret_column = csv.column("deviceSecret");
     let mut names = Vec::new();
-    for (line, record) in reader.records().enumerate() {
-        let record =
-            record.map_err(|e| ControlError::Invalid(format!("CSV row {}: {e}", line + 2)))?;
-        if names.len() == MAX_CSV_ROWS {
-            return Err(ControlError::Invalid(format!("CSV holds more than {MAX_CSV_ROWS} rows")));
-        }
-        let name = record.get(name_column).unwrap_or_default();
-        let name: DeviceName = name
-            .parse()
-            .map_err(|e| ControlError::Invalid(format!("CSV row {}: {e}", line + 2)))?;
-        let secret = match secret_column.and_then(|c| record.get(c)).filter(|s| !s.is_empty()) {
-            Some(secret) => Some(
-                DeviceSecret::new(secret)
-                    .map_err(|e| ControlError::Invalid(format!("CSV row {}: {e}", line + 2)))?,
-            ),
+    for row in csv.rows() {
+        let row = row?;
+        let name: DeviceName = row.get(name_column).parse().map_err(|e| row.invalid(e))?;
+        let secret = match secret_column.map(|c| row.get(c)).filter(|s| !s.is_empty()) {
+            Some(secret) => Some(DeviceSecret::new(secret).map_err(|e| row.invalid(e))?),
             None => None,
         };
         names.push((name, secret));
@@ -593,6 +765,15 @@ pub fn parse_devices_csv(csv_text: &str) -> Result<Vec<(DeviceName, Option<Devic
         return Err(ControlError::Invalid("CSV holds no devices".into()));
     }
     Ok(names)
+}
+
+fn invalid_code() -> ControlError {
+    ControlError::Rule("verification code is invalid or expired".into())
+}
+
+/// A code's id: the last segment of its key `codes/{owner}/{id}`.
+fn code_id(key: &str) -> &str {
+    key.rsplit('/').next().unwrap_or(key)
 }
 
 pub(crate) fn not_found(kind: &'static str, id: &str) -> ControlError {

@@ -121,7 +121,8 @@ impl Default for RemoteOptions {
 /// `watch_from` survives connection loss: it reconnects with backoff from the last change it
 /// delivered, so a watcher sees neither a gap nor a duplicate; only compaction (the server no
 /// longer has the changes) and authorisation failures end it with an error. `compact` is
-/// unsupported (a node never compacts the control plane's feed).
+/// unsupported (a node never compacts the control plane's feed). `get_many` is the trait's
+/// default, one request per key: the internal API has no multi-get.
 #[derive(Clone)]
 pub struct RemoteStore {
     inner: Arc<Inner>,

@@ -189,7 +189,7 @@ impl ControlPlane {
         }
         let now = self.now();
         self.check_kinds(&source, &destination, now).await?;
-        let consume_code = self.check_code(caller, &request.code).await?;
+        let consume_code = self.check_code(caller, caller, &request.code).await?;
 
         let batch = format!("itb-{}", random_token(12)?);
         let mut ops = vec![consume_code];
@@ -207,6 +207,10 @@ impl ControlPlane {
         if ops.len() == 1 {
             return Ok((batch, results));
         }
+        for order in results.iter().filter_map(|result| result.order.as_ref()) {
+            ops.push(self.audit_op(caller, "instance-transfer.initiated", &order.id)?);
+            ops.push(self.audit_op(&order.destination, "instance-transfer.received", &order.id)?);
+        }
         match self.registry.store().batch(ops).await {
             Ok(_) => {}
             Err(StoreError::Conflict { key, .. }) if key.starts_with(crate::plane::CODES) => {
@@ -219,12 +223,6 @@ impl ControlPlane {
                 });
             }
             Err(other) => return Err(other.into()),
-        }
-        for result in &results {
-            if let Some(order) = &result.order {
-                self.audit(caller, "instance-transfer.initiated", &order.id).await;
-                self.audit(&order.destination, "instance-transfer.received", &order.id).await;
-            }
         }
         Ok((batch, results))
     }
@@ -586,6 +584,9 @@ impl ControlPlane {
         ops.push(
             Op::put(order_key(&order.id), encode(&order)?).expecting(Expect::Revision(revision)),
         );
+        let action = format!("instance-transfer.{verb}");
+        ops.push(self.audit_op(&order.source, &action, id)?);
+        ops.push(self.audit_op(&order.destination, &action, id)?);
         match self.registry.store().batch(ops).await {
             Ok(_) => {}
             Err(StoreError::Conflict { .. }) => {
@@ -596,9 +597,6 @@ impl ControlPlane {
             }
             Err(other) => return Err(other.into()),
         }
-        let action = format!("instance-transfer.{verb}");
-        self.audit(&order.source, &action, id).await;
-        self.audit(&order.destination, &action, id).await;
         Ok(order)
     }
 
@@ -639,16 +637,33 @@ impl ControlPlane {
             }
             let devices =
                 self.registry.store().scan_prefix(&keys::devices_of(&product.key)).await?;
+            let mut moving = Vec::new();
             for device_entry in devices.entries {
-                let mut device: Device = decode(&device_entry.key, &device_entry.value)?;
-                if device.owner != order.source {
-                    continue;
+                let device: Device = decode(&device_entry.key, &device_entry.value)?;
+                if device.owner == order.source {
+                    moving.push((device_entry, device));
                 }
+            }
+            // A device in a pending device transfer order would move under that order's lock,
+            // which only the old owner could release: the orders are settled first. The
+            // checked absence is part of the batch, so an order created meanwhile conflicts.
+            let locks: Vec<String> =
+                moving.iter().map(|(_, device)| crate::transfer::lock_key(&device.key)).collect();
+            let held = self.registry.store().get_many(&locks).await?;
+            if let Some(lock) = held.into_iter().flatten().next() {
+                return Err(ControlError::Rule(format!(
+                    "instance {id} has devices in a pending device transfer order ({}); it must \
+                     be accepted, rejected or cancelled before the instance changes owner",
+                    crate::transfer::lock_holder(&lock)?
+                )));
+            }
+            for ((device_entry, mut device), lock) in moving.into_iter().zip(locks) {
                 device.owner = order.destination.clone();
                 ops.push(
                     Op::put(device_entry.key, encode(&device)?)
                         .expecting(Expect::Revision(device_entry.revision)),
                 );
+                ops.push(Op::delete(lock).expecting(Expect::Absent));
             }
             product.owner = order.destination.clone();
             ops.push(

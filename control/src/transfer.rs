@@ -27,16 +27,17 @@
 //! (show, disable, enable, delete); it cannot edit the product, create devices in it, or transfer
 //! the devices on (only a product's owner transfers). A completed transfer cannot be undone.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use meridian_registry::clock::Timestamp;
 use meridian_registry::ids::{AccountId, DeviceKey, DeviceName, InstanceId, ProductKey};
 use meridian_registry::model::{Device, Placement, TopicCategory};
-use meridian_registry::store::{Expect, Op, Revision, StoreError};
+use meridian_registry::store::{Entry, Expect, Op, Revision, StoreError};
 use meridian_registry::{decode, encode, keys};
 
+use crate::device_list::{DeviceCsv, unique_names};
 use crate::error::ControlError;
 use crate::plane::{ControlPlane, Result, not_found, random_token};
 
@@ -254,6 +255,7 @@ impl ControlPlane {
             updated_at: now,
         };
         ops.push(Op::put(transfer_key(&transfer.id), encode(&transfer)?).expecting(Expect::Absent));
+        ops.push(self.audit_op(caller, "device-transfer.created", &transfer.id)?);
         match self.registry.store().batch(ops).await {
             Ok(_) => {}
             Err(StoreError::Conflict { key, .. }) => {
@@ -264,7 +266,6 @@ impl ControlPlane {
             }
             Err(other) => return Err(other.into()),
         }
-        self.audit(caller, "device-transfer.created", &transfer.id).await;
         Ok(transfer)
     }
 
@@ -372,9 +373,9 @@ impl ControlPlane {
             Op::put(transfer_key(&transfer.id), encode(&transfer)?)
                 .expecting(Expect::Revision(revision)),
         );
+        ops.push(self.audit_op(caller, "device-transfer.accepted", id)?);
+        ops.push(self.audit_op(&transfer.source, "device-transfer.accepted", id)?);
         self.commit_transfer(ops, id).await?;
-        self.audit(caller, "device-transfer.accepted", id).await;
-        self.audit(&transfer.source, "device-transfer.accepted", id).await;
         Ok(transfer)
     }
 
@@ -450,8 +451,7 @@ impl ControlPlane {
     ) -> Result<Device> {
         let device = self.view_device(caller, view, name).await?;
         let device = self
-            .registry
-            .set_device_enabled(&device.key, enabled)
+            .set_own_device_enabled(caller, &device.key, enabled)
             .await
             .map_err(|error| hide_key(error, name))?;
         let action = if enabled { "device.enabled" } else { "device.disabled" };
@@ -467,7 +467,9 @@ impl ControlPlane {
         name: &DeviceName,
     ) -> Result<()> {
         let device = self.view_device(caller, view, name).await?;
-        self.registry.delete_device(&device.key).await.map_err(|error| hide_key(error, name))?;
+        self.delete_own_device(caller, &device.key, |_| Ok(()))
+            .await
+            .map_err(|error| hide_key(error, name))?;
         self.audit(caller, "device.deleted", &format!("{view}/{name}")).await;
         Ok(())
     }
@@ -488,16 +490,6 @@ impl ControlPlane {
             }
         }
         Ok(locked)
-    }
-
-    /// For the distribution executor: `None` if the device is in a pending transfer, else an
-    /// op that, committed with the device's move, asserts it still is not (SPEC §6: transfer
-    /// and distribution exclude each other).
-    pub(crate) async fn transfer_guard(&self, device: &DeviceKey) -> Result<Option<Op>> {
-        if self.lock_of(device).await?.is_some() {
-            return Ok(None);
-        }
-        Ok(Some(Op::delete(lock_key(device)).expecting(Expect::Absent)))
     }
 
     /// A device the caller may transfer: its own, and home (a device placed elsewhere by
@@ -600,10 +592,10 @@ impl ControlPlane {
             Op::put(transfer_key(&transfer.id), encode(&transfer)?)
                 .expecting(Expect::Revision(revision)),
         );
-        self.commit_transfer(ops, id).await?;
         let action = format!("device-transfer.{}", past(action));
-        self.audit(&transfer.source, &action, id).await;
-        self.audit(&transfer.destination, &action, id).await;
+        ops.push(self.audit_op(&transfer.source, &action, id)?);
+        ops.push(self.audit_op(&transfer.destination, &action, id)?);
+        self.commit_transfer(ops, id).await?;
         Ok(transfer)
     }
 
@@ -678,8 +670,22 @@ fn grant_key(holder: &AccountId, product: &ProductKey) -> String {
     format!("{PRODUCT_VIEWS}{holder}/{product}")
 }
 
-/// `device-transfer-locks/` plus the device's key below `devices/`, escapes included.
-fn lock_key(device: &DeviceKey) -> String {
+/// For the distribution executor, given a device found in no pending transfer: an op that,
+/// committed with the device's move, asserts it still is in none (SPEC §6: transfer and
+/// distribution exclude each other).
+pub(crate) fn transfer_guard(device: &DeviceKey) -> Op {
+    Op::delete(lock_key(device)).expecting(Expect::Absent)
+}
+
+/// `device-transfer-locks/` plus the device's key below `devices/`, escapes included: present
+/// while the device is in a pending transfer.
+/// The order a device transfer lock entry names.
+pub(crate) fn lock_holder(lock: &Entry) -> Result<String> {
+    let lock: TransferLock = decode(&lock.key, &lock.value)?;
+    Ok(lock.transfer)
+}
+
+pub(crate) fn lock_key(device: &DeviceKey) -> String {
     let stored = keys::device(device);
     format!("{DEVICE_TRANSFER_LOCKS}{}", &stored[keys::DEVICES.len()..])
 }
@@ -699,9 +705,9 @@ fn past(action: &str) -> &'static str {
     }
 }
 
-/// A registry error about a device under a product view, named by its DeviceName only.
-fn hide_key(error: meridian_registry::RegistryError, name: &DeviceName) -> ControlError {
-    match ControlError::from(error) {
+/// An error about a device under a product view, named by its DeviceName only.
+fn hide_key(error: ControlError, name: &DeviceName) -> ControlError {
+    match error {
         ControlError::NotFound { kind, .. } => not_found(kind, name.as_str()),
         ControlError::Conflict { kind, .. } => {
             ControlError::Conflict { kind, id: format!("{name} (modified concurrently; retry)") }
@@ -717,26 +723,8 @@ fn device_names(request: &DeviceTransferRequest) -> Result<Vec<DeviceName>> {
         if !names.is_empty() {
             return Err(ControlError::Invalid("give devices as a list or as CSV, not both".into()));
         }
-        let mut reader =
-            csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(csv_text.as_bytes());
-        let headers = reader
-            .headers()
-            .map_err(|e| ControlError::Invalid(format!("CSV header: {e}")))?
-            .clone();
-        if headers.iter().collect::<Vec<_>>() != ["productKey", "deviceName"] {
-            return Err(ControlError::Invalid("CSV header must be productKey,deviceName".into()));
-        }
-        for (line, row) in reader.records().enumerate() {
-            let row =
-                row.map_err(|e| ControlError::Invalid(format!("CSV row {}: {e}", line + 2)))?;
-            if row.get(0) != Some(request.product.as_str()) {
-                return Err(ControlError::Invalid(format!(
-                    "CSV row {}: productKey must be {} (one product per transfer)",
-                    line + 2,
-                    request.product
-                )));
-            }
-            names.push(row.get(1).unwrap_or_default().to_owned());
+        for row in DeviceCsv::open_list(csv_text)?.rows() {
+            names.push(row?.device_name_of(&request.product, "transfer")?);
             if names.len() > MAX_TRANSFER_DEVICES {
                 break;
             }
@@ -748,17 +736,7 @@ fn device_names(request: &DeviceTransferRequest) -> Result<Vec<DeviceName>> {
             names.len()
         )));
     }
-    let mut seen = HashSet::with_capacity(names.len());
-    let mut devices = Vec::with_capacity(names.len());
-    for name in names {
-        let device_name: DeviceName =
-            name.parse().map_err(|e| ControlError::Invalid(format!("device {name:?}: {e}")))?;
-        if !seen.insert(device_name.clone()) {
-            return Err(ControlError::Invalid(format!("device {name} is listed twice")));
-        }
-        devices.push(device_name);
-    }
-    Ok(devices)
+    unique_names(names)
 }
 
 #[cfg(test)]

@@ -784,7 +784,8 @@ async fn distribution_rules_of_spec_5() {
     api.clock.advance(Duration::from_secs(5 * 60 + 1));
     submit(&a, cross("bravo", &code)).await.error(StatusCode::UNPROCESSABLE_ENTITY);
 
-    // Too many wrong codes lock the destination's codes, even the right one.
+    // Too many wrong codes lock the guesser out of the destination's codes, even the right
+    // one (only the guesser: see tests/verification_codes.rs).
     let code = api.post_empty("/v1/verification-codes", &b.key).await.json()["code"]
         .as_str()
         .unwrap()

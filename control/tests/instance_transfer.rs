@@ -540,3 +540,77 @@ async fn pending_orders_survive_a_restart() {
     assert_eq!(api.get("/v1/instances/inst-1", &b.key).await.json()["owner"], "ind-b");
     assert_eq!(api.get("/v1/instances/inst-2", &a.key).await.json()["owner"], "ind-a");
 }
+
+/// An instance whose devices are in a pending device transfer order does not change owner:
+/// they would move under a lock only the old owner could release. Once the order is settled,
+/// the confirmation goes through.
+#[tokio::test]
+async fn pending_device_orders_hold_back_an_instance_confirmation() {
+    let api = TestApi::start().await;
+    let a = account(&api, "ind-a", "individual", None).await;
+    let b = account(&api, "ind-b", "individual", None).await;
+    instance(&api, &a, "inst-old", 365).await;
+    let reply = api
+        .post(
+            "/v1/products",
+            &a.key,
+            json!({ "key": PK, "name": "Lamp", "home_instance": "inst-old" }),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    api.devices(&a, PK, &["lamp-0001", "lamp-0002"]).await;
+    let published = api
+        .request(
+            Method::PATCH,
+            &format!("/v1/products/{PK}"),
+            Some(&a.key),
+            Body::Json(json!({ "published": true })),
+        )
+        .await;
+    assert_eq!(published.status, StatusCode::OK, "{}", published.text());
+    let allowed = api
+        .request(
+            Method::PUT,
+            "/v1/operator/transfer-allow-list/ind-a",
+            Some(OPERATOR_TOKEN),
+            Body::None,
+        )
+        .await;
+    assert_eq!(allowed.status, StatusCode::OK, "{}", allowed.text());
+    let reply = api
+        .post(
+            "/v1/device-transfers",
+            &a.key,
+            json!({ "product": PK, "destination": "ind-b", "devices": ["lamp-0001"] }),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    let device_order = reply.json()["id"].as_str().unwrap().to_owned();
+
+    api.clock.advance(6 * DAY);
+    let id = order(&api, &a, "ind-b", "inst-old").await;
+    let results = settle(&api, &b, "confirm", &[&id]).await;
+    let (status, message) = outcome(&results[0]);
+    assert_eq!(status, 422, "{message}");
+    assert!(
+        message.contains(&device_order) && message.contains("pending device transfer"),
+        "{message}"
+    );
+    let lamp = |name: &str| DeviceKey {
+        product_key: PK.parse().unwrap(),
+        device_name: name.parse().unwrap(),
+    };
+    assert_eq!(
+        api.plane.registry().device(&lamp("lamp-0002")).await.unwrap().owner.as_str(),
+        "ind-a"
+    );
+
+    let cancelled =
+        api.post_empty(&format!("/v1/device-transfers/{device_order}/cancel"), &a.key).await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.text());
+    let results = settle(&api, &b, "confirm", &[&id]).await;
+    assert_eq!(outcome(&results[0]).0, 200, "{results:?}");
+    for name in ["lamp-0001", "lamp-0002"] {
+        assert_eq!(api.plane.registry().device(&lamp(name)).await.unwrap().owner.as_str(), "ind-b");
+    }
+}

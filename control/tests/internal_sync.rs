@@ -66,6 +66,9 @@ impl Store for Counting {
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         self.inner.get(key).await
     }
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>, StoreError> {
+        self.inner.get_many(keys).await
+    }
     async fn scan_prefix(&self, prefix: &str) -> Result<Snapshot, StoreError> {
         self.scans.fetch_add(1, Ordering::SeqCst);
         self.inner.scan_prefix(prefix).await
@@ -643,6 +646,12 @@ async fn replica_syncs_follows_and_resumes_without_a_snapshot() {
         &b"not mirrored"[..],
         "other keys read through"
     );
+    let keys = ["accounts/acme", "devices/pk/a", "devices/pk/zz", "products/pk"].map(String::from);
+    let mut one_by_one = Vec::new();
+    for key in &keys {
+        one_by_one.push(replica.get(key).await.unwrap());
+    }
+    assert_eq!(replica.get_many(&keys).await.unwrap(), one_by_one, "a multi-get reads both sides");
 
     // Live changes, observed through the replica's own feed.
     let local_revision = replica.revision().await.unwrap();
@@ -824,6 +833,7 @@ async fn remote_plain_against_tls(addr: SocketAddr) -> Result<Revision, StoreErr
 mod broker {
     use std::collections::HashMap;
 
+    use bytes::BytesMut;
     use meridian_broker::config::{BrokerConfig, LimitsConfig};
     use meridian_broker::daemon::{self, Listeners};
     use meridian_registry::clock::{Clock, SystemClock};
@@ -834,6 +844,7 @@ mod broker {
     use meridian_registry::secret::{DeviceSecret, SecretKey};
     use meridian_registry::signature::{SdkShape, sign_connect};
     use meridian_registry::{NewDevice, Registry};
+    use mqttbytes::v4::{Connect, ConnectReturnCode, Packet};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
@@ -910,40 +921,27 @@ mod broker {
         }
     }
 
-    /// An MQTT 3.1.1 CONNECT with username and password, clean session.
-    fn connect_packet(client_id: &str, username: &str, password: &str) -> Vec<u8> {
-        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2, 0, 60];
-        for field in [client_id, username, password] {
-            body.extend_from_slice(&u16::try_from(field.len()).unwrap().to_be_bytes());
-            body.extend_from_slice(field.as_bytes());
-        }
-        let mut packet = vec![0x10];
-        let mut len = body.len();
-        loop {
-            let mut byte = u8::try_from(len % 128).unwrap();
-            len /= 128;
-            if len > 0 {
-                byte |= 0x80;
-            }
-            packet.push(byte);
-            if len == 0 {
-                break;
-            }
-        }
-        packet.extend_from_slice(&body);
-        packet
-    }
-
-    async fn connack(addr: SocketAddr, device: &str, secret: &str) -> [u8; 4] {
+    /// Logs `device` in with its C SDK signature under `secret`; returns the CONNACK's code.
+    ///
+    /// Raw MQTT rather than `meridian_tests::raw`: that crate depends on this one, so this
+    /// crate's tests cannot depend on it. The packets are still mqttbytes', through the
+    /// broker's codec.
+    async fn connack(addr: SocketAddr, device: &str, secret: &str) -> ConnectReturnCode {
         let signed = sign_connect(SdkShape::CSdk, PRODUCT, device, secret, None);
+        let mut connect = Connect::new(signed.client_id);
+        connect.keep_alive = 60;
+        connect.set_login(signed.username, signed.password);
+        let mut bytes = BytesMut::new();
+        meridian_broker::codec::encode(&Packet::Connect(connect), &mut bytes).unwrap();
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream
-            .write_all(&connect_packet(&signed.client_id, &signed.username, &signed.password))
-            .await
-            .unwrap();
-        let mut connack = [0u8; 4];
+        stream.write_all(&bytes).await.unwrap();
+        // A CONNACK is four bytes (MQTT 3.1.1 §3.2).
+        let mut connack = BytesMut::zeroed(4);
         within("CONNACK", stream.read_exact(&mut connack)).await.unwrap();
-        connack
+        match mqttbytes::v4::read(&mut connack, 4).unwrap() {
+            Packet::ConnAck(ack) => ack.code,
+            other => panic!("expected a CONNACK, got {other:?}"),
+        }
     }
 
     /// A broker process's set-up: control plane → internal API → replica → broker. A device
@@ -976,7 +974,7 @@ mod broker {
         .unwrap();
         assert_eq!(
             connack(addr, "lamp-1", "lamp-secret-0001").await,
-            [0x20, 0x02, 0x00, 0x04],
+            ConnectReturnCode::BadUserNamePassword,
             "unknown device"
         );
 
@@ -994,12 +992,12 @@ mod broker {
 
         assert_eq!(
             connack(addr, "lamp-1", "lamp-secret-0001").await,
-            [0x20, 0x02, 0x00, 0x00],
+            ConnectReturnCode::Success,
             "accepted"
         );
         assert_eq!(
             connack(addr, "lamp-1", "wrong-secret-000").await,
-            [0x20, 0x02, 0x00, 0x04],
+            ConnectReturnCode::BadUserNamePassword,
             "bad signature"
         );
 

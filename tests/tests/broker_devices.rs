@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use meridian_registry::model::Placement;
 use meridian_registry::signature::{SdkShape, sign_connect};
+use meridian_tests::raw::{self, ConnectReturnCode as Code};
 use meridian_tests::{APPLICATION, Client, FRANKFURT, PRODUCT, SHANGHAI, TestRegistry};
 use rumqttc::{MqttOptions, Packet, QoS, SubscribeReasonCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const C_SDK_DEVICE: &str = "bootstrap_posix_demo";
 const C_SDK_SECRET: &str = "pZeRIoLApMRp2i1LAD4D5FREp3yPVBwy";
@@ -36,14 +36,10 @@ async fn c_sdk_capture_connects() {
     registry.device(C_SDK_DEVICE, C_SDK_SECRET).await;
     let broker = registry.broker(SHANGHAI, |_| {}).await;
 
-    let mut stream = TcpStream::connect(broker.addr).await.unwrap();
-    stream
-        .write_all(&device_connect(C_SDK_CLIENT_ID, C_SDK_USERNAME, C_SDK_PASSWORD, 60))
-        .await
-        .unwrap();
-    let mut connack = [0u8; 4];
-    stream.read_exact(&mut connack).await.unwrap();
-    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "CONNACK accepted, remaining length 2");
+    let login = Some((C_SDK_USERNAME, C_SDK_PASSWORD));
+    let (mut stream, connack) =
+        raw::open(broker.addr, &raw::connect_packet(C_SDK_CLIENT_ID, login, 60)).await;
+    assert_eq!(connack, raw::ACCEPTED);
     stream.write_all(&[0xC0, 0x00]).await.unwrap();
     let mut pingresp = [0u8; 2];
     stream.read_exact(&mut pingresp).await.unwrap();
@@ -83,15 +79,8 @@ async fn refusals_have_spec_codes() {
     let frankfurt = registry.broker(FRANKFURT, |_| {}).await;
 
     let code = |addr, client_id: String, username: String, password: String, keep_alive| async move {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream
-            .write_all(&device_connect(&client_id, &username, &password, keep_alive))
-            .await
-            .unwrap();
-        let mut connack = [0u8; 4];
-        stream.read_exact(&mut connack).await.unwrap();
-        assert_eq!(&connack[..2], &[0x20, 0x02]);
-        connack[3]
+        let connect = raw::connect_packet(&client_id, Some((&username, &password)), keep_alive);
+        raw::open(addr, &connect).await.1.code
     };
     let c_sdk = |password: &str| {
         (C_SDK_CLIENT_ID.to_owned(), C_SDK_USERNAME.to_owned(), password.to_owned())
@@ -101,35 +90,35 @@ async fn refusals_have_spec_codes() {
     let wrong = C_SDK_PASSWORD.replace('0', "1");
     assert_eq!(
         code(shanghai.addr, id.clone(), user.clone(), wrong, 60).await,
-        4,
+        Code::BadUserNamePassword,
         "wrong signature"
     );
     let lower = C_SDK_PASSWORD.to_lowercase();
     assert_eq!(
         code(shanghai.addr, id.clone(), user.clone(), lower, 60).await,
-        0,
+        Code::Success,
         "case-insensitive"
     );
     assert_eq!(
         code(frankfurt.addr, id.clone(), user.clone(), C_SDK_PASSWORD.into(), 60).await,
-        5,
+        Code::NotAuthorized,
         "placed elsewhere"
     );
     assert_eq!(
         code(shanghai.addr, id.clone(), user.clone(), C_SDK_PASSWORD.into(), 10).await,
-        3,
+        Code::ServiceUnavailable,
         "keepalive 10"
     );
     let signed = sign_connect(SdkShape::CSdk, PRODUCT, "disabled-1", "secret-disabled", None);
     assert_eq!(
         code(shanghai.addr, signed.client_id, signed.username, signed.password, 60).await,
-        5,
+        Code::NotAuthorized,
         "disabled"
     );
     let unknown = sign_connect(SdkShape::CSdk, PRODUCT, "nobody-here", "whatever", None);
     assert_eq!(
         code(shanghai.addr, unknown.client_id, unknown.username, unknown.password, 60).await,
-        4,
+        Code::BadUserNamePassword,
         "unknown device"
     );
 
@@ -144,8 +133,10 @@ async fn refusals_have_spec_codes() {
         .unwrap();
     registry.sync(&shanghai).await;
     registry.sync(&frankfurt).await;
-    assert_eq!(code(frankfurt.addr, id.clone(), user.clone(), C_SDK_PASSWORD.into(), 60).await, 0);
-    assert_eq!(code(shanghai.addr, id, user, C_SDK_PASSWORD.into(), 60).await, 5);
+    let moved = code(frankfurt.addr, id.clone(), user.clone(), C_SDK_PASSWORD.into(), 60).await;
+    assert_eq!(moved, Code::Success);
+    let left = code(shanghai.addr, id, user, C_SDK_PASSWORD.into(), 60).await;
+    assert_eq!(left, Code::NotAuthorized);
 }
 
 #[tokio::test]
@@ -318,30 +309,6 @@ async fn same_device_twice_newest_wins() {
     first.closed().await;
 }
 
-fn device_connect(client_id: &str, username: &str, password: &str, keep_alive: u16) -> Vec<u8> {
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2];
-    body.extend_from_slice(&keep_alive.to_be_bytes());
-    for field in [client_id, username, password] {
-        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
-        body.extend_from_slice(field.as_bytes());
-    }
-    let mut packet = vec![0x10];
-    let mut len = body.len();
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        packet.push(byte);
-        if len == 0 {
-            break;
-        }
-    }
-    packet.extend_from_slice(&body);
-    packet
-}
-
 /// The instance a device is connected to accounts for it: connections, connected time and
 /// messages reach the registry's usage record.
 #[tokio::test]
@@ -432,4 +399,30 @@ async fn only_placement_changes_notify_online_devices() {
     Client::connect(device_options(broker.addr, SdkShape::CSdk, "steady-1", "steady-secret"))
         .await
         .unwrap();
+}
+
+/// Sessions are keyed inside each kind of client's own namespace: a standard client whose
+/// clientId spells a device's session id neither takes over the device's session nor gets its
+/// downlink.
+#[tokio::test]
+async fn a_client_id_cannot_take_over_a_device_session() {
+    let registry = TestRegistry::new().await;
+    let key = registry.device("owned-dev", "owned-secret").await;
+    let broker = registry.broker(SHANGHAI, |_| {}).await;
+    let (mut device, _) =
+        Client::connect(device_options(broker.addr, SdkShape::CSdk, "owned-dev", "owned-secret"))
+            .await
+            .unwrap();
+    let impostor_id = meridian_broker::Broker::device_session_id(&key);
+    let (impostor, session_present) =
+        Client::connect(meridian_tests::user_options(broker.addr, &impostor_id)).await.unwrap();
+    assert!(!session_present, "the device's session was not handed over");
+
+    // The device is still online: what the standard client publishes on its downlink arrives.
+    let downlink = format!("/sys/{PRODUCT}/owned-dev/thing/service/ping");
+    impostor.client.publish(&downlink, QoS::AtLeastOnce, false, "still yours").await.unwrap();
+    let publish = device.publish().await;
+    assert_eq!(publish.topic, downlink);
+    assert_eq!(&publish.payload[..], b"still yours");
+    assert!(broker.daemon.broker.router().is_online(&impostor_id));
 }

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use meridian_tests::{Client, FRANKFURT, HANG, SHANGHAI, TestRegistry, user_options};
+use meridian_tests::raw::{self, ConnectReturnCode as Code};
+use meridian_tests::{Client, FRANKFURT, HANG, SHANGHAI, TestRegistry, USER, user_options};
 use rumqttc::{LastWill, MqttOptions, Packet, QoS};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -82,11 +83,9 @@ async fn will_is_published_on_abrupt_close_only() {
     watcher.expect(|p| matches!(p, Packet::SubAck(_))).await;
 
     // A raw client with a will whose socket vanishes without DISCONNECT.
-    let mut mortal = TcpStream::connect(broker.addr).await.unwrap();
-    mortal.write_all(&raw_connect_with_will("mortal", "wills/mortal", "gone")).await.unwrap();
-    let mut connack = [0u8; 4];
-    mortal.read_exact(&mut connack).await.unwrap();
-    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+    let (mortal, connack) =
+        raw::open(broker.addr, &connect_with_will("mortal", "wills/mortal", "gone")).await;
+    assert_eq!(connack, raw::ACCEPTED);
     drop(mortal);
     let got = watcher.publish().await;
     assert_eq!((got.topic.as_str(), got.payload.as_ref()), ("wills/mortal", &b"gone"[..]));
@@ -96,9 +95,8 @@ async fn will_is_published_on_abrupt_close_only() {
     options.set_last_will(LastWill::new("wills/polite", "gone", QoS::AtLeastOnce, false));
     let (polite, _) = Client::connect(options).await.unwrap();
     polite.client.disconnect().await.unwrap();
-    let mut marker = TcpStream::connect(broker.addr).await.unwrap();
-    marker.write_all(&raw_connect_with_will("marker", "wills/marker", "after")).await.unwrap();
-    marker.read_exact(&mut connack).await.unwrap();
+    let (marker, _) =
+        raw::open(broker.addr, &connect_with_will("marker", "wills/marker", "after")).await;
     drop(marker);
     assert_eq!(watcher.publish().await.topic, "wills/marker", "no will from the polite client");
 }
@@ -163,11 +161,9 @@ async fn newest_connection_takes_over() {
 async fn keepalive_is_enforced_at_one_and_a_half_times() {
     let registry = TestRegistry::new().await;
     let broker = registry.broker(SHANGHAI, |_| {}).await;
-    let mut stream = TcpStream::connect(broker.addr).await.unwrap();
-    stream.write_all(&raw_connect("sleepy", 1, Some(meridian_tests::USER))).await.unwrap();
-    let mut connack = [0u8; 4];
-    stream.read_exact(&mut connack).await.unwrap();
-    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+    let (mut stream, connack) =
+        raw::open(broker.addr, &raw::connect_packet("sleepy", Some(USER), 1)).await;
+    assert_eq!(connack, raw::ACCEPTED);
     // Silence: the broker must close within 1.5 s of the last packet (we only check it does).
     let started = std::time::Instant::now();
     let mut rest = Vec::new();
@@ -180,24 +176,20 @@ async fn keepalive_is_enforced_at_one_and_a_half_times() {
 async fn refusals_get_their_connack_codes() {
     let registry = TestRegistry::new().await;
     let broker = registry.broker(SHANGHAI, |_| {}).await;
-    let code = |bytes: Vec<u8>| async move {
-        let mut stream = TcpStream::connect(broker.addr).await.unwrap();
-        stream.write_all(&bytes).await.unwrap();
-        let mut connack = [0u8; 4];
-        stream.read_exact(&mut connack).await.unwrap();
-        assert_eq!(&connack[..2], &[0x20, 0x02], "CONNACK with remaining length 2");
-        connack[3]
+    let code = |connect: raw::Connect| async move {
+        raw::open(broker.addr, &raw::encode(&raw::Packet::Connect(connect))).await.1.code
     };
-    assert_eq!(code(raw_connect("x", 30, Some(("alice", "wrong")))).await, 4);
-    assert_eq!(code(raw_connect("x", 30, Some(("mallory", "pw")))).await, 4);
-    assert_eq!(code(raw_connect("x", 30, None)).await, 5, "anonymous not allowed");
-    let mut v5 = raw_connect("x", 30, None);
-    v5[8] = 5;
-    assert_eq!(code(v5).await, 1, "unacceptable protocol level");
-    // Empty client id with clean session 0.
-    let mut persistent_empty = raw_connect("", 30, None);
-    persistent_empty[9] = 0;
-    assert_eq!(code(persistent_empty).await, 2);
+    let wrong = raw::connect("x", Some(("alice", "wrong")), 30);
+    assert_eq!(code(wrong).await, Code::BadUserNamePassword);
+    let unknown = raw::connect("x", Some(("mallory", "pw")), 30);
+    assert_eq!(code(unknown).await, Code::BadUserNamePassword);
+    let anonymous = raw::connect("x", None, 30);
+    assert_eq!(code(anonymous.clone()).await, Code::NotAuthorized, "anonymous not allowed");
+    // An MQTT 5 protocol level on a 3.1.1 CONNECT.
+    let v5 = raw::Connect { protocol: mqttbytes::Protocol::V5, ..anonymous };
+    assert_eq!(code(v5).await, Code::RefusedProtocolVersion, "unacceptable protocol level");
+    let persistent_empty = raw::Connect { clean_session: false, ..raw::connect("", None, 30) };
+    assert_eq!(code(persistent_empty).await, Code::BadClientId, "empty id, clean session 0");
 }
 
 #[tokio::test]
@@ -217,13 +209,8 @@ async fn malformed_packets_close_only_that_connection() {
         vec![0x10, 0x00],                                     // second CONNECT
     ];
     for (n, attack) in attacks.into_iter().enumerate() {
-        let mut stream = TcpStream::connect(broker.addr).await.unwrap();
-        stream
-            .write_all(&raw_connect(&format!("attacker{n}"), 30, Some(meridian_tests::USER)))
-            .await
-            .unwrap();
-        let mut connack = [0u8; 4];
-        stream.read_exact(&mut connack).await.unwrap();
+        let connect = raw::connect_packet(&format!("attacker{n}"), Some(USER), 30);
+        let (mut stream, _) = raw::open(broker.addr, &connect).await;
         stream.write_all(&attack).await.unwrap();
         let mut rest = Vec::new();
         // A valid SUBSCRIBE gets its SUBACK and the connection stays; everything else is closed.
@@ -256,56 +243,12 @@ async fn connect_must_arrive_in_time() {
     let _ = MqttOptions::new("unused", "127.0.0.1", 1);
 }
 
-/// A 3.1.1 CONNECT with clean session, built byte by byte.
-fn raw_connect(client_id: &str, keep_alive: u16, login: Option<(&str, &str)>) -> Vec<u8> {
-    connect_packet(client_id, keep_alive, None, login)
-}
-
 /// A CONNECT of the standard user with a QoS 1 will.
-fn raw_connect_with_will(client_id: &str, topic: &str, message: &str) -> Vec<u8> {
-    connect_packet(client_id, 30, Some((topic, message)), Some(meridian_tests::USER))
-}
-
-fn connect_packet(
-    client_id: &str,
-    keep_alive: u16,
-    will: Option<(&str, &str)>,
-    login: Option<(&str, &str)>,
-) -> Vec<u8> {
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4];
-    let will_flags = if will.is_some() { 0x04 | 0x08 } else { 0 };
-    let flags = 0x02 | will_flags | if login.is_some() { 0xC0 } else { 0 };
-    body.push(flags);
-    body.extend_from_slice(&keep_alive.to_be_bytes());
-    push_string(&mut body, client_id.as_bytes());
-    if let Some((topic, message)) = will {
-        push_string(&mut body, topic.as_bytes());
-        push_string(&mut body, message.as_bytes());
-    }
-    if let Some((user, password)) = login {
-        push_string(&mut body, user.as_bytes());
-        push_string(&mut body, password.as_bytes());
-    }
-    let mut packet = vec![0x10];
-    let mut len = body.len();
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        packet.push(byte);
-        if len == 0 {
-            break;
-        }
-    }
-    packet.extend_from_slice(&body);
-    packet
-}
-
-fn push_string(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s);
+fn connect_with_will(client_id: &str, topic: &str, message: &str) -> Vec<u8> {
+    let mut connect = raw::connect(client_id, Some(USER), 30);
+    connect.last_will =
+        Some(mqttbytes::v4::LastWill::new(topic, message, raw::QoS::AtLeastOnce, false));
+    raw::encode(&raw::Packet::Connect(connect))
 }
 
 /// A subscriber that never reads: its queue fills, its messages are dropped and counted, it is
@@ -320,33 +263,23 @@ async fn slow_consumer_is_dropped_without_hurting_others() {
             config.limits.slow_consumer_drops = 64;
         })
         .await;
-    let mut sloth = TcpStream::connect(broker.addr).await.unwrap();
-    sloth.write_all(&raw_connect("sloth", 60, Some(meridian_tests::USER))).await.unwrap();
-    let mut connack = [0u8; 4];
-    sloth.read_exact(&mut connack).await.unwrap();
+    let (mut sloth, _) =
+        raw::open(broker.addr, &raw::connect_packet("sloth", Some(USER), 60)).await;
     // SUBSCRIBE flood/# at QoS 0, then never read again.
-    sloth
-        .write_all(&[
-            0x82, 0x0C, 0x00, 0x01, 0x00, 0x07, b'f', b'l', b'o', b'o', b'd', b'/', b'#', 0x00,
-        ])
-        .await
-        .unwrap();
+    sloth.write_all(&raw::subscribe_packet(1, &[("flood/#", raw::QoS::AtMostOnce)])).await.unwrap();
 
     let (mut good, _) = Client::connect(user_options(broker.addr, "good")).await.unwrap();
     good.client.subscribe("flood/#", QoS::AtMostOnce).await.unwrap();
     good.expect(|p| matches!(p, Packet::SubAck(_))).await;
 
-    let publisher = TcpStream::connect(broker.addr).await.unwrap();
-    let (mut reader, mut writer) = publisher.into_split();
-    writer.write_all(&raw_connect("flooder", 60, Some(meridian_tests::USER))).await.unwrap();
-    reader.read_exact(&mut connack).await.unwrap();
+    let (mut writer, _) =
+        raw::open(broker.addr, &raw::connect_packet("flooder", Some(USER), 60)).await;
     // 8000-byte payloads at QoS 0 until the sloth is gone (its socket buffers fill within a few
-    // MB). Remaining length 8008 = 2 + 6 + 8000.
-    let mut publish = vec![0x30, 0xC8, 0x3E, 0x00, 0x06];
-    publish.extend_from_slice(b"flood/");
-    publish.resize(publish.len() + 8000, b'x');
+    // MB).
+    let publish = mqttbytes::v4::Publish::new("flood/", raw::QoS::AtMostOnce, vec![b'x'; 8000]);
+    let publish = raw::encode(&raw::Packet::Publish(publish));
     let mut sent = 0usize;
-    while broker.daemon.broker.router().is_online("sloth") {
+    while broker.daemon.broker.router().is_online("client:sloth") {
         writer.write_all(&publish).await.unwrap();
         sent += 1;
         let got = good.publish().await;

@@ -1,6 +1,10 @@
 //! Crash safety of distribution tasks: the control plane is killed with SIGKILL at random points
 //! while a task moves devices, many times over. After every restart the task is in a valid
-//! state, and at the end every device was moved exactly once and recorded exactly once.
+//! state and a watcher resuming from the last revision it saw reads every change once, with no
+//! gap, rebuilding exactly what the store holds; at the end every device was moved exactly once
+//! and recorded exactly once.
+
+mod feed;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -49,6 +53,7 @@ fn run_then_kill(path: &std::path::Path, steps: usize) -> bool {
 async fn kill_9_mid_task_never_loses_or_double_moves_a_device() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("control.redb");
+    let mut follower = feed::Follower::default();
     let mut runs = 0;
     // Kill after 0, 1, 2, ... steps: the first kills land before or during the first batch.
     let mut settled = false;
@@ -57,8 +62,10 @@ async fn kill_9_mid_task_never_loses_or_double_moves_a_device() {
         runs += 1;
         assert!(runs < 200, "task never settled");
 
-        // Between runs the store must hold a valid task.
+        // Between runs the store must hold a valid task, and the feed must follow it.
         let store = RedbStore::open(&path).unwrap();
+        follower.catch_up(&store).await;
+        follower.assert_matches(&store).await;
         let tasks = store.scan_prefix("tasks/").await.unwrap().entries;
         assert!(tasks.len() <= 1);
         if let Some(entry) = tasks.first() {

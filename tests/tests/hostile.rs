@@ -13,17 +13,13 @@ use std::time::Duration;
 use meridian_edge::{Edge, EdgeConfig, RoutingTable};
 use meridian_geo::{Locator, LocatorOptions};
 use meridian_registry::signature::{SdkShape, sign_connect};
+use meridian_tests::raw::{self, ConnectReturnCode as Code};
 use meridian_tests::{
     Client, HANG, PRODUCT, SHANGHAI, TestBroker, TestRegistry, USER, user_options,
 };
 use rumqttc::{Packet, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-
-/// CONNACK return codes (MQTT 3.1.1 §3.2.2.3).
-const ACCEPTED: u8 = 0;
-const BAD_USERNAME_OR_PASSWORD: u8 = 4;
-const NOT_AUTHORIZED: u8 = 5;
 
 // --- Slowloris ---------------------------------------------------------------------------
 
@@ -37,7 +33,7 @@ async fn mqtt_slowloris_is_closed_at_the_connect_timeout() {
     let broker = registry
         .broker(SHANGHAI, |config| config.limits.connect_timeout = Duration::from_millis(300))
         .await;
-    let connect = connect_packet("slow", USER.0, USER.1, 30);
+    let connect = raw::connect_packet("slow", Some(USER), 30);
 
     let mut partial = TcpStream::connect(broker.addr).await.unwrap();
     partial.write_all(&connect[..10]).await.unwrap();
@@ -114,7 +110,7 @@ async fn connect_flood_from_one_address_is_refused_while_others_get_in() {
         let mut stream = connect_from(broker.addr, [127, 0, 0, 1]).await;
         match mqtt_login(&mut stream, &format!("flood{n}"), USER.0, USER.1).await {
             Some(code) => {
-                assert_eq!(code, ACCEPTED);
+                assert_eq!(code, Code::Success);
                 accepted.push(stream);
             }
             None => refused += 1,
@@ -124,7 +120,7 @@ async fn connect_flood_from_one_address_is_refused_while_others_get_in() {
     assert!(refused > 0, "the flood is refused");
 
     let mut other = connect_from(broker.addr, [127, 0, 0, 2]).await;
-    assert_eq!(mqtt_login(&mut other, "other", USER.0, USER.1).await, Some(ACCEPTED));
+    assert_eq!(mqtt_login(&mut other, "other", USER.0, USER.1).await, Some(Code::Success));
 }
 
 /// Global admission control: beyond `max_connections` open connections, new sockets are
@@ -141,7 +137,10 @@ async fn connections_beyond_the_global_cap_are_refused_at_accept() {
     let mut open = Vec::new();
     for n in 0..3u8 {
         let mut stream = connect_from(broker.addr, [127, 0, 0, 10 + n]).await;
-        assert_eq!(mqtt_login(&mut stream, &format!("c{n}"), USER.0, USER.1).await, Some(ACCEPTED));
+        assert_eq!(
+            mqtt_login(&mut stream, &format!("c{n}"), USER.0, USER.1).await,
+            Some(Code::Success)
+        );
         open.push(stream);
     }
     let mut fourth = connect_from(broker.addr, [127, 0, 0, 20]).await;
@@ -151,7 +150,7 @@ async fn connections_beyond_the_global_cap_are_refused_at_accept() {
     let admission = broker.daemon.broker.admission();
     wait_until(|| admission.open() < 3).await;
     let mut later = connect_from(broker.addr, [127, 0, 0, 21]).await;
-    assert_eq!(mqtt_login(&mut later, "c5", USER.0, USER.1).await, Some(ACCEPTED));
+    assert_eq!(mqtt_login(&mut later, "c5", USER.0, USER.1).await, Some(Code::Success));
 }
 
 // --- Brute force -------------------------------------------------------------------------
@@ -172,15 +171,24 @@ async fn brute_force_from_one_address_backs_off_that_address() {
     let attacker = [127, 0, 0, 1];
     for guess in 0..3 {
         let code = device_login(&broker, attacker, "brute-a", &format!("guess-{guess}")).await;
-        assert_eq!(code, Some(BAD_USERNAME_OR_PASSWORD));
+        assert_eq!(code, Some(Code::BadUserNamePassword));
     }
-    assert_eq!(device_login(&broker, attacker, "brute-a", "guess-3").await, Some(NOT_AUTHORIZED));
-    assert_eq!(device_login(&broker, attacker, "brute-a", "secret-a").await, Some(NOT_AUTHORIZED));
+    assert_eq!(
+        device_login(&broker, attacker, "brute-a", "guess-3").await,
+        Some(Code::NotAuthorized)
+    );
+    assert_eq!(
+        device_login(&broker, attacker, "brute-a", "secret-a").await,
+        Some(Code::NotAuthorized)
+    );
     // Standard users from that address are backed off too: the address is what guessed.
     let mut user = connect_from(broker.addr, attacker).await;
-    assert_eq!(mqtt_login(&mut user, "u", USER.0, USER.1).await, Some(NOT_AUTHORIZED));
+    assert_eq!(mqtt_login(&mut user, "u", USER.0, USER.1).await, Some(Code::NotAuthorized));
 
-    assert_eq!(device_login(&broker, [127, 0, 0, 2], "brute-a", "secret-a").await, Some(ACCEPTED));
+    assert_eq!(
+        device_login(&broker, [127, 0, 0, 2], "brute-a", "secret-a").await,
+        Some(Code::Success)
+    );
 }
 
 /// After `auth_failures_per_username` wrong signatures for one device, from any addresses,
@@ -198,17 +206,20 @@ async fn brute_force_on_one_device_backs_off_that_device() {
         .await;
     for n in 0..3u8 {
         let code = device_login(&broker, [127, 0, 1, n], "brute-b", "wrong").await;
-        assert_eq!(code, Some(BAD_USERNAME_OR_PASSWORD));
+        assert_eq!(code, Some(Code::BadUserNamePassword));
     }
     assert_eq!(
         device_login(&broker, [127, 0, 1, 9], "brute-b", "secret-b").await,
-        Some(NOT_AUTHORIZED)
+        Some(Code::NotAuthorized)
     );
     assert_eq!(
         device_login(&broker, [127, 0, 1, 9], "brute-b", "wrong").await,
-        Some(NOT_AUTHORIZED)
+        Some(Code::NotAuthorized)
     );
-    assert_eq!(device_login(&broker, [127, 0, 1, 9], "brute-c", "secret-c").await, Some(ACCEPTED));
+    assert_eq!(
+        device_login(&broker, [127, 0, 1, 9], "brute-c", "secret-c").await,
+        Some(Code::Success)
+    );
 }
 
 // --- Oversized ---------------------------------------------------------------------------
@@ -225,7 +236,7 @@ async fn oversized_packets_close_the_connection() {
     assert_eq!(closed_without_reply(&mut before).await, Vec::<u8>::new());
 
     let mut after = TcpStream::connect(broker.addr).await.unwrap();
-    assert_eq!(mqtt_login(&mut after, "big", USER.0, USER.1).await, Some(ACCEPTED));
+    assert_eq!(mqtt_login(&mut after, "big", USER.0, USER.1).await, Some(Code::Success));
     after.write_all(&[0x30, 0xD0, 0x0F]).await.unwrap();
     assert_eq!(closed_without_reply(&mut after).await, Vec::<u8>::new());
 }
@@ -274,16 +285,18 @@ async fn subscription_bombs_are_refused() {
         .await;
 
     let mut bomber = TcpStream::connect(broker.addr).await.unwrap();
-    assert_eq!(mqtt_login(&mut bomber, "bomber", USER.0, USER.1).await, Some(ACCEPTED));
+    assert_eq!(mqtt_login(&mut bomber, "bomber", USER.0, USER.1).await, Some(Code::Success));
     let filters: Vec<String> = (0..5).map(|n| format!("bomb/{n}")).collect();
-    let refs: Vec<(&str, u8)> = filters.iter().map(|f| (f.as_str(), 0)).collect();
-    bomber.write_all(&subscribe_packet(1, &refs)).await.unwrap();
+    let refs: Vec<(&str, raw::QoS)> =
+        filters.iter().map(|f| (f.as_str(), raw::QoS::AtMostOnce)).collect();
+    bomber.write_all(&raw::subscribe_packet(1, &refs)).await.unwrap();
     assert_eq!(closed_without_reply(&mut bomber).await, Vec::<u8>::new());
     assert_eq!(broker.daemon.broker.router().subscription_count(), 0);
 
     let mut deep = TcpStream::connect(broker.addr).await.unwrap();
-    assert_eq!(mqtt_login(&mut deep, "deep", USER.0, USER.1).await, Some(ACCEPTED));
-    deep.write_all(&subscribe_packet(2, &[("a/b/c/d/#", 1), ("a/b/c/#", 1)])).await.unwrap();
+    assert_eq!(mqtt_login(&mut deep, "deep", USER.0, USER.1).await, Some(Code::Success));
+    let filters = [("a/b/c/d/#", raw::QoS::AtLeastOnce), ("a/b/c/#", raw::QoS::AtLeastOnce)];
+    deep.write_all(&raw::subscribe_packet(2, &filters)).await.unwrap();
     let mut suback = [0u8; 6];
     tokio::time::timeout(HANG, deep.read_exact(&mut suback)).await.expect("SUBACK").unwrap();
     assert_eq!(suback, [0x90, 0x04, 0x00, 0x02, 0x80, 0x01]);
@@ -305,7 +318,7 @@ async fn global_queue_cap_sheds_the_offline_backlog_not_the_live_subscriber() {
     away.expect(|p| matches!(p, Packet::SubAck(_))).await;
     away.client.disconnect().await.unwrap();
     let router = broker.daemon.broker.router();
-    wait_until(|| !router.is_online("away")).await;
+    wait_until(|| !router.is_online("client:away")).await;
 
     let (mut live, _) = Client::connect(user_options(broker.addr, "live")).await.unwrap();
     live.client.subscribe("load/#", QoS::AtLeastOnce).await.unwrap();
@@ -358,27 +371,27 @@ async fn ten_times_overload_stays_within_the_queue_cap() {
         .await;
     let router = broker.daemon.broker.router();
     for n in 0..SESSIONS {
-        let mut stream = TcpStream::connect(broker.addr).await.unwrap();
-        let mut connect = connect_packet(&format!("offline{n}"), USER.0, USER.1, 60);
-        connect[9] = 0xC0; // clean session 0: a persistent session, kept while offline
-        stream.write_all(&connect).await.unwrap();
-        let mut connack = [0u8; 4];
-        stream.read_exact(&mut connack).await.unwrap();
-        stream.write_all(&subscribe_packet(1, &[(&format!("load/{n}"), 1)])).await.unwrap();
+        let id = format!("offline{n}");
+        // Clean session 0: a persistent session, kept while offline.
+        let connect = raw::Connect { clean_session: false, ..raw::connect(&id, Some(USER), 60) };
+        let (mut stream, _) =
+            raw::open(broker.addr, &raw::encode(&raw::Packet::Connect(connect))).await;
+        let filter = format!("load/{n}");
+        stream
+            .write_all(&raw::subscribe_packet(1, &[(&filter, raw::QoS::AtLeastOnce)]))
+            .await
+            .unwrap();
         let mut suback = [0u8; 5];
         stream.read_exact(&mut suback).await.unwrap();
         assert_eq!(suback, [0x90, 0x03, 0x00, 0x01, 0x01]);
         stream.write_all(&[0xE0, 0x00]).await.unwrap();
-        let id = format!("offline{n}");
-        wait_until(|| !router.is_online(&id)).await;
+        wait_until(|| !router.is_online(&format!("client:{id}"))).await;
     }
     let before = resident_bytes();
 
-    let publisher = TcpStream::connect(broker.addr).await.unwrap();
+    let (publisher, _) =
+        raw::open(broker.addr, &raw::connect_packet("overload", Some(USER), 60)).await;
     let (mut reader, mut writer) = publisher.into_split();
-    writer.write_all(&connect_packet("overload", USER.0, USER.1, 60)).await.unwrap();
-    let mut connack = [0u8; 4];
-    reader.read_exact(&mut connack).await.unwrap();
     // PUBACKs are read as they come so the broker never blocks writing them; PINGRESP marks
     // that everything before it has been handled.
     let drained = tokio::spawn(async move {
@@ -397,13 +410,12 @@ async fn ten_times_overload_stays_within_the_queue_cap() {
     });
     for m in 0..MESSAGES {
         let topic = format!("load/{}", m % SESSIONS);
-        let pkid = u16::try_from(m % 65_535 + 1).unwrap();
-        let mut body = Vec::with_capacity(PAYLOAD + 16);
-        push_string(&mut body, topic.as_bytes());
-        body.extend_from_slice(&pkid.to_be_bytes());
-        body.extend_from_slice(&(m as u64).to_be_bytes());
-        body.resize(body.len() + PAYLOAD - 8, (m % 251) as u8);
-        writer.write_all(&framed(0x32, &body)).await.unwrap();
+        let mut payload = Vec::with_capacity(PAYLOAD);
+        payload.extend_from_slice(&(m as u64).to_be_bytes());
+        payload.resize(PAYLOAD, (m % 251) as u8);
+        let mut publish = mqttbytes::v4::Publish::new(topic, raw::QoS::AtLeastOnce, payload);
+        publish.pkid = u16::try_from(m % 65_535 + 1).unwrap();
+        writer.write_all(&raw::encode(&raw::Packet::Publish(publish))).await.unwrap();
     }
     writer.write_all(&[0xC0, 0x00]).await.unwrap();
     tokio::time::timeout(HANG * 4, drained).await.expect("overload handled").unwrap();
@@ -454,20 +466,9 @@ async fn mqtt_login(
     client_id: &str,
     user: &str,
     password: &str,
-) -> Option<u8> {
-    // A write to a connection already closed by the broker may fail: that is a refusal too.
-    if stream.write_all(&connect_packet(client_id, user, password, 60)).await.is_err() {
-        return None;
-    }
-    let mut connack = [0u8; 4];
-    match tokio::time::timeout(HANG, stream.read_exact(&mut connack)).await.expect("answer in time")
-    {
-        Ok(_) => {
-            assert_eq!(&connack[..2], [0x20, 0x02], "a CONNACK");
-            Some(connack[3])
-        }
-        Err(_) => None,
-    }
+) -> Option<Code> {
+    let connect = raw::connect_packet(client_id, Some((user, password)), 60);
+    raw::handshake(stream, &connect).await.ok().map(|connack| connack.code)
 }
 
 /// Logs a device in from `source` with its C SDK signature under `secret` (right or wrong).
@@ -476,7 +477,7 @@ async fn device_login(
     source: [u8; 4],
     device: &str,
     secret: &str,
-) -> Option<u8> {
+) -> Option<Code> {
     let signed = sign_connect(SdkShape::CSdk, PRODUCT, device, secret, None);
     let mut stream = connect_from(broker.addr, source).await;
     mqtt_login(&mut stream, &signed.client_id, &signed.username, &signed.password).await
@@ -516,46 +517,4 @@ async fn start_edge(config: EdgeConfig) -> (SocketAddr, tokio::sync::oneshot::Se
         let _ = stopped.await;
     }));
     (addr, stop)
-}
-
-/// A clean-session MQTT 3.1.1 CONNECT with a username and password.
-fn connect_packet(client_id: &str, user: &str, password: &str, keep_alive: u16) -> Vec<u8> {
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2];
-    body.extend_from_slice(&keep_alive.to_be_bytes());
-    for field in [client_id, user, password] {
-        push_string(&mut body, field.as_bytes());
-    }
-    framed(0x10, &body)
-}
-
-fn subscribe_packet(pkid: u16, filters: &[(&str, u8)]) -> Vec<u8> {
-    let mut body = pkid.to_be_bytes().to_vec();
-    for (filter, qos) in filters {
-        push_string(&mut body, filter.as_bytes());
-        body.push(*qos);
-    }
-    framed(0x82, &body)
-}
-
-fn framed(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut packet = vec![first];
-    let mut len = body.len();
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        packet.push(byte);
-        if len == 0 {
-            break;
-        }
-    }
-    packet.extend_from_slice(body);
-    packet
-}
-
-fn push_string(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s);
 }

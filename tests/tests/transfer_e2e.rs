@@ -206,7 +206,7 @@ async fn a_persistent_application_session_gets_nothing_queued_for_a_lost_device(
     assert_eq!(subscribe(&mut acme_app, &format!("/{PRODUCT}/+/user/#")).await, ok);
     acme_app.client.disconnect().await.unwrap();
     let parked = async {
-        while broker.daemon.broker.router().is_online("acme-backend") {
+        while broker.daemon.broker.router().is_online(&format!("app:{ACCOUNT}:acme-backend")) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     };

@@ -1,39 +1,41 @@
 //! The router with real channels as connection handles; no sockets, no connection tasks.
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
 use futures::FutureExt;
-use tokio::sync::mpsc::error::TryRecvError;
 
 use super::*;
 
 const LIMITS: Limits =
     Limits { inflight: 4, queued: 3, max_filters_per_subscribe: 8, max_topic_levels: 8 };
 
-/// The far side of a [`Handle`]: what a connection task would read.
+/// The far side of a [`Link`]: what a connection task would read.
 struct Client {
-    mailbox: mpsc::Receiver<Delivery>,
-    control: mpsc::UnboundedReceiver<Kick>,
-    /// Dropping it tells a waiting takeover that this connection has finished.
-    finished: watch::Sender<()>,
+    link: Arc<Link>,
 }
 
 impl Client {
     fn deliveries(&mut self) -> Vec<Delivery> {
-        std::iter::from_fn(|| self.mailbox.try_recv().ok()).collect()
+        let mut inbox = VecDeque::new();
+        self.link.take(&mut inbox);
+        inbox.into()
     }
 
-    fn kicks(&mut self) -> Vec<Kick> {
-        std::iter::from_fn(|| self.control.try_recv().ok()).collect()
+    fn kick(&self) -> Option<Kick> {
+        self.link.kicked()
+    }
+
+    /// What a connection task does as it ends: a waiting takeover may proceed.
+    fn finish(&self) {
+        self.link.finish();
     }
 }
 
-fn handle(connection: u64, mailbox: usize) -> (Handle, Client) {
-    let (mailbox_tx, mailbox_rx) = mpsc::channel(mailbox);
-    let (control_tx, control_rx) = mpsc::unbounded_channel();
-    let (finished_tx, finished_rx) = watch::channel(());
-    let handle =
-        Handle { connection, mailbox: mailbox_tx, control: control_tx, finished: finished_rx };
-    (handle, Client { mailbox: mailbox_rx, control: control_rx, finished: finished_tx })
+/// A link whose inbox holds `mailbox` deliveries of QoS 0 and as many of QoS 1/2.
+fn handle(connection: u64, mailbox: usize) -> (Arc<Link>, Client) {
+    let link = Arc::new(Link::new(connection, mailbox, mailbox));
+    (link.clone(), Client { link })
 }
 
 fn id(name: &str) -> Arc<str> {
@@ -336,7 +338,8 @@ async fn takeover_kicks_the_old_connection_and_waits_for_it() {
     });
 
     // The old connection is told to go.
-    assert_eq!(old.control.recv().await, Some(Kick::TakenOver));
+    old.link.woken().await;
+    assert_eq!(old.kick(), Some(Kick::TakenOver));
     tokio::task::yield_now().await;
     assert!(!takeover.is_finished(), "waits for the old connection to finish");
     assert!(router.is_online("a"));
@@ -345,8 +348,8 @@ async fn takeover_kicks_the_old_connection_and_waits_for_it() {
     let mut parked = Parked::default();
     parked.subscriptions.insert("t/#".into(), 1);
     router.disconnect(&a, 1, parked, &["t/#".into()]);
-    let Client { mailbox: mut old_mailbox, control: mut old_control, finished } = old;
-    drop(finished);
+    old.link.close();
+    old.finish();
     let resumed = takeover.await.unwrap().expect("session present");
     assert_eq!(resumed.subscriptions.get("t/#"), Some(&1));
     assert!(router.is_online("a"));
@@ -355,16 +358,15 @@ async fn takeover_kicks_the_old_connection_and_waits_for_it() {
     // The new connection is the one reached now.
     router.publish(message("t/x", 0, "to-new", false));
     assert_eq!(new.deliveries().len(), 1);
-    assert!(old_mailbox.try_recv().is_err());
-    assert!(new.kicks().is_empty());
-    assert!(old_control.try_recv().is_err(), "kicked once");
+    assert!(old.deliveries().is_empty());
+    assert_eq!(new.kick(), None);
 }
 
 #[tokio::test]
 async fn takeover_of_a_clean_session_starts_fresh() {
     let router = Arc::new(Router::new(LIMITS, 10));
     let a = id("a");
-    let (first, mut old) = handle(1, 16);
+    let (first, old) = handle(1, 16);
     router.connect(&a, true, first).await;
     router.subscribe(&a, &filters(&[("t/#", 1)]));
 
@@ -374,9 +376,10 @@ async fn takeover_of_a_clean_session_starts_fresh() {
         let a = a.clone();
         async move { router.connect(&a, false, second).await }
     });
-    assert_eq!(old.control.recv().await, Some(Kick::TakenOver));
+    old.link.woken().await;
+    assert_eq!(old.kick(), Some(Kick::TakenOver));
     router.disconnect(&a, 1, Parked::default(), &["t/#".into()]);
-    drop(old.finished);
+    old.finish();
     assert!(takeover.await.unwrap().is_none());
     assert_eq!(router.subscription_count(), 0);
     assert!(router.is_online("a"));
@@ -389,8 +392,7 @@ async fn takeover_of_a_connection_that_ended_without_disconnect_does_not_wait() 
     let (first, old) = handle(1, 16);
     router.connect(&a, false, first).await;
     // The task ended (a panic, say) without `disconnect`: its slot still says online.
-    let Client { mut control, finished, .. } = old;
-    drop(finished);
+    drop(crate::link::FinishOnDrop(&old.link));
     assert!(router.is_online("a"));
 
     let (second, _new) = handle(2, 16);
@@ -399,7 +401,7 @@ async fn takeover_of_a_connection_that_ended_without_disconnect_does_not_wait() 
         .now_or_never()
         .expect("nothing left to wait for: completes on the first poll");
     assert!(resumed.is_none());
-    assert!(control.try_recv().is_err(), "no kick storm at a finished connection");
+    assert_eq!(old.kick(), None, "a finished connection is not kicked");
     assert!(router.is_online("a"));
 }
 
@@ -412,7 +414,7 @@ async fn stale_disconnect_changes_nothing() {
     router.subscribe(&a, &filters(&[("t/#", 1)]));
 
     // Replace the first connection (it finishes without disconnecting, e.g. it crashed).
-    drop(old);
+    old.finish();
     let (second, mut new) = handle(2, 16);
     router.connect(&a, true, second).await;
 
@@ -459,7 +461,7 @@ async fn slow_consumer_is_dropped_then_kicked() {
             Routed { delivered: 0, dropped: 1 }
         );
     }
-    assert!(client.kicks().is_empty());
+    assert_eq!(client.kick(), None);
 
     // Reading resets the streak.
     assert_eq!(client.deliveries().len(), 1);
@@ -467,13 +469,11 @@ async fn slow_consumer_is_dropped_then_kicked() {
     for _ in 0..2 {
         router.publish(message("t", 0, "x", false));
     }
-    assert!(client.kicks().is_empty());
+    assert_eq!(client.kick(), None);
 
-    // The third consecutive drop kicks, once.
+    // The third consecutive drop kicks.
     assert_eq!(router.publish(message("t", 0, "x", false)).dropped, 1);
-    assert_eq!(client.kicks(), [Kick::SlowConsumer]);
-    router.publish(message("t", 0, "x", false));
-    assert!(client.kicks().is_empty(), "kicked once");
+    assert_eq!(client.kick(), Some(Kick::SlowConsumer));
     assert_eq!(client.deliveries().len(), 1);
 }
 
@@ -484,7 +484,7 @@ async fn closed_mailbox_counts_as_dropped() {
     let (handle_a, client) = handle(1, 4);
     router.connect(&a, true, handle_a).await;
     router.subscribe(&a, &filters(&[("t", 0)]));
-    drop(client);
+    client.link.close();
     assert_eq!(router.publish(message("t", 0, "x", false)), Routed { delivered: 0, dropped: 1 });
 }
 
@@ -492,9 +492,9 @@ async fn closed_mailbox_counts_as_dropped() {
 async fn kick_and_kick_all_reach_online_connections_only() {
     let router = Router::new(LIMITS, 10);
     let (a, b, c) = (id("a"), id("b"), id("c"));
-    let (handle_a, mut client_a) = handle(1, 4);
-    let (handle_b, mut client_b) = handle(2, 4);
-    let (handle_c, mut client_c) = handle(3, 4);
+    let (handle_a, client_a) = handle(1, 4);
+    let (handle_b, client_b) = handle(2, 4);
+    let (handle_c, client_c) = handle(3, 4);
     router.connect(&a, true, handle_a).await;
     router.connect(&b, true, handle_b).await;
     router.connect(&c, false, handle_c).await;
@@ -503,12 +503,12 @@ async fn kick_and_kick_all_reach_online_connections_only() {
     assert!(router.kick("a", Kick::NotAllowed));
     assert!(!router.kick("c", Kick::NotAllowed), "parked, not online");
     assert!(!router.kick("nobody", Kick::NotAllowed));
-    assert_eq!(client_a.kicks(), [Kick::NotAllowed]);
+    assert_eq!(client_a.kick(), Some(Kick::NotAllowed));
 
     router.kick_all(Kick::Shutdown);
-    assert_eq!(client_a.kicks(), [Kick::Shutdown]);
-    assert_eq!(client_b.kicks(), [Kick::Shutdown]);
-    assert_eq!(client_c.control.try_recv(), Err(TryRecvError::Disconnected));
+    assert_eq!(client_a.kick(), Some(Kick::NotAllowed), "the first reason stands");
+    assert_eq!(client_b.kick(), Some(Kick::Shutdown));
+    assert_eq!(client_c.kick(), None, "parked, not online");
 
     let mut online = router.online();
     online.sort();
@@ -554,4 +554,90 @@ async fn global_queue_budget_sheds_qos0_then_backlogged_queues() {
     let (handle_again, _) = handle(4, 4);
     assert!(router.connect(&away, true, handle_again).await.is_none());
     assert_eq!(router.budget().used().messages, 2);
+}
+
+/// A burst of QoS 1 larger than a connection's QoS 0 mailbox is queued, not dropped: the
+/// inbox bounds QoS 1/2 by the session queue's size.
+#[tokio::test]
+async fn qos1_burst_beyond_the_qos0_mailbox_is_kept() {
+    let router = Router::new(LIMITS, 1);
+    let a = id("a");
+    let link = Arc::new(Link::new(1, 2, 100));
+    let mut client = Client { link: link.clone() };
+    router.connect(&a, true, link).await;
+    router.subscribe(&a, &filters(&[("t", 1)]));
+    for n in 0..50 {
+        assert_eq!(router.publish(message("t", 1, &n.to_string(), false)).delivered, 1);
+    }
+    // QoS 0 still meets its own, smaller bound, and that is no reason to kick.
+    assert_eq!(router.publish(message("t", 0, "a", false)).delivered, 1);
+    assert_eq!(router.publish(message("t", 0, "b", false)).delivered, 1);
+    assert_eq!(router.publish(message("t", 0, "c", false)).dropped, 1);
+    let payloads: Vec<String> = summary(&client.deliveries()).into_iter().map(|d| d.1).collect();
+    let expected: Vec<String> =
+        (0..50).map(|n| n.to_string()).chain(["a".into(), "b".into()]).collect();
+    assert_eq!(payloads, expected, "all of them, in order");
+}
+
+/// A device is reached on its `/sys/{pk}/{dn}/#` downlink by session id, online or parked,
+/// without an entry in the subscription index; an explicit subscription to the same topics
+/// does not deliver twice.
+#[tokio::test]
+async fn device_downlink_is_routed_without_a_subscription() {
+    let router = Router::new(LIMITS, 10);
+    let device = id(&crate::acl::device_session_id("pk", "dn"));
+    let (link, mut client) = handle(1, 16);
+    router.connect(&device, false, link).await;
+    assert_eq!(router.subscription_count(), 0);
+
+    router.publish(message("/sys/pk/dn/thing/bootstrap/notify", 1, "go", false));
+    router.publish(message("/sys/pk/dn", 0, "parent level", false));
+    router.publish(message("/sys/pk/other/thing/x", 1, "not mine", false));
+    router.publish(message("/sys/pk/dnx/thing/x", 1, "not mine either", false));
+    assert_eq!(
+        summary(&client.deliveries()),
+        [
+            ("/sys/pk/dn/thing/bootstrap/notify".into(), "go".into(), 1, false),
+            ("/sys/pk/dn".into(), "parent level".into(), 0, false),
+        ]
+    );
+
+    // Subscribed explicitly at QoS 0 as well: once, at the downlink's QoS 1.
+    router.subscribe(&device, &filters(&[("/sys/pk/dn/thing/#", 0)]));
+    assert_eq!(router.publish(message("/sys/pk/dn/thing/x", 1, "once", false)).delivered, 1);
+    assert_eq!(
+        summary(&client.deliveries()),
+        [("/sys/pk/dn/thing/x".into(), "once".into(), 1, false)]
+    );
+
+    // Parked: QoS 1 waits for the device's return.
+    router.disconnect(&device, 1, Parked::default(), &[]);
+    assert_eq!(router.publish(message("/sys/pk/dn/thing/y", 1, "later", false)).delivered, 1);
+    let (back, _client) = handle(2, 16);
+    assert_eq!(router.connect(&device, false, back).await.expect("session present").queued(), 1);
+
+    // A standard client that picks a device-looking clientId gets its own namespace.
+    let standard = crate::acl::Principal::Standard { username: None };
+    assert_ne!(standard.session_id("device:pk/dn"), *device);
+}
+
+/// Retained messages count against their own caps; a refused one is still delivered.
+#[tokio::test]
+async fn retained_store_is_capped() {
+    let router = Router::new(LIMITS, 10).with_retained_caps(2, 1_000);
+    let a = id("a");
+    let (link, mut client) = handle(1, 16);
+    router.connect(&a, true, link).await;
+    router.subscribe(&a, &filters(&[("r/#", 1)]));
+    for topic in ["r/1", "r/2", "r/3"] {
+        assert_eq!(router.publish(message(topic, 1, "v", true)).delivered, 1);
+    }
+    assert_eq!(client.deliveries().len(), 3, "delivered even when not retained");
+    assert_eq!(router.retained_count(), 2);
+    assert_eq!(router.retained_bytes(), 8);
+    let (b, (link_b, _c)) = (id("b"), handle(2, 16));
+    router.connect(&b, true, link_b).await;
+    let mut kept = summary(&router.subscribe(&b, &filters(&[("r/+", 1)])));
+    kept.sort();
+    assert_eq!(kept.iter().map(|d| d.0.as_str()).collect::<Vec<_>>(), ["r/1", "r/2"]);
 }

@@ -33,11 +33,9 @@ fn standard_session(now: Instant) -> Session {
     Session::new(now, standard(), standard_profile(), limits(), 60, None, None)
 }
 
-/// A device with keepalive 60 s; its implicit Subscribe event is drained.
+/// A device with keepalive 60 s.
 fn device_session(now: Instant) -> Session {
-    let mut session = Session::new(now, device(), Profile::DEVICE, limits(), 60, None, None);
-    let _ = events(&mut session);
-    session
+    Session::new(now, device(), Profile::DEVICE, limits(), 60, None, None)
 }
 
 fn transmitted(session: &mut Session) -> Vec<Packet> {
@@ -248,12 +246,14 @@ fn retain_is_kept_for_standard_clients_and_stripped_for_devices() {
 // ---- device profile ----
 
 #[test]
-fn device_is_subscribed_to_its_downlink_from_the_start() {
+fn device_downlink_is_the_routers_not_a_subscription() {
+    // The router reaches a device's `/sys/{pk}/{dn}/#` by its session id (see
+    // `router::tests::device_downlink_is_routed_without_a_subscription`): the session
+    // announces nothing and lists no filter for it.
     let now = Instant::now();
     let mut session = Session::new(now, device(), Profile::DEVICE, limits(), 60, None, None);
-    let downlink = format!("/sys/{PK}/{DN}/#");
-    assert_eq!(events(&mut session), vec![Event::Subscribe(vec![(downlink.clone(), 1)])]);
-    assert_eq!(session.filters().collect::<Vec<_>>(), vec![downlink.as_str()]);
+    assert!(events(&mut session).is_empty());
+    assert_eq!(session.filters().count(), 0);
     assert!(transmitted(&mut session).is_empty());
 
     // Nobody else gets one.
@@ -585,7 +585,7 @@ fn device_downlink_does_not_count_against_its_subscription_limit() {
         transmitted(&mut session),
         vec![Packet::SubAck(SubAck::new(999, vec![SubscribeReasonCode::Failure]))]
     );
-    assert_eq!(session.filters().count(), Profile::DEVICE.max_subscriptions + 1);
+    assert_eq!(session.filters().count(), Profile::DEVICE.max_subscriptions);
 }
 
 #[test]
@@ -615,7 +615,7 @@ fn unsubscribe_acknowledges_and_reports_what_was_removed() {
 }
 
 #[test]
-fn device_unsubscribing_its_downlink_keeps_the_implicit_subscription() {
+fn device_unsubscribing_its_downlink_removes_only_the_explicit_subscription() {
     let now = Instant::now();
     let view = RegistryView::default();
     let mut session = device_session(now);
@@ -625,22 +625,14 @@ fn device_unsubscribing_its_downlink_keeps_the_implicit_subscription() {
         transmitted(&mut session),
         vec![Packet::SubAck(SubAck::new(1, vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]))]
     );
-    let _ = events(&mut session);
+    assert_eq!(events(&mut session), vec![Event::Subscribe(vec![(downlink.clone(), 1)])]);
 
+    // The index entry goes; the downlink itself is routed by session id and stays.
     session.handle_packet(now, unsubscribe(2, &[&downlink]), &view).unwrap();
     assert_eq!(transmitted(&mut session), vec![Packet::UnsubAck(UnsubAck::new(2))]);
-    // The router holds one entry per (filter, session): removing it would cut the device off
-    // from its `/sys` downlink (bootstrap notify included), which it never asked for.
-    assert!(
-        events(&mut session).iter().all(
-            |event| !matches!(event, Event::Unsubscribe(filters) if filters.contains(&downlink))
-        ),
-        "implicit downlink must stay subscribed"
-    );
-    assert!(session.filters().any(|filter| filter == downlink));
+    assert_eq!(events(&mut session), vec![Event::Unsubscribe(vec![downlink])]);
+    assert_eq!(session.filters().count(), 0);
 }
-
-// ---- outbound deliveries ----
 
 #[test]
 fn qos0_delivery_is_sent_at_once_without_an_id() {
@@ -991,18 +983,6 @@ fn parked_qos2_publish_is_resent_with_dup() {
     assert_eq!(
         publishes(&transmitted(&mut resumed)),
         [(1, QoS::ExactlyOnce, true, "exactly".into())]
-    );
-}
-
-#[test]
-fn resumed_device_announces_its_downlink_again() {
-    let now = Instant::now();
-    let session = device_session(now);
-    let mut resumed =
-        Session::new(now, device(), Profile::DEVICE, limits(), 60, None, Some(session.park()));
-    assert_eq!(
-        events(&mut resumed),
-        vec![Event::Subscribe(vec![(format!("/sys/{PK}/{DN}/#"), 1)])]
     );
 }
 

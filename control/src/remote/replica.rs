@@ -148,6 +148,21 @@ impl Store for Replica {
         if self.mirrored(key) { self.local.get(key).await } else { self.remote.get(key).await }
     }
 
+    /// Mirrored keys from the local file in one read, the others from the remote; answers in
+    /// the order asked, like [`Replica::get`] per key.
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>, StoreError> {
+        let (local, remote): (Vec<String>, Vec<String>) =
+            keys.iter().cloned().partition(|key| self.mirrored(key));
+        let mut local = self.local.get_many(&local).await?.into_iter();
+        let mut remote = self.remote.get_many(&remote).await?.into_iter();
+        // Each side answers one entry per key it was asked, so neither runs out.
+        let entries = keys
+            .iter()
+            .map(|key| if self.mirrored(key) { local.next() } else { remote.next() }.flatten())
+            .collect();
+        Ok(entries)
+    }
+
     /// A prefix inside the mirrored ones (or covering some, like `""`) reads the local file —
     /// only mirrored keys, local revisions; any other prefix reads the remote.
     async fn scan_prefix(&self, prefix: &str) -> Result<Snapshot, StoreError> {

@@ -7,6 +7,7 @@
 //! |-------------------------------|------------------------------------------------------|
 //! | [`Revision`]                  | stream sequence of the bucket                        |
 //! | [`Store::get`]                | `Store::entry(key)`                                  |
+//! | [`Store::get_many`]           | `entry()` per key (JetStream has no multi-get)       |
 //! | [`Store::put`]                | `Store::put` (returns the sequence)                  |
 //! | [`Expect::Absent`]            | `Store::create`                                      |
 //! | [`Expect::Revision`]          | `Store::update(key, value, last_revision)`           |
@@ -125,6 +126,17 @@ pub enum StoreError {
 pub trait Store: Send + Sync + 'static {
     /// The current value of `key`.
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError>;
+
+    /// The current values of `keys`, in the same order (`None` where a key is absent). A
+    /// backend that can should read them all in one consistent read; the default reads them
+    /// one by one, as JetStream KV would.
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>, StoreError> {
+        let mut entries = Vec::with_capacity(keys.len());
+        for key in keys {
+            entries.push(self.get(key).await?);
+        }
+        Ok(entries)
+    }
 
     /// Every key starting with `prefix`, in key order, from one consistent read.
     async fn scan_prefix(&self, prefix: &str) -> Result<Snapshot, StoreError>;

@@ -90,6 +90,26 @@ impl Store for RedbStore {
         .await
     }
 
+    /// One read transaction for all of `keys`, so they are read as of one revision and a
+    /// batch of reads costs one hop to the blocking pool, not one per key.
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>, StoreError> {
+        let keys = keys.to_vec();
+        self.blocking(move |inner| {
+            let read = inner.db.begin_read().map_err(backend)?;
+            let kv = read.open_table(KV).map_err(backend)?;
+            let mut entries = Vec::with_capacity(keys.len());
+            for key in keys {
+                let entry = kv.get(key.as_str()).map_err(backend)?.map(|guard| {
+                    let (revision, value) = guard.value();
+                    Entry { key, value: Bytes::copy_from_slice(value), revision }
+                });
+                entries.push(entry);
+            }
+            Ok(entries)
+        })
+        .await
+    }
+
     async fn scan_prefix(&self, prefix: &str) -> Result<Snapshot, StoreError> {
         let prefix = prefix.to_owned();
         self.blocking(move |inner| {

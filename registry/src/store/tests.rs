@@ -130,6 +130,51 @@ async fn rejects_bad_keys_and_duplicates() {
 }
 
 #[tokio::test]
+async fn get_many_answers_in_order_with_gaps() {
+    let (_dir, store) = open();
+    store.put("a", value("1")).await.unwrap();
+    store.put("b", value("2")).await.unwrap();
+    store.put("a", value("3")).await.unwrap();
+    let keys: Vec<String> = ["b", "missing", "a", "b"].map(String::from).to_vec();
+
+    let entries = store.get_many(&keys).await.unwrap();
+    let got: Vec<_> =
+        entries.iter().map(|e| e.as_ref().map(|e| (e.key.as_str(), e.revision))).collect();
+    assert_eq!(got, vec![Some(("b", 2)), None, Some(("a", 3)), Some(("b", 2))]);
+    for (key, entry) in keys.iter().zip(&entries) {
+        assert_eq!(&store.get(key).await.unwrap(), entry);
+    }
+    // The trait's one-by-one default (what a remote backend uses) answers the same.
+    assert_eq!(GetOnly(store.clone()).get_many(&keys).await.unwrap(), entries);
+    assert!(store.get_many(&[]).await.unwrap().is_empty());
+}
+
+/// A store that keeps the trait's default `get_many`.
+struct GetOnly(RedbStore);
+
+#[async_trait::async_trait]
+impl Store for GetOnly {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        self.0.get(key).await
+    }
+    async fn scan_prefix(&self, prefix: &str) -> Result<Snapshot, StoreError> {
+        self.0.scan_prefix(prefix).await
+    }
+    async fn batch(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
+        self.0.batch(ops).await
+    }
+    async fn revision(&self) -> Result<Revision, StoreError> {
+        self.0.revision().await
+    }
+    fn watch_from(&self, after: Revision) -> Watch {
+        self.0.watch_from(after)
+    }
+    async fn compact(&self, through: Revision) -> Result<(), StoreError> {
+        self.0.compact(through).await
+    }
+}
+
+#[tokio::test]
 async fn scan_prefix_is_ordered_and_bounded() {
     let (_dir, store) = open();
     for key in ["devices/p1/b", "devices/p1/a", "devices/p2/a", "products/p1", "devices/p10/z"] {

@@ -31,7 +31,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let count: usize = count.parse()?;
     let store = Arc::new(RedbStore::open(&path)?);
     let registry = Registry::new(store, SecretKey::from_hex(KEY)?, Arc::new(SystemClock));
-    let plane = ControlPlane::new(registry.clone(), "operator");
+    // 500 devices per commit, not the default whole task in one: the task then takes several
+    // commits, so the kills land between and inside them.
+    let plane = ControlPlane::new(registry.clone(), "operator").with_task_batch(500);
     let owner = "crash".parse()?;
 
     if registry.account(&owner).await.is_err() {

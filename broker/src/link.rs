@@ -1,0 +1,302 @@
+//! The router's line to one online connection: an inbox of deliveries, the kick that ends the
+//! connection, and the signal that its task has finished.
+//!
+//! One small shared object per connection instead of three channels: an idle connection holds
+//! an empty `VecDeque` (no allocation) and two `Notify`s, about 150 bytes in all. The inbox is
+//! bounded per QoS, because the two promise different things:
+//! - QoS 0 deliveries wait up to `mailbox`; beyond it they are dropped (a client that does not
+//!   read is a slow consumer, and QoS 0 promises nothing).
+//! - QoS 1/2 deliveries wait up to `queued`, the same bound a session's queue has behind its
+//!   inflight window, so a burst of QoS 1 traffic is queued the way MQTT promises rather than
+//!   dropped at the size of a scheduling buffer.
+//!
+//! The router pushes and wakes; the connection task drains everything on each wake-up, so one
+//! wake-up writes many messages.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
+
+use crate::router::Kick;
+use crate::session::Delivery;
+
+/// Why [`Link::push`] handed a delivery back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The inbox holds as many deliveries of this QoS class as it may.
+    Full,
+    /// The connection no longer reads its inbox (it is ending).
+    Closed,
+}
+
+/// Shared between the router (pushing, kicking, awaiting the end) and one connection task.
+#[derive(Debug)]
+pub struct Link {
+    connection: u64,
+    /// Bound on QoS 0 deliveries waiting.
+    mailbox: usize,
+    /// Bound on QoS 1/2 deliveries waiting.
+    queued: usize,
+    state: Mutex<State>,
+    /// Wakes the connection task: a delivery or a kick is waiting.
+    wake: Notify,
+    /// Wakes takeovers waiting for this connection to finish.
+    done: Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    inbox: VecDeque<Delivery>,
+    /// QoS 0 deliveries in `inbox`; the rest are QoS 1/2.
+    qos0: usize,
+    kick: Option<Kick>,
+    closed: bool,
+    finished: bool,
+}
+
+impl Link {
+    pub fn new(connection: u64, mailbox: usize, queued: usize) -> Link {
+        Link {
+            connection,
+            mailbox,
+            queued,
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            done: Notify::new(),
+        }
+    }
+
+    /// The broker-wide number of the connection this link reaches.
+    pub fn connection(&self) -> u64 {
+        self.connection
+    }
+
+    /// Queues a delivery for the connection, or hands it back with why not.
+    pub fn push(&self, delivery: Delivery) -> Result<(), (Refused, Delivery)> {
+        let mut state = lock(&self.state);
+        if state.closed {
+            return Err((Refused::Closed, delivery));
+        }
+        let qos0 = delivery.qos == 0;
+        let full = if qos0 {
+            state.qos0 >= self.mailbox
+        } else {
+            state.inbox.len() - state.qos0 >= self.queued
+        };
+        if full {
+            return Err((Refused::Full, delivery));
+        }
+        state.qos0 += usize::from(qos0);
+        state.inbox.push_back(delivery);
+        drop(state);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Whether the connection is falling behind: half of either bound is waiting.
+    pub fn backlogged(&self) -> bool {
+        let state = lock(&self.state);
+        state.qos0 >= self.mailbox.div_ceil(2)
+            || state.inbox.len() - state.qos0 >= self.queued.div_ceil(2)
+    }
+
+    /// Tells the connection to end. The first kick is the reason it ends with; later ones are
+    /// ignored. Returns false when the connection has already stopped reading.
+    pub fn kick(&self, reason: Kick) -> bool {
+        let mut state = lock(&self.state);
+        if state.closed {
+            return false;
+        }
+        state.kick.get_or_insert(reason);
+        drop(state);
+        self.wake.notify_one();
+        true
+    }
+
+    /// Whether the connection task has finished (parked or forgotten its session).
+    pub fn is_finished(&self) -> bool {
+        lock(&self.state).finished
+    }
+
+    /// Resolves once the connection task has finished.
+    pub async fn finished(&self) {
+        loop {
+            let notified = self.done.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a `finish` between the two is not missed.
+            notified.as_mut().enable();
+            if self.is_finished() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    // The connection task's side.
+
+    /// Resolves when something may be waiting; spurious wake-ups are possible, so follow it
+    /// with [`Link::take`].
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// The kick, if there has been one (deliveries stay queued).
+    pub fn kicked(&self) -> Option<Kick> {
+        lock(&self.state).kick
+    }
+
+    /// Everything waiting: the deliveries (appended to `into`, in order) and the kick, if any.
+    pub fn take(&self, into: &mut VecDeque<Delivery>) -> Option<Kick> {
+        let mut state = lock(&self.state);
+        if into.is_empty() {
+            std::mem::swap(into, &mut state.inbox);
+        } else {
+            into.append(&mut state.inbox);
+        }
+        state.qos0 = 0;
+        state.kick
+    }
+
+    /// Stops accepting deliveries and kicks; returns what was still waiting, so its share of
+    /// the queue budget can be given back.
+    pub fn close(&self) -> VecDeque<Delivery> {
+        let mut state = lock(&self.state);
+        state.closed = true;
+        state.qos0 = 0;
+        std::mem::take(&mut state.inbox)
+    }
+
+    /// Marks the connection task finished and wakes whoever waits for it.
+    pub fn finish(&self) {
+        let mut state = lock(&self.state);
+        state.closed = true;
+        state.finished = true;
+        drop(state);
+        self.done.notify_waiters();
+    }
+}
+
+/// Finishes the link when dropped, so a takeover is not left waiting even if the connection
+/// task unwinds before its orderly end.
+#[derive(Debug)]
+pub struct FinishOnDrop<'a>(pub &'a Link);
+
+impl Drop for FinishOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
+}
+
+// Every critical section is a few field updates that cannot panic halfway, so a poisoned lock
+// still guards consistent state.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use futures::FutureExt;
+
+    use super::*;
+    use crate::session::Message;
+
+    fn delivery(qos: u8, payload: &'static str) -> Delivery {
+        let message = Message {
+            topic: "t".into(),
+            payload: Bytes::from_static(payload.as_bytes()),
+            qos,
+            retain: false,
+        };
+        Delivery { message: Arc::new(message), qos, retain: false }
+    }
+
+    fn payloads(deliveries: &VecDeque<Delivery>) -> Vec<&[u8]> {
+        deliveries.iter().map(|d| &d.message.payload[..]).collect()
+    }
+
+    #[test]
+    fn qos0_and_qos1_have_separate_bounds() {
+        let link = Link::new(1, 2, 3);
+        for payload in ["a", "b"] {
+            link.push(delivery(0, payload)).unwrap();
+        }
+        assert_eq!(link.push(delivery(0, "c")).unwrap_err().0, Refused::Full);
+        // A full QoS 0 mailbox does not refuse QoS 1.
+        for payload in ["1", "2", "3"] {
+            link.push(delivery(1, payload)).unwrap();
+        }
+        assert_eq!(link.push(delivery(2, "4")).unwrap_err().0, Refused::Full);
+
+        let mut taken = VecDeque::new();
+        assert_eq!(link.take(&mut taken), None);
+        assert_eq!(payloads(&taken), [b"a", b"b", b"1", b"2", b"3"]);
+        // Taking frees both bounds.
+        link.push(delivery(0, "c")).unwrap();
+        link.push(delivery(1, "4")).unwrap();
+        assert_eq!(link.take(&mut taken), None);
+        assert_eq!(taken.len(), 7, "appended in order");
+    }
+
+    #[test]
+    fn backlogged_at_half_of_either_bound() {
+        let link = Link::new(1, 4, 4);
+        link.push(delivery(0, "a")).unwrap();
+        link.push(delivery(1, "b")).unwrap();
+        assert!(!link.backlogged());
+        link.push(delivery(0, "c")).unwrap();
+        assert!(link.backlogged());
+        link.take(&mut VecDeque::new());
+        link.push(delivery(1, "d")).unwrap();
+        link.push(delivery(1, "e")).unwrap();
+        assert!(link.backlogged());
+    }
+
+    #[test]
+    fn the_first_kick_is_kept_and_a_closed_link_refuses_everything() {
+        let link = Link::new(1, 4, 4);
+        link.push(delivery(1, "a")).unwrap();
+        assert!(link.kick(Kick::TakenOver));
+        assert!(link.kick(Kick::Shutdown));
+        assert_eq!(link.kicked(), Some(Kick::TakenOver));
+
+        let left = link.close();
+        assert_eq!(payloads(&left), [b"a"]);
+        assert_eq!(link.push(delivery(1, "b")).unwrap_err().0, Refused::Closed);
+        assert!(!link.kick(Kick::Shutdown));
+        assert!(!link.is_finished(), "closed is not finished");
+    }
+
+    #[tokio::test]
+    async fn a_push_before_the_wait_is_not_lost() {
+        let link = Link::new(1, 4, 4);
+        link.push(delivery(0, "a")).unwrap();
+        // The permit stored by the push completes the wait at once.
+        assert!(link.woken().now_or_never().is_some());
+        let mut taken = VecDeque::new();
+        link.take(&mut taken);
+        assert_eq!(taken.len(), 1);
+        assert!(link.woken().now_or_never().is_none(), "nothing more to wake for");
+    }
+
+    #[tokio::test]
+    async fn finished_wakes_every_waiter_and_resolves_after_the_fact() {
+        let link = Arc::new(Link::new(1, 4, 4));
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let link = link.clone();
+                tokio::spawn(async move { link.finished().await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        assert!(waiters.iter().all(|w| !w.is_finished()));
+        drop(FinishOnDrop(&link));
+        for waiter in waiters {
+            waiter.await.unwrap();
+        }
+        assert!(link.finished().now_or_never().is_some());
+    }
+}

@@ -1,0 +1,123 @@
+//! Raw MQTT 3.1.1 over a plain socket, for what a client library will not do: a CONNECT with
+//! exactly the fields a test names (a captured SDK login, a 1 s keepalive, a wrong protocol
+//! level), a client that never reads, a CONNACK checked as it came off the wire.
+//!
+//! Packets are encoded by mqttbytes through the broker's own `codec::encode`, and CONNACKs
+//! decoded by mqttbytes, so no test writes lengths or flag bits by hand. This module never
+//! sends malformed bytes: a test about malformed input spells its bytes out itself, so the
+//! reader sees exactly what goes on the wire.
+
+use std::io;
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+use mqttbytes::v4::{Subscribe, SubscribeFilter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub use mqttbytes::QoS;
+pub use mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, Packet};
+
+use crate::HANG;
+
+/// The CONNACK accepting a clean session.
+pub const ACCEPTED: ConnAck = ConnAck { session_present: false, code: ConnectReturnCode::Success };
+
+/// Connects to `addr`, sends `connect` and returns the connection with the broker's CONNACK.
+/// Panics if the broker closes the connection instead of answering.
+pub async fn open(addr: SocketAddr, connect: &[u8]) -> (TcpStream, ConnAck) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect to the broker");
+    let ack = handshake(&mut stream, connect).await.expect("a CONNACK, not a closed connection");
+    (stream, ack)
+}
+
+/// Sends `connect` on `stream` and reads the broker's CONNACK.
+///
+/// # Errors
+///
+/// When the broker closed the connection instead of answering (refused at accept, say). A
+/// failed write is such a refusal too: the broker may close before the CONNECT is out.
+pub async fn handshake<S>(stream: &mut S, connect: &[u8]) -> io::Result<ConnAck>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    stream.write_all(connect).await?;
+    read_connack(stream).await
+}
+
+/// Reads the CONNACK that answers a CONNECT. Panics on any other packet, or on no answer
+/// within [`HANG`].
+///
+/// # Errors
+///
+/// When the connection closes before a whole CONNACK arrived.
+pub async fn read_connack<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<ConnAck> {
+    let mut connack = [0u8; CONNACK_LEN];
+    tokio::time::timeout(HANG, stream.read_exact(&mut connack)).await.expect("CONNACK in time")?;
+    Ok(decode_connack(connack))
+}
+
+/// A CONNECT of MQTT 3.1.1 with a clean session, logging in as `login` (username, password)
+/// when given. Its fields are public, for a test that needs a will, a persistent session or
+/// another protocol level; [`encode`] it then.
+pub fn connect(client_id: &str, login: Option<(&str, &str)>, keep_alive: u16) -> Connect {
+    let mut connect = Connect::new(client_id);
+    connect.keep_alive = keep_alive;
+    if let Some((username, password)) = login {
+        connect.set_login(username, password);
+    }
+    connect
+}
+
+/// The bytes of [`connect`]`(client_id, login, keep_alive)`.
+pub fn connect_packet(client_id: &str, login: Option<(&str, &str)>, keep_alive: u16) -> Vec<u8> {
+    encode(&Packet::Connect(connect(client_id, login, keep_alive)))
+}
+
+/// A SUBSCRIBE with packet id `pkid` for each `(filter, maximum QoS)`.
+pub fn subscribe_packet(pkid: u16, filters: &[(&str, QoS)]) -> Vec<u8> {
+    let filters = filters.iter().map(|&(path, qos)| SubscribeFilter::new(path.to_owned(), qos));
+    let mut subscribe = Subscribe::new_many(filters);
+    subscribe.pkid = pkid;
+    encode(&Packet::Subscribe(subscribe))
+}
+
+/// The wire bytes of `packet`. Panics on a packet mqttbytes cannot write faithfully (a login
+/// with an empty username, a QoS 1 PUBLISH with packet id 0).
+pub fn encode(packet: &Packet) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    meridian_broker::codec::encode(packet, &mut out).expect("an encodable packet");
+    out.to_vec()
+}
+
+/// The same over `std::net` streams, for tests that drive daemon processes without a runtime.
+pub mod blocking {
+    use std::io::{self, Read, Write};
+
+    use super::{CONNACK_LEN, ConnAck, decode_connack};
+
+    /// Sends `connect` on `stream` and reads the broker's CONNACK. Panics on any other packet;
+    /// a read timeout is the stream's own.
+    ///
+    /// # Errors
+    ///
+    /// When the broker closed the connection instead of answering, or the read timed out.
+    pub fn handshake<S: Read + Write>(stream: &mut S, connect: &[u8]) -> io::Result<ConnAck> {
+        stream.write_all(connect)?;
+        let mut connack = [0u8; CONNACK_LEN];
+        stream.read_exact(&mut connack)?;
+        Ok(decode_connack(connack))
+    }
+}
+
+/// A CONNACK's length in MQTT 3.1.1, fixed header included (§3.2): reading exactly that much
+/// never takes a byte of what follows it.
+const CONNACK_LEN: usize = 4;
+
+/// Decodes what should be a CONNACK; panics on anything else.
+fn decode_connack(bytes: [u8; CONNACK_LEN]) -> ConnAck {
+    match mqttbytes::v4::read(&mut BytesMut::from(&bytes[..]), CONNACK_LEN) {
+        Ok(Packet::ConnAck(ack)) => ack,
+        other => panic!("expected a CONNACK, read {bytes:02x?}: {other:?}"),
+    }
+}

@@ -1,0 +1,142 @@
+//! The broker's resident-memory cap (`max_rss`) under a 10× overload, measured on a broker in
+//! its own process (`broker-proc`): its resident set is sampled throughout and never reaches
+//! the cap, a well-behaved subscriber receives every message meant for it, and the broker
+//! still admits a new client afterwards.
+#![cfg(target_os = "linux")]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use meridian_broker::memory::parse_vm_rss;
+use meridian_tests::{Client, HANG, USER, raw, user_options};
+use rumqttc::QoS;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The broker process's cap.
+const CAP: usize = 64 * 1024 * 1024;
+const PAYLOAD: usize = 8 * 1024;
+/// Ten times the cap, offered to sessions that never read.
+const MESSAGES: usize = 10 * CAP / PAYLOAD;
+const OFFLINE: usize = 20;
+/// Every this many messages, one goes to the live subscriber.
+const LIVE_EVERY: usize = 64;
+
+fn resident(pid: u32) -> Option<usize> {
+    parse_vm_rss(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_times_overload_keeps_the_broker_process_under_its_memory_cap() {
+    // The queue budget is set far above the load, so the memory cap alone bounds it.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_broker-proc"))
+        .args([CAP.to_string(), (64 * CAP).to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn broker-proc");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let line = lines.next().expect("a line").expect("read");
+    let addr: std::net::SocketAddr =
+        line.strip_prefix("listening ").expect("listening line").parse().expect("address");
+    let pid = child.id();
+    let baseline = resident(pid).expect("broker RSS");
+    assert!(baseline < CAP / 2, "the broker starts at {baseline} bytes: the cap means nothing");
+
+    // Sampled every millisecond from another thread for as long as the load runs.
+    let peak = Arc::new(AtomicUsize::new(baseline));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = std::thread::spawn({
+        let (peak, stop) = (peak.clone(), stop.clone());
+        move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(rss) = resident(pid) {
+                    peak.fetch_max(rss, Ordering::Relaxed);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    });
+
+    // Persistent sessions that subscribe and go away: everything sent to them waits in memory.
+    for n in 0..OFFLINE {
+        let id = format!("offline{n}");
+        let connect = raw::Connect { clean_session: false, ..raw::connect(&id, Some(USER), 60) };
+        let (mut stream, _) = raw::open(addr, &raw::encode(&raw::Packet::Connect(connect))).await;
+        let filter = format!("load/{n}");
+        stream
+            .write_all(&raw::subscribe_packet(1, &[(&filter, raw::QoS::AtLeastOnce)]))
+            .await
+            .unwrap();
+        let mut suback = [0u8; 5];
+        stream.read_exact(&mut suback).await.unwrap();
+        assert_eq!(suback, [0x90, 0x03, 0x00, 0x01, 0x01]);
+        stream.write_all(&[0xE0, 0x00]).await.unwrap();
+    }
+    // A subscriber that keeps up.
+    let (mut live, _) = Client::connect(user_options(addr, "live")).await.unwrap();
+    live.client.subscribe("live/#", QoS::AtLeastOnce).await.unwrap();
+    live.expect(|packet| matches!(packet, rumqttc::Packet::SubAck(_))).await;
+    let live_expected = MESSAGES.div_ceil(LIVE_EVERY);
+    let received = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while seen.len() < live_expected {
+            let publish = live.publish().await;
+            seen.push(String::from_utf8(publish.payload.to_vec()).unwrap());
+        }
+        seen
+    });
+
+    let (publisher, _) = raw::open(addr, &raw::connect_packet("overload", Some(USER), 60)).await;
+    let (mut reader, mut writer) = publisher.into_split();
+    // PUBACKs are read as they come, so the broker never blocks writing them; PINGRESP marks
+    // that everything before it has been handled.
+    let drained = tokio::spawn(async move {
+        let mut packet = [0u8; 2];
+        loop {
+            reader.read_exact(&mut packet).await.expect("answers");
+            match packet {
+                [0x40, 0x02] => {
+                    let mut pkid = [0u8; 2];
+                    reader.read_exact(&mut pkid).await.expect("PUBACK id");
+                }
+                [0xD0, 0x00] => return,
+                other => panic!("unexpected packet {other:02x?}"),
+            }
+        }
+    });
+    for m in 0..MESSAGES {
+        let (topic, payload) = if m % LIVE_EVERY == 0 {
+            (format!("live/{m}"), m.to_string().into_bytes())
+        } else {
+            let mut payload = Vec::with_capacity(PAYLOAD);
+            payload.extend_from_slice(&(m as u64).to_be_bytes());
+            payload.resize(PAYLOAD, (m % 251) as u8);
+            (format!("load/{}", m % OFFLINE), payload)
+        };
+        let mut publish = mqttbytes::v4::Publish::new(topic, raw::QoS::AtLeastOnce, payload);
+        publish.pkid = u16::try_from(m % 65_535 + 1).unwrap();
+        writer.write_all(&raw::encode(&raw::Packet::Publish(publish))).await.unwrap();
+    }
+    writer.write_all(&[0xC0, 0x00]).await.unwrap();
+    tokio::time::timeout(HANG * 4, drained).await.expect("overload handled").unwrap();
+    let seen = tokio::time::timeout(HANG, received).await.expect("live messages").unwrap();
+
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let peak = peak.load(Ordering::Relaxed);
+    assert!(peak < CAP, "resident set peaked at {peak} bytes, cap {CAP} (from {baseline})");
+    // The shedding engaged: far more was offered than the cap.
+    assert!(peak > CAP / 2, "peak {peak}: the load never came near the cap");
+    // The subscriber that keeps up lost nothing, in order.
+    let expected: Vec<String> = (0..MESSAGES).step_by(LIVE_EVERY).map(|m| m.to_string()).collect();
+    assert_eq!(seen, expected);
+
+    // Still up, and admitting: a new client connects.
+    let (_stream, ack) = raw::open(addr, &raw::connect_packet("after", Some(USER), 60)).await;
+    assert_eq!(ack.code, raw::ConnectReturnCode::Success);
+
+    drop(child.stdin.take());
+    child.wait().expect("broker-proc exits when its stdin closes");
+}
