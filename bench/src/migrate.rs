@@ -43,8 +43,8 @@ pub struct MigrateArgs {
     #[arg(long, default_value_t = 10_000)]
     pub devices: usize,
     /// The brokers' `limits.notify_rate` (bootstrap notifies per second; the shipped default
-    /// is 2,000). Several values: one run each, with a fresh world.
-    #[arg(long, value_delimiter = ',', default_values = ["2000"])]
+    /// is 5,000). Several values: one run each, with a fresh world.
+    #[arg(long, value_delimiter = ',', default_values = ["5000"])]
     pub notify_rate: Vec<u32>,
     /// Initial connections in flight while the fleet comes online.
     #[arg(long, default_value_t = 256)]

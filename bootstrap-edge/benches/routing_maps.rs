@@ -177,7 +177,7 @@ impl Routes {
         };
         Self {
             specified: Route::Specified(Arc::new("iot-fra-1".parse().expect("instance id"))),
-            nearest: Route::Nearest(Arc::new(Candidates(Box::new([
+            nearest: Route::Nearest(Arc::new(Candidates::new(Box::new([
                 candidate("eu-central-1", "iot-fra-1"),
                 candidate("cn-shanghai", "iot-sh-1"),
                 candidate("us-east-1", "iot-va-1"),

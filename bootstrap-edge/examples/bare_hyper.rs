@@ -1,7 +1,8 @@
 //! The load-test peer of the bootstrap edge: the same hyper server set-up (HTTP/1.1 keep-alive,
-//! header read timeout, `TCP_NODELAY`, multi-threaded tokio) answering every request with a
-//! fixed bootstrap body after reading the request body, and doing nothing else. The gap between
-//! this and the edge is what the edge's own work costs. See `bench/bootstrap-http.sh`.
+//! header read timeout, flattened writes, `TCP_NODELAY`, multi-threaded tokio) answering every
+//! request with a fixed bootstrap body after reading the request body, and doing nothing else.
+//! The gap between this and the edge is what the edge's own work costs. See
+//! `bench/bootstrap-http.sh`.
 //!
 //! `cargo run --release -p meridian-edge --example bare_hyper -- 127.0.0.1:18081`
 
@@ -28,7 +29,8 @@ async fn main() {
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10))
         .max_header_size(8 * 1024)
-        .keep_alive(true);
+        .keep_alive(true)
+        .writev(false);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;

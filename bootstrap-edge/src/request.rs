@@ -34,11 +34,11 @@ pub(crate) fn is_form(headers: &HeaderMap) -> bool {
 /// [`Rejection::InvalidParameter`] for one that is not a valid identifier.
 pub(crate) fn parse_form(body: &[u8]) -> Result<DeviceKey, Rejection> {
     // `form_urlencoded` would decode invalid UTF-8 lossily; refuse it instead.
-    std::str::from_utf8(body).map_err(|_| Rejection::MalformedBody)?;
+    let body = std::str::from_utf8(body).map_err(|_| Rejection::MalformedBody)?;
     let mut product_key = None;
     let mut device_name = None;
     let mut ignored_seen = [false; IGNORED_FIELDS.len()];
-    for (name, value) in form_urlencoded::parse(body) {
+    for (name, value) in Fields::new(body) {
         let repeated = match &*name {
             "productKey" => product_key.replace(value).is_some(),
             "deviceName" => device_name.replace(value).is_some(),
@@ -61,6 +61,66 @@ pub(crate) fn parse_form(body: &[u8]) -> Result<DeviceKey, Rejection> {
             .parse::<DeviceName>()
             .map_err(|_| Rejection::InvalidParameter("deviceName"))?,
     })
+}
+
+/// The `(name, value)` fields of a form body, decoded exactly as `form_urlencoded::parse`
+/// decodes them: split at `&` (empty fields skipped), then at the first `=` (none: an empty
+/// value), then `+` and percent escapes decoded.
+///
+/// A field with neither `%` nor `+` decodes to itself, so it is borrowed as it is; only a field
+/// with escapes goes through the crate. The SDKs escape nothing, and one pass that finds the
+/// boundaries and the escapes together costs a quarter of the instructions of the crate's
+/// plus-replacement, percent-decoding and UTF-8 passes over every name and value.
+struct Fields<'a> {
+    /// The body after the fields returned so far.
+    rest: &'a str,
+}
+
+impl<'a> Fields<'a> {
+    fn new(body: &'a str) -> Self {
+        Self { rest: body }
+    }
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = (Cow<'a, str>, Cow<'a, str>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.rest.is_empty() {
+            let mut end = self.rest.len();
+            let mut equals = None;
+            let mut escaped = false;
+            for (index, byte) in self.rest.bytes().enumerate() {
+                match byte {
+                    b'&' => {
+                        end = index;
+                        break;
+                    }
+                    b'=' if equals.is_none() => equals = Some(index),
+                    b'%' | b'+' => escaped = true,
+                    _ => {}
+                }
+            }
+            // ASCII bytes never occur inside a multi-byte character, so every index found is a
+            // character boundary. Past the last field, `end + 1` is beyond the body: nothing is
+            // left.
+            let field = &self.rest[..end];
+            self.rest = self.rest.get(end + 1..).unwrap_or_default();
+            if field.is_empty() {
+                continue;
+            }
+            if escaped {
+                // A non-empty field without `&` is exactly one pair to the crate.
+                return form_urlencoded::parse(field.as_bytes()).next();
+            }
+            let (name, value) = match equals {
+                Some(index) => (&field[..index], &field[index + 1..]),
+                None => (field, ""),
+            };
+            return Some((Cow::Borrowed(name), Cow::Borrowed(value)));
+        }
+        None
+    }
 }
 
 fn required<'a>(
@@ -121,6 +181,60 @@ mod tests {
         assert_eq!(
             device("clientId=1&clientId=2&productKey=a1b2c3d4e5f&deviceName=test"),
             Err(Rejection::MalformedBody)
+        );
+    }
+
+    /// The plain-field shortcut must split and decode every body as the crate does.
+    #[test]
+    fn fields_decode_as_the_crate_does() {
+        let bodies = [
+            "",
+            "&",
+            "&&productKey=a1b2c3d4e5f&&",
+            "productKey",
+            "productKey=",
+            "=value",
+            "=",
+            "a=b=c&d==e",
+            "deviceName=dev%3A01%40home&x=1",
+            "device%4Eame=test&product+Key=x",
+            "a+b=c+d&e=%2B&f=%zz&g=%&h=%4",
+            "k=%FF%FE&l=%C3%A9&m=\u{e9}t\u{e9}",
+            "productKey=a1b2c3d4e5f&deviceName=bootstrap_posix_demo&clientId=a1b2c3d4e5f.\
+             bootstrap_posix_demo&timestamp=2524608000000&resources=mqtt",
+        ];
+        for body in bodies {
+            let ours: Vec<_> = Fields::new(body).collect();
+            let crates: Vec<_> = form_urlencoded::parse(body.as_bytes()).collect();
+            assert_eq!(ours, crates, "{body:?}");
+        }
+    }
+
+    #[test]
+    fn escaped_names_and_empty_fields() {
+        assert_eq!(
+            device("&&product%4Bey=a1b2c3d4e5f&&device+Name=x&deviceName=test&"),
+            Ok("a1b2c3d4e5f/test".to_owned()),
+            "an escaped name is the field it decodes to; `device Name` is unknown"
+        );
+        assert_eq!(
+            device("productKey=a1b2c3d4e5f&device%4Eame=test&deviceName=test"),
+            Err(Rejection::MalformedBody),
+            "a duplicate is found after decoding"
+        );
+        assert_eq!(
+            device("productKey=a1b2c3d4e5f&deviceName=te+st"),
+            Err(Rejection::InvalidParameter("deviceName")),
+            "`+` is a space"
+        );
+        assert_eq!(
+            device("productKey=a1b2c3d4e5f&deviceName=a=b"),
+            Err(Rejection::InvalidParameter("deviceName")),
+            "the value runs from the first `=`"
+        );
+        assert_eq!(
+            device("productKey&deviceName=test"),
+            Err(Rejection::MissingParameter("productKey"))
         );
     }
 

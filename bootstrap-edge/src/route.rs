@@ -2,9 +2,13 @@
 //! heap allocation and a 16-byte value that shares placement data between devices.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 
+use arc_swap::{ArcSwap, Guard};
+use bytes::Bytes;
 use compact_str::CompactString;
+use meridian_geo::{Locator, LookupOutcome};
 use meridian_registry::ids::InstanceId;
 use meridian_registry::model::PlacementCandidate;
 
@@ -58,9 +62,70 @@ pub enum Route {
     Nearest(Arc<Candidates>),
 }
 
-/// A nearest-access candidate set, in the order the placement lists it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Candidates(pub Box<[PlacementCandidate]>);
+/// A nearest-access candidate set, in the order the placement lists it, with the choices a
+/// request picks from.
+#[derive(Debug)]
+pub struct Candidates {
+    list: Box<[PlacementCandidate]>,
+    /// The candidates the table's catalogue can resolve, with their answers. The table's writer
+    /// rebuilds them whenever the catalogue changes, so a request neither looks its candidates
+    /// up nor copies their region records (an allocation per candidate).
+    choices: ArcSwap<Choices>,
+}
+
+impl Candidates {
+    /// A set with no choices yet: the table's writer fills them in.
+    #[must_use]
+    pub fn new(list: Box<[PlacementCandidate]>) -> Self {
+        Self { list, choices: ArcSwap::from_pointee(Choices::default()) }
+    }
+
+    /// The candidates, in placement order.
+    #[must_use]
+    pub fn list(&self) -> &[PlacementCandidate] {
+        &self.list
+    }
+
+    pub(crate) fn choices(&self) -> Guard<Arc<Choices>> {
+        self.choices.load()
+    }
+
+    pub(crate) fn set_choices(&self, choices: Choices) {
+        self.choices.store(Arc::new(choices));
+    }
+}
+
+/// Equal placements: the choices follow from the list and the catalogue.
+impl PartialEq for Candidates {
+    fn eq(&self, other: &Self) -> bool {
+        self.list == other.list
+    }
+}
+
+impl Eq for Candidates {}
+
+/// The resolvable candidates of a set as the locator takes them: `regions[i]` is answered with
+/// `replies[i]`.
+#[derive(Debug, Default)]
+pub(crate) struct Choices {
+    pub(crate) regions: Vec<meridian_geo::Region>,
+    /// Complete `200` bodies, shared with the catalogue's instance entries.
+    pub(crate) replies: Vec<Bytes>,
+}
+
+impl Choices {
+    /// The answer for a client at `client`; `None` when no candidate is resolvable.
+    pub(crate) fn pick(
+        &self,
+        client: IpAddr,
+        locator: &Locator,
+    ) -> Option<(&Bytes, Option<LookupOutcome>)> {
+        let pick = locator.pick(client, &self.regions)?;
+        let chosen = self.regions.iter().position(|region| region.id == pick.region_id)?;
+        // `regions` and `replies` are built together, so the index is valid for both.
+        Some((&self.replies[chosen], Some(pick.outcome)))
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -20,7 +20,7 @@ use foldhash::fast::RandomState;
 use meridian_geo::{Locator, LookupOutcome};
 use meridian_registry::ids::{DeviceKey, InstanceId, ProductKey, RegionId};
 use meridian_registry::keys;
-use meridian_registry::model::{Edition, Instance, Placement, Region};
+use meridian_registry::model::{Edition, Instance, Placement, PlacementCandidate, Region};
 use meridian_registry::store::{Change, Revision};
 use scc::hash_index::Entry;
 use scc::{Guard, HashIndex};
@@ -29,7 +29,7 @@ use tokio::sync::watch;
 
 use crate::metrics;
 use crate::reply;
-use crate::route::{Candidates, ProductNo, Route, RouteKey};
+use crate::route::{Candidates, Choices, ProductNo, Route, RouteKey};
 
 /// Where devices are placed, readable from every request without blocking.
 pub struct RoutingTable {
@@ -111,6 +111,8 @@ impl RoutingTable {
         let no = product.map_or(ProductNo::UNKNOWN, |p| p.no);
         let found = self.devices.peek(&RouteKey::new(no, device.device_name.as_str()), &guard);
         let catalogue = self.catalogue.load();
+        // Keeps a nearest-access set's choices loaded while `resolved` borrows a reply.
+        let choices;
 
         // An unknown device is resolved as a home-placed one, then the answer is dropped.
         let route = found.unwrap_or(&Route::Home);
@@ -118,15 +120,18 @@ impl RoutingTable {
             Route::Home => {
                 let home = product.and_then(|p| p.home.as_deref());
                 let entry = catalogue.instances.get(home.unwrap_or(&self.decoy));
-                home.and(entry).map(|entry| (entry, None))
+                home.and(entry).map(|entry| (&entry.reply, None))
             }
-            Route::Specified(instance) => catalogue.instances.get(&**instance).map(|e| (e, None)),
-            Route::Nearest(candidates) => catalogue.nearest(candidates, client, locator),
+            Route::Specified(instance) => {
+                catalogue.instances.get(&**instance).map(|entry| (&entry.reply, None))
+            }
+            Route::Nearest(candidates) => {
+                choices = candidates.choices();
+                choices.pick(client, locator)
+            }
         };
         match (found, resolved) {
-            (Some(_), Some((entry, geo))) => {
-                Resolution::Endpoint { reply: entry.reply.clone(), geo }
-            }
+            (Some(_), Some((reply, geo))) => Resolution::Endpoint { reply: reply.clone(), geo },
             (None, resolved) => {
                 black_box(resolved);
                 Resolution::Unroutable
@@ -163,27 +168,17 @@ impl RoutingTable {
 }
 
 impl Catalogue {
-    /// Picks among the candidates the catalogue can resolve; `None` when it can resolve none.
-    fn nearest(
-        &self,
-        candidates: &Candidates,
-        client: IpAddr,
-        locator: &Locator,
-    ) -> Option<(&InstanceEntry, Option<LookupOutcome>)> {
-        // Candidates are a handful, so two small vectors beat any cleverness.
-        let mut regions = Vec::with_capacity(candidates.0.len());
-        let mut entries = Vec::with_capacity(candidates.0.len());
-        for candidate in &candidates.0 {
+    /// The candidates this catalogue can resolve, in placement order, ready to pick from.
+    fn choices(&self, candidates: &[PlacementCandidate]) -> Choices {
+        let mut choices = Choices::default();
+        for candidate in candidates {
             let region = self.regions.get(&candidate.region);
             if let (Some(region), Some(entry)) = (region, self.instances.get(&candidate.instance)) {
-                regions.push(region.clone());
-                entries.push(entry);
+                choices.regions.push(region.clone());
+                choices.replies.push(entry.reply.clone());
             }
         }
-        let pick = locator.pick(client, &regions)?;
-        let chosen = regions.iter().position(|region| region.id == pick.region_id)?;
-        // `regions` and `entries` are pushed together, so the index is valid for both.
-        Some((entries[chosen], Some(pick.outcome)))
+        choices
     }
 }
 
@@ -412,7 +407,12 @@ impl TableWriter {
                     .or_insert_with(|| reply::endpoint(&instance.endpoint));
             }
         }
-        self.table.catalogue.store(Arc::new(Catalogue { instances, regions, region_replies }));
+        let catalogue = Catalogue { instances, regions, region_replies };
+        // Every set in use is interned, so this reaches every device's candidates.
+        for candidates in self.nearest.values() {
+            candidates.set_choices(catalogue.choices(candidates.list()));
+        }
+        self.table.catalogue.store(Arc::new(catalogue));
     }
 
     /// The product's number, assigning the next one the first time a ProductKey is seen
@@ -437,10 +437,11 @@ impl TableWriter {
             Placement::Nearest { candidates } => {
                 let key: Vec<(RegionId, InstanceId)> =
                     candidates.iter().map(|c| (c.region.clone(), c.instance.clone())).collect();
-                let shared = self
-                    .nearest
-                    .entry(key)
-                    .or_insert_with(|| Arc::new(Candidates(candidates.into_boxed_slice())));
+                let shared = self.nearest.entry(key).or_insert_with(|| {
+                    let shared = Candidates::new(candidates.into_boxed_slice());
+                    shared.set_choices(self.table.catalogue.load().choices(shared.list()));
+                    Arc::new(shared)
+                });
                 Route::Nearest(Arc::clone(shared))
             }
         }

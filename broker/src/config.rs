@@ -75,6 +75,8 @@ pub struct LimitsConfig {
     pub connect_timeout: Duration,
     /// Bootstrap notifies sent per second when many devices leave at once (a large
     /// distribution task), so the destination is not hit by a reconnect storm all at once.
+    /// The default is about a third of the connects a broker accepts per second on two cores
+    /// (docs/BENCHMARKS.md, connect), so the destination keeps headroom for its own traffic.
     pub notify_rate: u32,
     /// How often usage counters are written to the registry.
     #[serde(with = "humantime_serde")]
@@ -141,7 +143,7 @@ impl Default for LimitsConfig {
             slow_consumer_drops: 1000,
             max_subscriptions: 1000,
             connect_timeout: Duration::from_secs(10),
-            notify_rate: 2_000,
+            notify_rate: 5_000,
             usage_flush: Duration::from_secs(10),
             max_connections: 200_000,
             connection_rate: 100,

@@ -161,6 +161,37 @@ fn changes_and_deletes_take_effect() {
 }
 
 #[test]
+fn nearest_choices_follow_the_catalogue() {
+    // A snapshot delivers devices before instances and regions (key order).
+    let (table, writer) = RoutingTable::new();
+    let mut f = Fixture { table, writer, revision: 0 };
+    let nearest = json!({"kind": "nearest", "candidates": [
+        {"region": "cn-shanghai", "instance": "iot-sh-1"},
+        {"region": "eu-central-1", "instance": "iot-fra-1"}
+    ]});
+    f.put_device("near-1", nearest.clone());
+    assert_eq!(f.host("near-1"), None, "no candidate resolvable yet");
+    f.put_region("cn-shanghai", 31.23, 121.47);
+    f.put_instance("iot-sh-1", "cn-shanghai", Edition::Public);
+    assert_eq!(f.host("near-1").as_deref(), Some("iot-sh-1.example"), "the only choice");
+    f.put_region("eu-central-1", 50.11, 8.68);
+    f.put_instance("iot-fra-1", "eu-central-1", Edition::Public);
+    assert_eq!(f.host("near-1").as_deref(), Some("iot-fra-1.example"), "the default region");
+
+    // A second device with the same placement shares the set and its choices.
+    f.put_device("near-2", nearest);
+    assert_eq!(f.host("near-2").as_deref(), Some("iot-fra-1.example"));
+
+    f.delete("regions/eu-central-1");
+    assert_eq!(f.host("near-1").as_deref(), Some("iot-sh-1.example"), "region gone");
+    f.put_region("eu-central-1", 50.11, 8.68);
+    f.delete("instances/iot-fra-1");
+    assert_eq!(f.host("near-2").as_deref(), Some("iot-sh-1.example"), "instance gone");
+    f.delete("instances/iot-sh-1");
+    assert_eq!(f.host("near-1"), None, "nothing left");
+}
+
+#[test]
 fn devices_may_arrive_before_their_product() {
     let (table, writer) = RoutingTable::new();
     let mut f = Fixture { table, writer, revision: 0 };
