@@ -17,6 +17,7 @@ use crate::admission::{Admission, AuthBackoff};
 use crate::auth::Authenticator;
 use crate::budget::QueueBudget;
 use crate::config::LimitsConfig;
+use crate::link::Link;
 use crate::memory::Pressure;
 use crate::router::{Kick, Router};
 use crate::session::{Limits, Message};
@@ -127,8 +128,14 @@ impl Broker {
 
     /// Routes a message from inside the broker (wills, notifies).
     pub fn publish(&self, message: Message) {
+        self.publish_from(message, &mut Vec::new());
+    }
+
+    /// Routes a client's message; subscribers it filled up are added to `blocked` (see
+    /// [`Router::publish_from`]).
+    pub(crate) fn publish_from(&self, message: Message, blocked: &mut Vec<Arc<Link>>) {
         m::message_in(message.qos);
-        let routed = self.router.publish(message);
+        let routed = self.router.publish_from(message, blocked);
         m::routed(routed.delivered, routed.dropped);
     }
 

@@ -68,6 +68,11 @@ pub struct LimitsConfig {
     pub mailbox: usize,
     /// Consecutive dropped deliveries after which a slow consumer is disconnected.
     pub slow_consumer_drops: u32,
+    /// How long a publisher is held back (its socket not read) waiting for a subscriber whose
+    /// QoS 1/2 queue it filled; a subscriber still full after it is disconnected as a slow
+    /// consumer (`backpressure_slow_consumer`; each hold counts `backpressure_held`).
+    #[serde(with = "humantime_serde")]
+    pub backpressure_wait: Duration,
     /// Subscriptions of a standard client.
     pub max_subscriptions: usize,
     /// Time allowed between accepting a socket and receiving CONNECT.
@@ -141,6 +146,7 @@ impl Default for LimitsConfig {
             queued: 1000,
             mailbox: 256,
             slow_consumer_drops: 1000,
+            backpressure_wait: Duration::from_secs(5),
             max_subscriptions: 1000,
             connect_timeout: Duration::from_secs(10),
             notify_rate: 5_000,

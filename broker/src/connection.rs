@@ -9,6 +9,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -208,7 +209,7 @@ where
     for delivery in broker.router().retained(&downlink) {
         deliver(broker, &mut session, delivery);
     }
-    broker.drain_events(&session_id, &mut session);
+    broker.drain_events(&session_id, &mut session, &mut Vec::new());
     if buffer.is_empty() {
         // CONNECT's bytes are consumed; keep no buffer for the next packet.
         buffer = BytesMut::new();
@@ -232,6 +233,14 @@ where
     let mut held = session.load();
     // Set when the link woke the task while it was busy writing: deliveries are waiting.
     let mut woken = false;
+    // Deliveries left in the inbox because the session's queue was full.
+    let mut behind = false;
+    // Flow control: subscribers this client's QoS 1/2 messages filled up. Until each has room
+    // (or `backpressure_wait` passes) the client's socket is not read; its own deliveries
+    // still flow, so two clients feeding each other cannot deadlock.
+    let mut blocked: Vec<Arc<Link>> = Vec::new();
+    let mut unblocked: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
+    let mut blocked_until: Option<tokio::time::Instant> = None;
 
     let ended = loop {
         while let Some(packet) = session.poll_transmit() {
@@ -273,25 +282,48 @@ where
             }
         }
 
-        let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
+        let keepalive = session.poll_timeout().map(tokio::time::Instant::from_std);
+        let deadline = match (keepalive, blocked_until) {
+            (Some(keepalive), Some(until)) => Some(keepalive.min(until)),
+            (keepalive, until) => keepalive.or(until),
+        };
         tokio::select! {
-            read = read_some(&mut stream, &mut buffer) => {
+            read = read_some(&mut stream, &mut buffer), if unblocked.is_none() => {
                 match read {
                     Ok(0) => break Ended::PeerClosed,
                     Ok(n) => m::bytes_in(n),
                     Err(error) => break Ended::Io(error),
                 }
-                if let Err(ended) = handle_input(broker, &session_id, &mut session, &mut buffer, max_packet) {
+                if let Err(ended) = handle_input(broker, &session_id, &mut session, &mut buffer, max_packet, &mut blocked) {
                     break ended;
                 }
+                woken |= behind && session.room() > 0;
+                if !blocked.is_empty() {
+                    m::limited("backpressure_held");
+                    let links = blocked.clone();
+                    unblocked = Some(Box::pin(async move {
+                        for link in &links {
+                            link.room().await;
+                        }
+                    }));
+                    blocked_until = Some(tokio::time::Instant::now() + broker.limits().backpressure_wait);
+                }
+            }
+            () = async { if let Some(wait) = unblocked.as_mut() { wait.await } }, if unblocked.is_some() => {
+                (unblocked, blocked_until) = (None, None);
+                blocked.clear();
+                session.excuse_silence(Instant::now());
             }
             () = woken_or_ready(&link, woken) => {
                 woken = false;
                 // Everything waiting at once, so one wake-up writes many messages.
                 let mut inbox = VecDeque::new();
-                if let Some(kick) = link.take(&mut inbox) {
+                let (kick, left) = link.take(&mut inbox, session.room());
+                if let Some(kick) = kick {
                     break Ended::Kicked(kick);
                 }
+                // What the session had no room for is taken when acknowledgements free some.
+                behind = left;
                 for delivery in inbox {
                     // The router reserved each inbox entry; what the session keeps is
                     // accounted as `held`.
@@ -300,7 +332,15 @@ where
                 }
             }
             _ = sleep_until(deadline) => {
-                if let Err(close) = session.handle_timeout(Instant::now()) {
+                if blocked_until.is_some_and(|until| until <= tokio::time::Instant::now()) {
+                    // Held back too long: whoever is still full is not keeping up.
+                    for link in blocked.drain(..).filter(|link| !link.has_room()) {
+                        m::limited("backpressure_slow_consumer");
+                        link.kick(Kick::SlowConsumer);
+                    }
+                    (unblocked, blocked_until) = (None, None);
+                    session.excuse_silence(Instant::now());
+                } else if let Err(close) = session.handle_timeout(Instant::now()) {
                     break Ended::Session(close);
                 }
             }
@@ -370,6 +410,7 @@ fn handle_input(
     session: &mut Session,
     buffer: &mut BytesMut,
     max_packet: usize,
+    blocked: &mut Vec<Arc<Link>>,
 ) -> Result<(), Ended> {
     loop {
         let packet = match codec::decode(buffer, max_packet) {
@@ -388,7 +429,7 @@ fn handle_input(
         }
         m::packet_in(&packet);
         let result = session.handle_packet(Instant::now(), packet, broker.view());
-        broker.drain_events(session_id, session);
+        broker.drain_events(session_id, session, blocked);
         result.map_err(Ended::Session)?;
     }
     // Nothing partial left: hold no buffer while waiting for the next packet.
@@ -466,15 +507,21 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 impl Broker {
-    /// Hands the session's events to the router, feeding retained messages back in.
-    pub(crate) fn drain_events(&self, session_id: &Arc<str>, session: &mut Session) {
+    /// Hands the session's events to the router, feeding retained messages back in; collects
+    /// the subscribers its messages filled up in `blocked`.
+    pub(crate) fn drain_events(
+        &self,
+        session_id: &Arc<str>,
+        session: &mut Session,
+        blocked: &mut Vec<Arc<Link>>,
+    ) {
         while let Some(event) = session.poll_event() {
             match event {
                 Event::Publish(message) => {
                     if let Some(device) = session.principal().device() {
                         self.observe_device_publish(device, &message.topic);
                     }
-                    self.publish(message);
+                    self.publish_from(message, blocked);
                 }
                 Event::Subscribe(filters) => {
                     for delivery in self.router().subscribe(session_id, &filters) {

@@ -12,6 +12,12 @@
 //!
 //! The router pushes and wakes; the connection task drains everything on each wake-up, so one
 //! wake-up writes many messages.
+//!
+//! A QoS 1/2 delivery to a full inbox is not dropped: the router queues it beyond the bound
+//! ([`Link::push_over`]) and hands the link to the publisher's connection, which stops reading
+//! its socket until the subscriber has room again ([`Link::room`]): flow control from a
+//! subscriber that cannot keep up back to the publishers feeding it, as MQTT's QoS 1 promise
+//! needs. The overshoot is bounded by what one read of each publisher holds.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -41,7 +47,7 @@ pub struct Link {
     state: Mutex<State>,
     /// Wakes the connection task: a delivery or a kick is waiting.
     wake: Notify,
-    /// Wakes takeovers waiting for this connection to finish.
+    /// Wakes takeovers waiting for this connection to finish, and publishers waiting for room.
     done: Notify,
 }
 
@@ -92,6 +98,39 @@ impl Link {
         drop(state);
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// Queues a QoS 1/2 delivery even when the inbox is full; only a closed connection refuses.
+    /// The caller holds the publisher back until [`Link::room`].
+    pub fn push_over(&self, delivery: Delivery) -> Result<(), (Refused, Delivery)> {
+        let mut state = lock(&self.state);
+        if state.closed {
+            return Err((Refused::Closed, delivery));
+        }
+        state.qos0 += usize::from(delivery.qos == 0);
+        state.inbox.push_back(delivery);
+        drop(state);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Whether a QoS 1/2 delivery would fit (or the connection is gone, so nobody should wait).
+    pub fn has_room(&self) -> bool {
+        let state = lock(&self.state);
+        state.closed || state.inbox.len() - state.qos0 < self.queued
+    }
+
+    /// Resolves once [`Link::has_room`].
+    pub async fn room(&self) {
+        loop {
+            let notified = self.done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.has_room() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Whether the connection is falling behind: half of either bound is waiting.
@@ -146,16 +185,35 @@ impl Link {
         lock(&self.state).kick
     }
 
-    /// Everything waiting: the deliveries (appended to `into`, in order) and the kick, if any.
-    pub fn take(&self, into: &mut VecDeque<Delivery>) -> Option<Kick> {
+    /// What is waiting, in order, up to `room` QoS 1/2 deliveries (appended to `into`; the
+    /// rest stays until the session has room, so nothing is taken only to be dropped), and the
+    /// kick, if any. Returns whether deliveries were left behind.
+    pub fn take(&self, into: &mut VecDeque<Delivery>, room: usize) -> (Option<Kick>, bool) {
         let mut state = lock(&self.state);
-        if into.is_empty() {
+        let was_full = state.inbox.len() - state.qos0 >= self.queued;
+        let mut acked = 0;
+        let end = state
+            .inbox
+            .iter()
+            .position(|delivery| {
+                acked += usize::from(delivery.qos > 0);
+                acked > room
+            })
+            .unwrap_or(state.inbox.len());
+        let taken_qos0 = state.inbox.range(..end).filter(|delivery| delivery.qos == 0).count();
+        state.qos0 -= taken_qos0;
+        if end == state.inbox.len() && into.is_empty() {
             std::mem::swap(into, &mut state.inbox);
         } else {
-            into.append(&mut state.inbox);
+            into.extend(state.inbox.drain(..end));
         }
-        state.qos0 = 0;
-        state.kick
+        let (kick, left) = (state.kick, !state.inbox.is_empty());
+        let has_room = state.inbox.len() - state.qos0 < self.queued;
+        drop(state);
+        if was_full && has_room {
+            self.done.notify_waiters();
+        }
+        (kick, left)
     }
 
     /// Stops accepting deliveries and kicks; returns what was still waiting, so its share of
@@ -164,7 +222,11 @@ impl Link {
         let mut state = lock(&self.state);
         state.closed = true;
         state.qos0 = 0;
-        std::mem::take(&mut state.inbox)
+        let left = std::mem::take(&mut state.inbox);
+        drop(state);
+        // Publishers held back for this connection go on.
+        self.done.notify_waiters();
+        left
     }
 
     /// Marks the connection task finished and wakes whoever waits for it.
@@ -232,13 +294,36 @@ mod tests {
         assert_eq!(link.push(delivery(2, "4")).unwrap_err().0, Refused::Full);
 
         let mut taken = VecDeque::new();
-        assert_eq!(link.take(&mut taken), None);
+        assert_eq!(link.take(&mut taken, usize::MAX), (None, false));
         assert_eq!(payloads(&taken), [b"a", b"b", b"1", b"2", b"3"]);
         // Taking frees both bounds.
         link.push(delivery(0, "c")).unwrap();
         link.push(delivery(1, "4")).unwrap();
-        assert_eq!(link.take(&mut taken), None);
+        assert_eq!(link.take(&mut taken, usize::MAX), (None, false));
         assert_eq!(taken.len(), 7, "appended in order");
+    }
+
+    #[test]
+    fn take_stops_at_the_sessions_room_for_qos1() {
+        let link = Link::new(1, 8, 8);
+        for (qos, payload) in [(1, "1"), (0, "a"), (1, "2"), (1, "3"), (0, "b")] {
+            link.push(delivery(qos, payload)).unwrap();
+        }
+        let mut taken = VecDeque::new();
+        // Room for two: the third QoS 1 and the QoS 0 behind it wait, in order.
+        assert_eq!(link.take(&mut taken, 2), (None, true));
+        assert_eq!(payloads(&taken), [b"1", b"a", b"2"]);
+        assert!(!link.backlogged());
+        let mut rest = VecDeque::new();
+        assert_eq!(link.take(&mut rest, 0), (None, true), "no room: nothing taken");
+        assert!(rest.is_empty());
+        assert_eq!(link.take(&mut rest, 1), (None, false));
+        assert_eq!(payloads(&rest), [b"3", b"b"]);
+        // The QoS 0 count followed what was taken: the mailbox holds 8 again.
+        for n in 0..8 {
+            link.push(delivery(0, if n % 2 == 0 { "x" } else { "y" })).unwrap();
+        }
+        assert_eq!(link.push(delivery(0, "z")).unwrap_err().0, Refused::Full);
     }
 
     #[test]
@@ -249,7 +334,7 @@ mod tests {
         assert!(!link.backlogged());
         link.push(delivery(0, "c")).unwrap();
         assert!(link.backlogged());
-        link.take(&mut VecDeque::new());
+        link.take(&mut VecDeque::new(), usize::MAX);
         link.push(delivery(1, "d")).unwrap();
         link.push(delivery(1, "e")).unwrap();
         assert!(link.backlogged());
@@ -277,9 +362,42 @@ mod tests {
         // The permit stored by the push completes the wait at once.
         assert!(link.woken().now_or_never().is_some());
         let mut taken = VecDeque::new();
-        link.take(&mut taken);
+        link.take(&mut taken, usize::MAX);
         assert_eq!(taken.len(), 1);
         assert!(link.woken().now_or_never().is_none(), "nothing more to wake for");
+    }
+
+    #[tokio::test]
+    async fn a_full_inbox_takes_qos1_over_its_bound_and_wakes_waiters_when_drained() {
+        let link = Arc::new(Link::new(1, 4, 2));
+        link.push(delivery(1, "a")).unwrap();
+        link.push(delivery(1, "b")).unwrap();
+        assert!(!link.has_room());
+        link.push_over(delivery(1, "c")).unwrap();
+        let waiter = tokio::spawn({
+            let link = link.clone();
+            async move { link.room().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        let mut taken = VecDeque::new();
+        link.take(&mut taken, usize::MAX);
+        assert_eq!(payloads(&taken), [b"a", b"b", b"c"]);
+        waiter.await.unwrap();
+        assert!(link.has_room());
+
+        // A connection that ends releases whoever waits for it.
+        for payload in ["d", "e"] {
+            link.push(delivery(1, payload)).unwrap();
+        }
+        let waiter = tokio::spawn({
+            let link = link.clone();
+            async move { link.room().await }
+        });
+        tokio::task::yield_now().await;
+        link.close();
+        waiter.await.unwrap();
+        assert_eq!(link.push_over(delivery(1, "f")).unwrap_err().0, Refused::Closed);
     }
 
     #[tokio::test]

@@ -222,8 +222,16 @@ impl Router {
         }
     }
 
-    /// Routes a message to every matching subscriber and updates the retained store.
+    /// Routes a message from inside the broker (wills, notifies), which nobody holds back.
     pub fn publish(&self, message: Message) -> Routed {
+        self.publish_from(message, &mut Vec::new())
+    }
+
+    /// Routes a message to every matching subscriber and updates the retained store. An online
+    /// subscriber whose QoS 1/2 queue is full still gets the message, beyond its bound, and its
+    /// link is added to `blocked`: the publisher should read nothing more until each has room
+    /// (see [`crate::link`]).
+    pub fn publish_from(&self, message: Message, blocked: &mut Vec<Arc<Link>>) -> Routed {
         let message = Arc::new(message);
         // A message the retained store has no room for is still delivered, just not kept.
         if message.retain && write(&self.retained).update(&message).is_err() {
@@ -255,7 +263,17 @@ impl Router {
                         routed.dropped += 1;
                         continue;
                     }
-                    match link.push(delivery) {
+                    let qos = delivery.qos;
+                    let pushed = match link.push(delivery) {
+                        Err((Refused::Full, delivery)) if qos > 0 => {
+                            if !blocked.iter().any(|held| Arc::ptr_eq(held, link)) {
+                                blocked.push(link.clone());
+                            }
+                            link.push_over(delivery)
+                        }
+                        other => other,
+                    };
+                    match pushed {
                         Ok(()) => {
                             *consecutive_drops = 0;
                             routed.delivered += 1;

@@ -391,6 +391,13 @@ impl Session {
         Ok(())
     }
 
+    /// QoS 1/2 deliveries [`Session::handle_delivery`] would take now without dropping: free
+    /// places in the inflight window and in the queue behind it.
+    pub fn room(&self) -> usize {
+        (self.limits.inflight + self.limits.queued)
+            .saturating_sub(self.inflight.len() + self.pending.len())
+    }
+
     /// A message routed to this client. Returns false when it was dropped (queue full).
     pub fn handle_delivery(&mut self, delivery: Delivery) -> bool {
         if delivery.qos == 0 {
@@ -438,6 +445,12 @@ impl Session {
             Some(deadline) if now >= deadline => Err(Close::KeepaliveExpired),
             _ => Ok(()),
         }
+    }
+
+    /// The broker stopped reading from the client for a while (flow control): its silence
+    /// meanwhile does not count against its keepalive.
+    pub fn excuse_silence(&mut self, now: Instant) {
+        self.touch(now);
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {

@@ -290,3 +290,93 @@ async fn slow_consumer_is_dropped_without_hurting_others() {
     writer.write_all(&publish).await.unwrap();
     assert_eq!(good.publish().await.topic, "flood/");
 }
+
+/// QoS 1 fan-in faster than the subscriber reads, with small queues: the broker holds the
+/// publishers back instead of dropping, and the subscriber receives every message, each
+/// publisher's in order.
+#[tokio::test]
+async fn qos1_fan_in_beyond_the_queues_loses_nothing() {
+    const PUBLISHERS: usize = 4;
+    const EACH: usize = 500;
+    let registry = TestRegistry::new().await;
+    let broker = registry
+        .broker(SHANGHAI, |config| {
+            config.limits.mailbox = 4;
+            config.limits.queued = 8;
+            config.limits.inflight = 4;
+        })
+        .await;
+    let (mut subscriber, _) = Client::connect(user_options(broker.addr, "sink")).await.unwrap();
+    subscriber.client.subscribe("in/#", QoS::AtLeastOnce).await.unwrap();
+    subscriber.expect(|p| matches!(p, Packet::SubAck(_))).await;
+
+    let mut publishers = Vec::new();
+    for p in 0..PUBLISHERS {
+        let (publisher, _) =
+            Client::connect(user_options(broker.addr, &format!("source{p}"))).await.unwrap();
+        publishers.push(tokio::spawn(async move {
+            for n in 0..EACH {
+                let payload = format!("{p}:{n}");
+                publisher
+                    .client
+                    .publish(format!("in/{p}"), QoS::AtLeastOnce, false, payload)
+                    .await
+                    .unwrap();
+            }
+            publisher
+        }));
+    }
+    let mut next = [0usize; PUBLISHERS];
+    for received in 0..PUBLISHERS * EACH {
+        let publish = subscriber.publish().await;
+        let text = String::from_utf8(publish.payload.to_vec()).unwrap();
+        let (p, n) = text.split_once(':').unwrap();
+        let (p, n): (usize, usize) = (p.parse().unwrap(), n.parse().unwrap());
+        assert_eq!(n, next[p], "publisher {p} out of order or lost: {text}");
+        next[p] += 1;
+        // A subscriber slower than the publishers together.
+        if received % 64 == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    for publisher in publishers {
+        tokio::time::timeout(HANG, publisher).await.unwrap().unwrap();
+    }
+    assert!(broker.daemon.broker.router().is_online("client:sink"));
+}
+
+/// A QoS 1 subscriber that never reads holds a publisher back only for `backpressure_wait`:
+/// then it is disconnected as a slow consumer and the publisher goes on; another subscriber
+/// receives everything meanwhile.
+#[tokio::test]
+async fn a_subscriber_that_never_reads_holds_publishers_back_only_for_a_while() {
+    let registry = TestRegistry::new().await;
+    let broker = registry
+        .broker(SHANGHAI, |config| {
+            config.limits.mailbox = 4;
+            config.limits.queued = 8;
+            config.limits.inflight = 4;
+            config.limits.backpressure_wait = Duration::from_millis(200);
+        })
+        .await;
+    let (mut stuck, _) =
+        raw::open(broker.addr, &raw::connect_packet("stuck", Some(USER), 60)).await;
+    stuck.write_all(&raw::subscribe_packet(1, &[("held/#", raw::QoS::AtLeastOnce)])).await.unwrap();
+    let (mut good, _) = Client::connect(user_options(broker.addr, "reader")).await.unwrap();
+    good.client.subscribe("held/#", QoS::AtLeastOnce).await.unwrap();
+    good.expect(|p| matches!(p, Packet::SubAck(_))).await;
+
+    let (publisher, _) = Client::connect(user_options(broker.addr, "feeder")).await.unwrap();
+    // 8000-byte payloads, so the stuck client's socket buffers fill and its queue with them.
+    let payload = vec![b'x'; 8000];
+    let mut sent = 0usize;
+    while broker.daemon.broker.router().is_online("client:stuck") {
+        publisher.client.publish("held/x", QoS::AtLeastOnce, false, payload.clone()).await.unwrap();
+        sent += 1;
+        assert_eq!(good.publish().await.payload.len(), 8000);
+        assert!(sent < 100_000, "the stuck subscriber was never disconnected");
+    }
+    // The publisher goes on after it.
+    publisher.client.publish("held/x", QoS::AtLeastOnce, false, "after").await.unwrap();
+    assert_eq!(&good.publish().await.payload[..], b"after");
+}
