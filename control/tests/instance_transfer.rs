@@ -99,6 +99,32 @@ fn outcome(result: &Value) -> (u64, &str) {
     (result["status"].as_u64().unwrap(), result["message"].as_str().unwrap_or(""))
 }
 
+/// Product `PK` of `tenant` (account `account`), homed on `home`, published, with devices
+/// `lamp-0001` and `lamp-0002`, and the account on the device transfer allow-list.
+async fn transferable_lamps(api: &TestApi, tenant: &Tenant, account: &str, home: &str) {
+    let reply = api
+        .post(
+            "/v1/products",
+            &tenant.key,
+            json!({ "key": PK, "name": "Lamp", "home_instance": home }),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    let reply = api
+        .request(
+            Method::PATCH,
+            &format!("/v1/products/{PK}"),
+            Some(&tenant.key),
+            Body::Json(json!({ "published": true })),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    api.devices(tenant, PK, &["lamp-0001", "lamp-0002"]).await;
+    let path = format!("/v1/operator/transfer-allow-list/{account}");
+    let reply = api.request(Method::PUT, &path, Some(OPERATOR_TOKEN), Body::None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+}
+
 #[tokio::test]
 async fn a_batch_gives_each_order_its_own_result() {
     let api = TestApi::start().await;
@@ -466,33 +492,7 @@ async fn pending_orders_survive_a_restart() {
     let b = account(&api, "ind-b", "individual", None).await;
     instance(&api, &a, "inst-1", 365).await;
     instance(&api, &a, "inst-2", 365).await;
-    let reply = api
-        .post(
-            "/v1/products",
-            &a.key,
-            json!({ "key": PK, "name": "Lamp", "home_instance": "inst-2" }),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
-    let reply = api
-        .request(
-            Method::PATCH,
-            &format!("/v1/products/{PK}"),
-            Some(&a.key),
-            Body::Json(json!({ "published": true })),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    api.devices(&a, PK, &["lamp-0001", "lamp-0002"]).await;
-    let reply = api
-        .request(
-            Method::PUT,
-            "/v1/operator/transfer-allow-list/ind-a",
-            Some(OPERATOR_TOKEN),
-            Body::None,
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK);
+    transferable_lamps(&api, &a, "ind-a", "inst-2").await;
     api.clock.advance(5 * DAY);
     let kept = order(&api, &a, "ind-b", "inst-1").await;
     let expiring = order(&api, &a, "ind-b", "inst-2").await;
@@ -550,33 +550,7 @@ async fn pending_device_orders_hold_back_an_instance_confirmation() {
     let a = account(&api, "ind-a", "individual", None).await;
     let b = account(&api, "ind-b", "individual", None).await;
     instance(&api, &a, "inst-old", 365).await;
-    let reply = api
-        .post(
-            "/v1/products",
-            &a.key,
-            json!({ "key": PK, "name": "Lamp", "home_instance": "inst-old" }),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
-    api.devices(&a, PK, &["lamp-0001", "lamp-0002"]).await;
-    let published = api
-        .request(
-            Method::PATCH,
-            &format!("/v1/products/{PK}"),
-            Some(&a.key),
-            Body::Json(json!({ "published": true })),
-        )
-        .await;
-    assert_eq!(published.status, StatusCode::OK, "{}", published.text());
-    let allowed = api
-        .request(
-            Method::PUT,
-            "/v1/operator/transfer-allow-list/ind-a",
-            Some(OPERATOR_TOKEN),
-            Body::None,
-        )
-        .await;
-    assert_eq!(allowed.status, StatusCode::OK, "{}", allowed.text());
+    transferable_lamps(&api, &a, "ind-a", "inst-old").await;
     let reply = api
         .post(
             "/v1/device-transfers",

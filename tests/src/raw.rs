@@ -14,6 +14,8 @@ use bytes::BytesMut;
 use mqttbytes::v4::{Subscribe, SubscribeFilter};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::task::JoinHandle;
 
 pub use mqttbytes::QoS;
 pub use mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, Packet};
@@ -119,5 +121,65 @@ fn decode_connack(bytes: [u8; CONNACK_LEN]) -> ConnAck {
     match mqttbytes::v4::read(&mut BytesMut::from(&bytes[..]), CONNACK_LEN) {
         Ok(Packet::ConnAck(ack)) => ack,
         other => panic!("expected a CONNACK, read {bytes:02x?}: {other:?}"),
+    }
+}
+
+/// A persistent session (clean session 0) of `client_id` subscribed to `filter` at QoS 1, then
+/// disconnected: everything published to it from now on waits in the broker's memory.
+pub async fn park_subscriber(addr: SocketAddr, client_id: &str, login: (&str, &str), filter: &str) {
+    let connect = Connect { clean_session: false, ..connect(client_id, Some(login), 60) };
+    let (mut stream, _) = open(addr, &encode(&Packet::Connect(connect))).await;
+    stream.write_all(&subscribe_packet(1, &[(filter, QoS::AtLeastOnce)])).await.expect("SUBSCRIBE");
+    let mut suback = [0u8; 5];
+    stream.read_exact(&mut suback).await.expect("SUBACK");
+    assert_eq!(suback, [0x90, 0x03, 0x00, 0x01, 0x01], "SUBACK granting QoS 1");
+    stream.write_all(&[0xE0, 0x00]).await.expect("DISCONNECT");
+}
+
+/// A publisher for overload tests, writing QoS 1 PUBLISHes as fast as the socket takes them.
+/// Its PUBACKs are read as they come, so the broker never blocks writing them; [`Flood::finish`]
+/// sends PINGREQ and waits for PINGRESP, which marks that everything before it was handled.
+pub struct Flood {
+    writer: OwnedWriteHalf,
+    drained: JoinHandle<()>,
+    sent: usize,
+}
+
+impl Flood {
+    pub async fn open(addr: SocketAddr, client_id: &str, login: (&str, &str)) -> Flood {
+        let (stream, _) = open(addr, &connect_packet(client_id, Some(login), 60)).await;
+        let (mut reader, writer) = stream.into_split();
+        let drained = tokio::spawn(async move {
+            let mut packet = [0u8; 2];
+            loop {
+                reader.read_exact(&mut packet).await.expect("answers");
+                match packet {
+                    [0x40, 0x02] => {
+                        let mut pkid = [0u8; 2];
+                        reader.read_exact(&mut pkid).await.expect("PUBACK id");
+                    }
+                    [0xD0, 0x00] => return,
+                    other => panic!("unexpected packet {other:02x?}"),
+                }
+            }
+        });
+        Flood { writer, drained, sent: 0 }
+    }
+
+    /// One QoS 1 PUBLISH.
+    pub async fn publish(&mut self, topic: &str, payload: Vec<u8>) {
+        let mut publish = mqttbytes::v4::Publish::new(topic, QoS::AtLeastOnce, payload);
+        publish.pkid = u16::try_from(self.sent % 65_535 + 1).expect("a packet id");
+        self.sent += 1;
+        self.writer.write_all(&encode(&Packet::Publish(publish))).await.expect("PUBLISH");
+    }
+
+    /// Waits until the broker has handled everything sent (bounded by the hang guard).
+    pub async fn finish(mut self) {
+        self.writer.write_all(&[0xC0, 0x00]).await.expect("PINGREQ");
+        tokio::time::timeout(HANG * 4, self.drained)
+            .await
+            .expect("the broker handled the flood")
+            .expect("PUBACK reader");
     }
 }

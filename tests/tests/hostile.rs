@@ -372,53 +372,19 @@ async fn ten_times_overload_stays_within_the_queue_cap() {
     let router = broker.daemon.broker.router();
     for n in 0..SESSIONS {
         let id = format!("offline{n}");
-        // Clean session 0: a persistent session, kept while offline.
-        let connect = raw::Connect { clean_session: false, ..raw::connect(&id, Some(USER), 60) };
-        let (mut stream, _) =
-            raw::open(broker.addr, &raw::encode(&raw::Packet::Connect(connect))).await;
-        let filter = format!("load/{n}");
-        stream
-            .write_all(&raw::subscribe_packet(1, &[(&filter, raw::QoS::AtLeastOnce)]))
-            .await
-            .unwrap();
-        let mut suback = [0u8; 5];
-        stream.read_exact(&mut suback).await.unwrap();
-        assert_eq!(suback, [0x90, 0x03, 0x00, 0x01, 0x01]);
-        stream.write_all(&[0xE0, 0x00]).await.unwrap();
+        raw::park_subscriber(broker.addr, &id, USER, &format!("load/{n}")).await;
         wait_until(|| !router.is_online(&format!("client:{id}"))).await;
     }
     let before = resident_bytes();
 
-    let (publisher, _) =
-        raw::open(broker.addr, &raw::connect_packet("overload", Some(USER), 60)).await;
-    let (mut reader, mut writer) = publisher.into_split();
-    // PUBACKs are read as they come so the broker never blocks writing them; PINGRESP marks
-    // that everything before it has been handled.
-    let drained = tokio::spawn(async move {
-        let mut packet = [0u8; 2];
-        loop {
-            reader.read_exact(&mut packet).await.expect("answers");
-            match packet {
-                [0x40, 0x02] => {
-                    let mut pkid = [0u8; 2];
-                    reader.read_exact(&mut pkid).await.expect("PUBACK id");
-                }
-                [0xD0, 0x00] => return,
-                other => panic!("unexpected packet {other:02x?}"),
-            }
-        }
-    });
+    let mut flood = raw::Flood::open(broker.addr, "overload", USER).await;
     for m in 0..MESSAGES {
-        let topic = format!("load/{}", m % SESSIONS);
         let mut payload = Vec::with_capacity(PAYLOAD);
         payload.extend_from_slice(&(m as u64).to_be_bytes());
         payload.resize(PAYLOAD, (m % 251) as u8);
-        let mut publish = mqttbytes::v4::Publish::new(topic, raw::QoS::AtLeastOnce, payload);
-        publish.pkid = u16::try_from(m % 65_535 + 1).unwrap();
-        writer.write_all(&raw::encode(&raw::Packet::Publish(publish))).await.unwrap();
+        flood.publish(&format!("load/{}", m % SESSIONS), payload).await;
     }
-    writer.write_all(&[0xC0, 0x00]).await.unwrap();
-    tokio::time::timeout(HANG * 4, drained).await.expect("overload handled").unwrap();
+    flood.finish().await;
 
     let queued = router.budget().used();
     assert!(queued.bytes <= CAP, "queued {} bytes", queued.bytes);

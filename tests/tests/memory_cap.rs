@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use meridian_broker::memory::parse_vm_rss;
 use meridian_tests::{Client, HANG, USER, raw, user_options};
 use rumqttc::QoS;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The broker process's cap.
 const CAP: usize = 64 * 1024 * 1024;
@@ -61,18 +60,7 @@ async fn ten_times_overload_keeps_the_broker_process_under_its_memory_cap() {
 
     // Persistent sessions that subscribe and go away: everything sent to them waits in memory.
     for n in 0..OFFLINE {
-        let id = format!("offline{n}");
-        let connect = raw::Connect { clean_session: false, ..raw::connect(&id, Some(USER), 60) };
-        let (mut stream, _) = raw::open(addr, &raw::encode(&raw::Packet::Connect(connect))).await;
-        let filter = format!("load/{n}");
-        stream
-            .write_all(&raw::subscribe_packet(1, &[(&filter, raw::QoS::AtLeastOnce)]))
-            .await
-            .unwrap();
-        let mut suback = [0u8; 5];
-        stream.read_exact(&mut suback).await.unwrap();
-        assert_eq!(suback, [0x90, 0x03, 0x00, 0x01, 0x01]);
-        stream.write_all(&[0xE0, 0x00]).await.unwrap();
+        raw::park_subscriber(addr, &format!("offline{n}"), USER, &format!("load/{n}")).await;
     }
     // A subscriber that keeps up.
     let (mut live, _) = Client::connect(user_options(addr, "live")).await.unwrap();
@@ -88,39 +76,18 @@ async fn ten_times_overload_keeps_the_broker_process_under_its_memory_cap() {
         seen
     });
 
-    let (publisher, _) = raw::open(addr, &raw::connect_packet("overload", Some(USER), 60)).await;
-    let (mut reader, mut writer) = publisher.into_split();
-    // PUBACKs are read as they come, so the broker never blocks writing them; PINGRESP marks
-    // that everything before it has been handled.
-    let drained = tokio::spawn(async move {
-        let mut packet = [0u8; 2];
-        loop {
-            reader.read_exact(&mut packet).await.expect("answers");
-            match packet {
-                [0x40, 0x02] => {
-                    let mut pkid = [0u8; 2];
-                    reader.read_exact(&mut pkid).await.expect("PUBACK id");
-                }
-                [0xD0, 0x00] => return,
-                other => panic!("unexpected packet {other:02x?}"),
-            }
-        }
-    });
+    let mut flood = raw::Flood::open(addr, "overload", USER).await;
     for m in 0..MESSAGES {
-        let (topic, payload) = if m % LIVE_EVERY == 0 {
-            (format!("live/{m}"), m.to_string().into_bytes())
+        if m % LIVE_EVERY == 0 {
+            flood.publish(&format!("live/{m}"), m.to_string().into_bytes()).await;
         } else {
             let mut payload = Vec::with_capacity(PAYLOAD);
             payload.extend_from_slice(&(m as u64).to_be_bytes());
             payload.resize(PAYLOAD, (m % 251) as u8);
-            (format!("load/{}", m % OFFLINE), payload)
-        };
-        let mut publish = mqttbytes::v4::Publish::new(topic, raw::QoS::AtLeastOnce, payload);
-        publish.pkid = u16::try_from(m % 65_535 + 1).unwrap();
-        writer.write_all(&raw::encode(&raw::Packet::Publish(publish))).await.unwrap();
+            flood.publish(&format!("load/{}", m % OFFLINE), payload).await;
+        }
     }
-    writer.write_all(&[0xC0, 0x00]).await.unwrap();
-    tokio::time::timeout(HANG * 4, drained).await.expect("overload handled").unwrap();
+    flood.finish().await;
     let seen = tokio::time::timeout(HANG, received).await.expect("live messages").unwrap();
 
     stop.store(true, Ordering::Relaxed);
