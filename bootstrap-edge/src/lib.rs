@@ -67,4 +67,12 @@ pub mod fuzzing {
     pub fn parse_bootstrap_form(body: &[u8]) -> Result<DeviceKey, Rejection> {
         crate::request::parse_form(body)
     }
+
+    /// The form's fields as the edge splits and decodes them, to compare with
+    /// `form_urlencoded::parse`.
+    pub fn form_fields(body: &str) -> Vec<(String, String)> {
+        crate::request::Fields::new(body)
+            .map(|(name, value)| (name.into_owned(), value.into_owned()))
+            .collect()
+    }
 }

@@ -71,13 +71,13 @@ pub(crate) fn parse_form(body: &[u8]) -> Result<DeviceKey, Rejection> {
 /// with escapes goes through the crate. The SDKs escape nothing, and one pass that finds the
 /// boundaries and the escapes together costs a quarter of the instructions of the crate's
 /// plus-replacement, percent-decoding and UTF-8 passes over every name and value.
-struct Fields<'a> {
+pub(crate) struct Fields<'a> {
     /// The body after the fields returned so far.
     rest: &'a str,
 }
 
 impl<'a> Fields<'a> {
-    fn new(body: &'a str) -> Self {
+    pub(crate) fn new(body: &'a str) -> Self {
         Self { rest: body }
     }
 }
