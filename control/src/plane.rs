@@ -441,7 +441,7 @@ impl ControlPlane {
     ) -> Result<Vec<CreatedDevice>> {
         self.product(caller, product).await?;
         let new = names.into_iter().map(|(name, secret)| NewDevice { name, secret }).collect();
-        let created = self.registry.create_devices(product, new).await?;
+        let created = self.registry.create_devices_for(caller, product, new).await?;
         self.audit(caller, "devices.created", &format!("{product} x{}", created.len())).await;
         Ok(created)
     }

@@ -35,13 +35,13 @@ use serde_json::{Value, json};
 
 use meridian_control::{ControlError, ControlPlane};
 use meridian_registry::clock::{ManualClock, Timestamp};
-use meridian_registry::ids::{AccountId, DeviceKey, ProductKey};
+use meridian_registry::ids::{AccountId, DeviceKey, InstanceId, ProductKey};
 use meridian_registry::model::{Device, DeviceStatus, InstanceUsage, Product, Region};
 use meridian_registry::secret::SecretKey;
 use meridian_registry::store::{
     Entry, Op, RedbStore, Revision, Snapshot, Store, StoreError, Watch,
 };
-use meridian_registry::{Registry, encode, keys};
+use meridian_registry::{NewDevice, Registry, RegistryError, encode, keys};
 use support::{Body, OPERATOR_TOKEN, REGIONS, Reply, Tenant, TestApi};
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
@@ -372,6 +372,53 @@ async fn an_owner_change_mid_request_leaves_the_resource_alone() {
     assert!(matches!(refused, ControlError::NotFound { .. }), "{refused:?}");
     let stored = plane.registry().device(&moving).await.unwrap();
     assert_eq!((stored.owner.as_str(), stored.status), ("charlie", DeviceStatus::Inactive));
+}
+
+/// Creating devices or a product checks the owner of the product or home instance and writes in
+/// one batch that expects the revision checked: an owner change committing in between (an
+/// instance transfer confirmed at that moment) fails the call, and nothing lands under the new
+/// owner.
+#[tokio::test]
+async fn nothing_is_created_under_an_owner_changing_meanwhile() {
+    let (plane, store, _dir) = interposed_plane().await;
+    let alpha: AccountId = "alpha".parse().unwrap();
+    for id in ["alpha", "bravo"] {
+        let new = json!({ "id": id, "name": format!("{id} Ltd"), "kind": "individual" });
+        plane.create_account(serde_json::from_value(new).unwrap()).await.unwrap();
+    }
+    let instance = json!({ "id": "alpha-sh", "region": "cn-shanghai",
+        "endpoint": { "host": "sh.example", "tcp_port": 1883 } });
+    plane.create_instance(&alpha, serde_json::from_value(instance).unwrap()).await.unwrap();
+    let product = json!({ "key": PK, "name": "Lamp", "home_instance": "alpha-sh" });
+    let product: Product =
+        plane.create_product(&alpha, serde_json::from_value(product).unwrap()).await.unwrap();
+    let pk = product.key.clone();
+    let lamp = || vec![NewDevice { name: "lamp-0001".parse().unwrap(), secret: None }];
+
+    // The plane checks alpha owns the product; bravo owns it by the time the registry reads.
+    let mut taken = product.clone();
+    taken.owner = "bravo".parse().unwrap();
+    store.arm(keys::product(&pk), encode(&taken).unwrap());
+    let names = vec![("lamp-0001".parse().unwrap(), None)];
+    let refused = plane.create_devices(&alpha, &pk, names).await.unwrap_err();
+    assert!(matches!(refused, ControlError::NotFound { .. }), "{refused:?}");
+    // The registry reads alpha's product, and bravo's commits before the devices do.
+    plane.registry().store().put(&keys::product(&pk), encode(&product).unwrap()).await.unwrap();
+    store.arm(keys::product(&pk), encode(&taken).unwrap());
+    let refused = plane.registry().create_devices_for(&alpha, &pk, lamp()).await.unwrap_err();
+    assert!(matches!(refused, RegistryError::Concurrent { .. }), "{refused:?}");
+    assert!(plane.registry().devices(&pk).await.unwrap().is_empty(), "no device created");
+
+    // A product homed on alpha's instance while it becomes bravo's.
+    let home: InstanceId = "alpha-sh".parse().unwrap();
+    let mut moved = plane.registry().instance(&home).await.unwrap();
+    moved.owner = "bravo".parse().unwrap();
+    store.arm(keys::instance(&home), encode(&moved).unwrap());
+    let mut second = product.clone();
+    second.key = "b13FN5TplKq".parse().unwrap();
+    let refused = plane.registry().create_product(second.clone()).await.unwrap_err();
+    assert!(matches!(refused, RegistryError::Concurrent { .. }), "{refused:?}");
+    assert!(plane.registry().product(&second.key).await.is_err(), "no product created");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -148,15 +148,32 @@ impl Registry {
         self.list(keys::INSTANCES).await
     }
 
-    /// Creates a product in its owner's home instance.
+    /// Creates a product in its owner's home instance. The instance is rewritten unchanged in
+    /// the same batch, expecting the revision whose owner was checked, so an instance changing
+    /// owner meanwhile (a transfer confirmed at that moment) fails the call instead of homing a
+    /// product on another account's instance.
     pub async fn create_product(&self, product: Product) -> Result<Product> {
-        let home = self.instance(&product.home_instance).await?;
+        let id = &product.home_instance;
+        let (home, revision) =
+            self.read_required::<Instance>(keys::instance(id), "instance", id.as_str()).await?;
         if home.owner != product.owner {
             return Err(RegistryError::NotFound { kind: "instance", id: home.id.to_string() });
         }
-        self.create(keys::product(&product.key), "product", product.key.to_string(), &product)
-            .await?;
-        Ok(product)
+        let product_key = keys::product(&product.key);
+        let ops = vec![
+            Op::put(keys::instance(id), encode(&home)?).expecting(Expect::Revision(revision)),
+            Op::put(product_key.clone(), encode(&product)?).expecting(Expect::Absent),
+        ];
+        match self.store.batch(ops).await {
+            Ok(_) => Ok(product),
+            Err(StoreError::Conflict { key, .. }) if key == product_key => {
+                Err(RegistryError::AlreadyExists { kind: "product", id: product.key.to_string() })
+            }
+            Err(StoreError::Conflict { .. }) => {
+                Err(RegistryError::Concurrent { kind: "instance", id: id.to_string() })
+            }
+            Err(other) => Err(other.into()),
+        }
     }
 
     pub async fn product(&self, key: &ProductKey) -> Result<Product> {
@@ -181,10 +198,33 @@ impl Registry {
         Ok(product)
     }
 
-    /// Creates devices of one product, all or none. DeviceName is unique per product: a name
-    /// already taken (or repeated in the request) fails the whole call.
+    /// Creates devices of one product, all or none, owned by the product's owner. DeviceName
+    /// is unique per product: a name already taken (or repeated in the request) fails the whole
+    /// call.
     pub async fn create_devices(
         &self,
+        product: &ProductKey,
+        new: Vec<NewDevice>,
+    ) -> Result<Vec<CreatedDevice>> {
+        self.create_devices_as(None, product, new).await
+    }
+
+    /// [`Registry::create_devices`] for `owner` only: a product of another account is not
+    /// found. The product is rewritten unchanged in the same batch, expecting the revision
+    /// whose owner was checked, so a change of owner committing meanwhile (an instance
+    /// transfer) fails the call instead of devices landing in another account's product.
+    pub async fn create_devices_for(
+        &self,
+        owner: &AccountId,
+        product: &ProductKey,
+        new: Vec<NewDevice>,
+    ) -> Result<Vec<CreatedDevice>> {
+        self.create_devices_as(Some(owner), product, new).await
+    }
+
+    async fn create_devices_as(
+        &self,
+        expected_owner: Option<&AccountId>,
         product: &ProductKey,
         new: Vec<NewDevice>,
     ) -> Result<Vec<CreatedDevice>> {
@@ -194,10 +234,19 @@ impl Registry {
                 new.len()
             )));
         }
-        let owner = self.product(product).await?.owner;
+        let product_key = keys::product(product);
+        let (record, revision) =
+            self.read_required::<Product>(product_key.clone(), "product", product.as_str()).await?;
+        if expected_owner.is_some_and(|expected| *expected != record.owner) {
+            return Err(RegistryError::NotFound { kind: "product", id: product.to_string() });
+        }
+        let owner = record.owner.clone();
         let now = self.clock.now();
         let mut created = Vec::with_capacity(new.len());
-        let mut ops = Vec::with_capacity(new.len());
+        let mut ops = Vec::with_capacity(new.len() + 1);
+        ops.push(
+            Op::put(product_key.clone(), encode(&record)?).expecting(Expect::Revision(revision)),
+        );
         for NewDevice { name, secret } in new {
             let key = DeviceKey { product_key: product.clone(), device_name: name };
             let secret = match secret {
@@ -222,6 +271,9 @@ impl Registry {
         }
         match self.store.batch(ops).await {
             Ok(_) => Ok(created),
+            Err(StoreError::Conflict { key, .. }) if key == product_key => {
+                Err(RegistryError::Concurrent { kind: "product", id: product.to_string() })
+            }
             Err(StoreError::Conflict { key, .. }) | Err(StoreError::DuplicateKey(key)) => {
                 let name = created
                     .iter()
