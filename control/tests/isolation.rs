@@ -311,17 +311,8 @@ async fn cross_account_submission_reveals_nothing_without_the_code() {
 #[tokio::test]
 async fn an_owner_change_mid_request_leaves_the_resource_alone() {
     let (plane, store, _dir) = interposed_plane().await;
-    let alpha: AccountId = "alpha".parse().unwrap();
+    let (alpha, _) = alpha_with_a_product(&plane).await;
     let bravo: AccountId = "bravo".parse().unwrap();
-    for id in ["alpha", "bravo", "charlie"] {
-        let new = json!({ "id": id, "name": format!("{id} Ltd"), "kind": "individual" });
-        plane.create_account(serde_json::from_value(new).unwrap()).await.unwrap();
-    }
-    let instance = json!({ "id": "alpha-sh", "region": "cn-shanghai",
-        "endpoint": { "host": "sh.example", "tcp_port": 1883 } });
-    plane.create_instance(&alpha, serde_json::from_value(instance).unwrap()).await.unwrap();
-    let product = json!({ "key": PK, "name": "Lamp", "home_instance": "alpha-sh" });
-    plane.create_product(&alpha, serde_json::from_value(product).unwrap()).await.unwrap();
     let pk: ProductKey = PK.parse().unwrap();
     let names = ["lamp-0001", "lamp-0002", "lamp-0003"];
     let names = names.iter().map(|n| (n.parse().unwrap(), None)).collect();
@@ -381,17 +372,7 @@ async fn an_owner_change_mid_request_leaves_the_resource_alone() {
 #[tokio::test]
 async fn nothing_is_created_under_an_owner_changing_meanwhile() {
     let (plane, store, _dir) = interposed_plane().await;
-    let alpha: AccountId = "alpha".parse().unwrap();
-    for id in ["alpha", "bravo"] {
-        let new = json!({ "id": id, "name": format!("{id} Ltd"), "kind": "individual" });
-        plane.create_account(serde_json::from_value(new).unwrap()).await.unwrap();
-    }
-    let instance = json!({ "id": "alpha-sh", "region": "cn-shanghai",
-        "endpoint": { "host": "sh.example", "tcp_port": 1883 } });
-    plane.create_instance(&alpha, serde_json::from_value(instance).unwrap()).await.unwrap();
-    let product = json!({ "key": PK, "name": "Lamp", "home_instance": "alpha-sh" });
-    let product: Product =
-        plane.create_product(&alpha, serde_json::from_value(product).unwrap()).await.unwrap();
+    let (alpha, product) = alpha_with_a_product(&plane).await;
     let pk = product.key.clone();
     let lamp = || vec![NewDevice { name: "lamp-0001".parse().unwrap(), secret: None }];
 
@@ -1349,6 +1330,22 @@ impl Store for Interposer {
     async fn compact(&self, through: Revision) -> Result<(), StoreError> {
         self.inner.compact(through).await
     }
+}
+
+/// Accounts alpha, bravo and charlie; alpha's instance `alpha-sh` and its product `PK` on it.
+async fn alpha_with_a_product(plane: &ControlPlane) -> (AccountId, Product) {
+    let alpha: AccountId = "alpha".parse().unwrap();
+    for id in ["alpha", "bravo", "charlie"] {
+        let new = json!({ "id": id, "name": format!("{id} Ltd"), "kind": "individual" });
+        plane.create_account(serde_json::from_value(new).unwrap()).await.unwrap();
+    }
+    let instance = json!({ "id": "alpha-sh", "region": "cn-shanghai",
+        "endpoint": { "host": "sh.example", "tcp_port": 1883 } });
+    plane.create_instance(&alpha, serde_json::from_value(instance).unwrap()).await.unwrap();
+    let product = json!({ "key": PK, "name": "Lamp", "home_instance": "alpha-sh" });
+    let product =
+        plane.create_product(&alpha, serde_json::from_value(product).unwrap()).await.unwrap();
+    (alpha, product)
 }
 
 /// Writes `device` with `owner`, past the plane.
