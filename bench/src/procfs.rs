@@ -6,16 +6,11 @@ use anyhow::{Context, Result};
 /// architecture this runs on.
 const TICKS_PER_SECOND: f64 = 100.0;
 
-/// `VmRSS` of `/proc/PID/status`, KiB.
+/// `VmRSS` of `/proc/PID/status`, KiB (read by the broker's own memory guard's parser).
 pub fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    parse_rss_kib(&status).context("no VmRSS line")
-}
-
-fn parse_rss_kib(status: &str) -> Option<u64> {
-    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    let bytes = meridian_broker::memory::resident_bytes_of(pid)
+        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))?;
+    Ok(bytes as u64 / 1024)
 }
 
 /// User + system CPU time of a process (all its threads), seconds.
@@ -50,7 +45,7 @@ mod tests {
     #[test]
     fn parses_status_and_stat() {
         let status = "Name:\tmosquitto\nVmPeak:\t  10 kB\nVmRSS:\t    5432 kB\nThreads:\t1\n";
-        assert_eq!(parse_rss_kib(status), Some(5432));
+        assert_eq!(meridian_broker::memory::parse_vm_rss(status), Some(5432 * 1024));
         let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0";
         assert_eq!(parse_cpu_ticks(stat), Some(300));
     }

@@ -80,6 +80,16 @@ impl Link {
 
     /// Queues a delivery for the connection, or hands it back with why not.
     pub fn push(&self, delivery: Delivery) -> Result<(), (Refused, Delivery)> {
+        self.enqueue(delivery, false)
+    }
+
+    /// Queues a QoS 1/2 delivery even when the inbox is full; only a closed connection refuses.
+    /// The caller holds the publisher back until [`Link::room`].
+    pub fn push_over(&self, delivery: Delivery) -> Result<(), (Refused, Delivery)> {
+        self.enqueue(delivery, true)
+    }
+
+    fn enqueue(&self, delivery: Delivery, beyond_bound: bool) -> Result<(), (Refused, Delivery)> {
         let mut state = lock(&self.state);
         if state.closed {
             return Err((Refused::Closed, delivery));
@@ -90,24 +100,10 @@ impl Link {
         } else {
             state.inbox.len() - state.qos0 >= self.queued
         };
-        if full {
+        if full && !beyond_bound {
             return Err((Refused::Full, delivery));
         }
         state.qos0 += usize::from(qos0);
-        state.inbox.push_back(delivery);
-        drop(state);
-        self.wake.notify_one();
-        Ok(())
-    }
-
-    /// Queues a QoS 1/2 delivery even when the inbox is full; only a closed connection refuses.
-    /// The caller holds the publisher back until [`Link::room`].
-    pub fn push_over(&self, delivery: Delivery) -> Result<(), (Refused, Delivery)> {
-        let mut state = lock(&self.state);
-        if state.closed {
-            return Err((Refused::Closed, delivery));
-        }
-        state.qos0 += usize::from(delivery.qos == 0);
         state.inbox.push_back(delivery);
         drop(state);
         self.wake.notify_one();

@@ -89,8 +89,13 @@ impl MemoryGuard {
 
 /// This process's resident set in bytes (Linux `/proc/self/status`), or `None` elsewhere.
 pub fn resident_bytes() -> Option<usize> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    parse_vm_rss(&status)
+    parse_vm_rss(&std::fs::read_to_string("/proc/self/status").ok()?)
+}
+
+/// Process `pid`'s resident set in bytes (Linux `/proc/PID/status`), or `None` when it cannot
+/// be read.
+pub fn resident_bytes_of(pid: u32) -> Option<usize> {
+    parse_vm_rss(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
 }
 
 /// The `VmRSS` line of a `/proc/PID/status` text, in bytes.

@@ -404,13 +404,7 @@ async fn ten_times_overload_stays_within_the_queue_cap() {
 /// This process's resident set size (Linux `/proc/self/status`).
 #[cfg(target_os = "linux")]
 fn resident_bytes() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let kib = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
-        .expect("VmRSS line");
-    kib * 1024
+    meridian_broker::memory::resident_bytes().expect("VmRSS of /proc/self/status")
 }
 
 // --- Helpers -----------------------------------------------------------------------------

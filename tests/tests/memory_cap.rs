@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use meridian_broker::memory::parse_vm_rss;
+use meridian_broker::memory::resident_bytes_of as resident;
 use meridian_tests::{Client, HANG, USER, raw, user_options};
 use rumqttc::QoS;
 
@@ -21,10 +21,6 @@ const MESSAGES: usize = 10 * CAP / PAYLOAD;
 const OFFLINE: usize = 20;
 /// Every this many messages, one goes to the live subscriber.
 const LIVE_EVERY: usize = 64;
-
-fn resident(pid: u32) -> Option<usize> {
-    parse_vm_rss(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_times_overload_keeps_the_broker_process_under_its_memory_cap() {

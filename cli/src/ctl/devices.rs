@@ -56,6 +56,18 @@ struct Device {
     created_at: u64,
 }
 
+/// The device table of `ctl devices list` and of a product view's devices: name, status,
+/// placement, creation time.
+pub(super) fn print_devices(
+    devices: impl Iterator<Item = (String, String, Placement, u64)>,
+) -> std::io::Result<()> {
+    let mut table = Table::new(&["NAME", "STATUS", "PLACEMENT", "CREATED"]);
+    for (name, status, placement, created_at) in devices {
+        table.row([name, status, placement.text(), output::time(created_at)]);
+    }
+    table.print("no devices")
+}
+
 /// Where a device may connect; a task's policy has the same shape, less `home`.
 #[derive(Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -111,16 +123,9 @@ pub(super) async fn run(ctl: &Ctl, command: Command) -> anyhow::Result<()> {
         Command::List { pk } => {
             let answer = ctl.client.get(&format!("{}/devices", product(&pk))).await?;
             ctl.show(&answer, |list: List| {
-                let mut table = Table::new(&["NAME", "STATUS", "PLACEMENT", "CREATED"]);
-                for device in list.devices {
-                    table.row([
-                        device.device_name,
-                        device.status,
-                        device.placement.text(),
-                        output::time(device.created_at),
-                    ]);
-                }
-                table.print("no devices")
+                print_devices(list.devices.into_iter().map(|device| {
+                    (device.device_name, device.status, device.placement, device.created_at)
+                }))
             })
         }
         Command::Create { pk, names } => {

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::Ctl;
 use super::client::segment;
-use super::devices::Placement;
+use super::devices::{Placement, print_devices};
 use super::instance_transfer;
 use super::output::{self, Format, Table, fields};
 
@@ -362,16 +362,9 @@ async fn views(ctl: &Ctl, command: ViewsCommand) -> anyhow::Result<()> {
             }
             let answer = ctl.client.get(&format!("{}/devices", view_path(&view))).await?;
             ctl.show(&answer, |list: List| {
-                let mut table = Table::new(&["NAME", "STATUS", "PLACEMENT", "CREATED"]);
-                for device in list.devices {
-                    table.row([
-                        device.device_name,
-                        device.status,
-                        device.placement.text(),
-                        output::time(device.created_at),
-                    ]);
-                }
-                table.print("no devices")
+                print_devices(list.devices.into_iter().map(|device| {
+                    (device.device_name, device.status, device.placement, device.created_at)
+                }))
             })
         }
         ViewsCommand::Device { view, name } => {
