@@ -319,9 +319,6 @@ where
                 // Everything waiting at once, so one wake-up writes many messages.
                 let mut inbox = VecDeque::new();
                 let (kick, left) = link.take(&mut inbox, session.room());
-                if let Some(kick) = kick {
-                    break Ended::Kicked(kick);
-                }
                 // What the session had no room for is taken when acknowledgements free some.
                 behind = left;
                 for delivery in inbox {
@@ -329,6 +326,10 @@ where
                     // accounted as `held`.
                     broker.router().budget().release(Load::of(&delivery));
                     deliver(broker, &mut session, delivery);
+                }
+                // Only now: what was taken is in the session, so a persistent one parks it.
+                if let Some(kick) = kick {
+                    break Ended::Kicked(kick);
                 }
             }
             _ = sleep_until(deadline) => {
@@ -349,15 +350,20 @@ where
         broker.router().budget().adjust(held, now);
         held = now;
     };
-    // Deliveries still waiting will never be read: give their reservations back. Once closed,
-    // the router's pushes fail and it releases those itself.
+    broker.router().budget().adjust(held, session.load());
+    let graceful =
+        matches!(ended, Ended::Session(Close::Disconnect) | Ended::Kicked(Kick::Shutdown));
+    let will = if graceful { None } else { session.take_will() };
+    // Parked (or forgotten) before the last flush: the router closes the link as it parks, so
+    // deliveries arriving while this task still flushes are queued for the session instead of
+    // refused by a closed inbox.
+    let filters: Vec<String> = session.filters().map(str::to_owned).collect();
+    broker.router().disconnect(&session_id, connection, session.park(), &filters);
+    // Empty unless another connection had already replaced this one: then nothing will read
+    // what waits, so its reservations are given back.
     for delivery in link.close() {
         broker.router().budget().release(Load::of(&delivery));
     }
-    broker.router().budget().adjust(held, session.load());
-
-    let graceful =
-        matches!(ended, Ended::Session(Close::Disconnect) | Ended::Kicked(Kick::Shutdown));
     // Best effort, bounded: a peer that stopped reading must not hold the task open.
     let _ = tokio::time::timeout(FINAL_FLUSH, async {
         if !out.is_empty() {
@@ -366,11 +372,9 @@ where
         stream.shutdown().await
     })
     .await;
-    if !graceful && let Some(will) = session.take_will() {
+    if let Some(will) = will {
         broker.publish(will);
     }
-    let filters: Vec<String> = session.filters().map(str::to_owned).collect();
-    broker.router().disconnect(&session_id, connection, session.park(), &filters);
     drop(finish);
     m::connection_closed();
     broker.usage().closed(connection, Instant::now());

@@ -147,13 +147,19 @@ impl Router {
     }
 
     /// Called by a connection task as it ends. A persistent session is parked (keeping its
-    /// subscriptions); a clean one is forgotten with all its `filters`. A connection that was
-    /// already replaced changes nothing.
+    /// subscriptions, and the QoS 1/2 deliveries still waiting in the connection's inbox); a
+    /// clean one is forgotten with all its `filters`. A connection that was already replaced
+    /// changes nothing (its task closes its own link).
+    ///
+    /// The link is closed here, under the session table's lock that every publish holds while
+    /// it pushes: a delivery either reached the inbox before (and moves into the parked
+    /// session) or finds the session parked. Nothing promised at QoS 1/2 falls between the two
+    /// (MQTT-3.1.2-5).
     pub fn disconnect(
         &self,
         session_id: &Arc<str>,
         connection: u64,
-        parked: Parked,
+        mut parked: Parked,
         filters: &[String],
     ) {
         let mut sessions = lock(&self.sessions);
@@ -165,14 +171,26 @@ impl Router {
             self.budget.release(parked.load());
             return;
         }
+        let waiting = link.close();
         if *clean {
             self.budget.release(parked.load());
+            for delivery in &waiting {
+                self.budget.release(Load::of(delivery));
+            }
             sessions.remove(session_id);
             drop(sessions);
             self.remove_subscriptions(session_id, filters);
-        } else {
-            sessions.insert(session_id.clone(), Slot::Offline(Box::new(parked)));
+            return;
         }
+        for delivery in waiting {
+            // Each inbox entry is already reserved; the parked session now holds it.
+            if delivery.qos == 0 {
+                self.budget.release(Load::of(&delivery));
+            } else {
+                parked.requeue(delivery);
+            }
+        }
+        sessions.insert(session_id.clone(), Slot::Offline(Box::new(parked)));
     }
 
     /// Adds subscriptions and returns the retained messages they match.

@@ -106,6 +106,13 @@ impl Parked {
         true
     }
 
+    /// Appends a delivery its connection had accepted but not yet read when it ended. It was
+    /// promised at QoS 1/2 and its budget is already reserved, so the queue bound that
+    /// [`Parked::enqueue`] applies to new arrivals does not refuse it.
+    pub fn requeue(&mut self, delivery: Delivery) {
+        self.pending.push_back(delivery);
+    }
+
     pub fn queued(&self) -> usize {
         self.pending.len() + self.inflight.len()
     }

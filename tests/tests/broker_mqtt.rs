@@ -380,3 +380,80 @@ async fn a_subscriber_that_never_reads_holds_publishers_back_only_for_a_while() 
     publisher.client.publish("held/x", QoS::AtLeastOnce, false, "after").await.unwrap();
     assert_eq!(&good.publish().await.payload[..], b"after");
 }
+
+/// MQTT-3.1.2-5: a persistent QoS 1 subscriber whose connection is killed, or taken over by a
+/// new connection of its client id, again and again while an open-loop publisher keeps sending,
+/// still receives every message, in order; the only repeats are redeliveries marked DUP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_subscriber_reconnecting_under_load_loses_nothing() {
+    const MESSAGES: usize = 4000;
+    const RECONNECTS: usize = 16;
+    let registry = TestRegistry::new().await;
+    // Queues far above what the test sends: no configured bound can explain a loss.
+    let broker = registry
+        .broker(SHANGHAI, |config| {
+            config.limits.queued = 2 * MESSAGES;
+            config.limits.inflight = 8;
+        })
+        .await;
+    let subscriber = |broker: std::net::SocketAddr| {
+        let mut options = user_options(broker, "keeper");
+        options.set_clean_session(false);
+        // Acknowledged only once recorded, so what the broker counts as delivered was seen.
+        options.set_manual_acks(true);
+        options
+    };
+    let (mut sub, _) = Client::connect(subscriber(broker.addr)).await.unwrap();
+    sub.client.subscribe("load/#", QoS::AtLeastOnce).await.unwrap();
+    sub.expect(|p| matches!(p, Packet::SubAck(_))).await;
+
+    let (mut publisher, _) = Client::connect(user_options(broker.addr, "pub")).await.unwrap();
+    let publishing = tokio::spawn(async move {
+        for n in 0..MESSAGES {
+            let payload = n.to_string();
+            publisher.client.publish("load/n", QoS::AtLeastOnce, false, payload).await.unwrap();
+            // Open loop at a steady pace, whatever the subscriber does.
+            if n % 20 == 19 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        for _ in 0..MESSAGES {
+            publisher.expect(|p| matches!(p, Packet::PubAck(_))).await;
+        }
+    });
+
+    // `next` is the lowest message not yet seen; anything above it is a loss or a reordering.
+    let mut next = 0;
+    let mut reconnects = 0;
+    let mut since_reconnect = 0;
+    while next < MESSAGES {
+        let publish = sub.publish().await;
+        let n: usize = std::str::from_utf8(&publish.payload).unwrap().parse().unwrap();
+        assert!(n <= next, "message {next} lost (or reordered): received {n} after it");
+        if n < next {
+            assert!(publish.dup, "message {n} delivered twice without DUP");
+        } else {
+            next += 1;
+        }
+        sub.client.ack(&publish).await.unwrap();
+        since_reconnect += 1;
+        if reconnects < RECONNECTS && since_reconnect == MESSAGES / (RECONNECTS + 4) {
+            since_reconnect = 0;
+            reconnects += 1;
+            if reconnects % 2 == 0 {
+                // A takeover: the new connection arrives while the old one is still up.
+                let (new, present) = Client::connect(subscriber(broker.addr)).await.unwrap();
+                assert!(present, "the session is resumed");
+                drop(std::mem::replace(&mut sub, new));
+            } else {
+                // Killed: the socket closes without DISCONNECT, then the client comes back.
+                drop(sub);
+                let (new, present) = Client::connect(subscriber(broker.addr)).await.unwrap();
+                assert!(present, "the session is resumed");
+                sub = new;
+            }
+        }
+    }
+    assert_eq!(reconnects, RECONNECTS, "every reconnect happened while messages flowed");
+    tokio::time::timeout(HANG, publishing).await.unwrap().unwrap();
+}

@@ -641,3 +641,25 @@ async fn retained_store_is_capped() {
     kept.sort();
     assert_eq!(kept.iter().map(|d| d.0.as_str()).collect::<Vec<_>>(), ["r/1", "r/2"]);
 }
+
+#[tokio::test]
+async fn a_persistent_disconnect_parks_what_waited_in_the_inbox_and_what_arrives_after() {
+    let router = Router::new(LIMITS, 10);
+    let a = id("a");
+    let (first, client) = handle(1, 16);
+    router.connect(&a, false, first).await;
+    router.subscribe(&a, &filters(&[("t", 1)]));
+    router.publish(message("t", 1, "waiting", false));
+    router.publish(message("t", 0, "qos0", false));
+    let mut parked = Parked::default();
+    parked.subscriptions.insert("t".into(), 1);
+    router.disconnect(&a, 1, parked, &["t".into()]);
+    assert!(client.link.close().is_empty(), "the router took the inbox as it parked");
+    router.publish(message("t", 1, "after", false));
+
+    let (second, _client) = handle(2, 16);
+    let resumed = router.connect(&a, false, second).await.expect("session present");
+    assert_eq!(resumed.queued(), 2, "the QoS 1 deliveries, not the QoS 0 one");
+    let held = resumed.load();
+    assert_eq!(router.budget().used().messages, held.messages, "reservations moved, not leaked");
+}
