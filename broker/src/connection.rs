@@ -209,7 +209,7 @@ where
     for delivery in broker.router().retained(&downlink) {
         deliver(broker, &mut session, delivery);
     }
-    broker.drain_events(&session_id, &mut session, &mut Vec::new());
+    broker.drain_events(&session_id, connection, &mut session, &mut Vec::new());
     if buffer.is_empty() {
         // CONNECT's bytes are consumed; keep no buffer for the next packet.
         buffer = BytesMut::new();
@@ -294,7 +294,7 @@ where
                     Ok(n) => m::bytes_in(n),
                     Err(error) => break Ended::Io(error),
                 }
-                if let Err(ended) = handle_input(broker, &session_id, &mut session, &mut buffer, max_packet, &mut blocked) {
+                if let Err(ended) = handle_input(broker, &session_id, connection, &mut session, &mut buffer, max_packet, &mut blocked) {
                     break ended;
                 }
                 woken |= behind && session.room() > 0;
@@ -411,6 +411,7 @@ fn deliver(broker: &Broker, session: &mut Session, delivery: Delivery) {
 fn handle_input(
     broker: &Broker,
     session_id: &Arc<str>,
+    connection: u64,
     session: &mut Session,
     buffer: &mut BytesMut,
     max_packet: usize,
@@ -433,7 +434,7 @@ fn handle_input(
         }
         m::packet_in(&packet);
         let result = session.handle_packet(Instant::now(), packet, broker.view());
-        broker.drain_events(session_id, session, blocked);
+        broker.drain_events(session_id, connection, session, blocked);
         result.map_err(Ended::Session)?;
     }
     // Nothing partial left: hold no buffer while waiting for the next packet.
@@ -516,6 +517,7 @@ impl Broker {
     pub(crate) fn drain_events(
         &self,
         session_id: &Arc<str>,
+        connection: u64,
         session: &mut Session,
         blocked: &mut Vec<Arc<Link>>,
     ) {
@@ -528,11 +530,13 @@ impl Broker {
                     self.publish_from(message, blocked);
                 }
                 Event::Subscribe(filters) => {
-                    for delivery in self.router().subscribe(session_id, &filters) {
+                    for delivery in self.router().subscribe(session_id, connection, &filters) {
                         deliver(self, session, delivery);
                     }
                 }
-                Event::Unsubscribe(filters) => self.router().unsubscribe(session_id, &filters),
+                Event::Unsubscribe(filters) => {
+                    self.router().unsubscribe(session_id, connection, &filters);
+                }
                 Event::PublishDenied { topic } => {
                     m::publish_denied();
                     tracing::debug!(session = %session_id, %topic, "publish outside the client's topics dropped");

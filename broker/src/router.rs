@@ -127,7 +127,18 @@ impl Router {
                         drop(sessions);
                         let parked = match previous {
                             Some(Slot::Offline(parked)) => Some(*parked),
-                            _ => None,
+                            // Replaced without its state: the wait ran out, or its task ended
+                            // without `disconnect`. Its filters are known only to that task,
+                            // and its later `disconnect` is stale, so whatever the index holds
+                            // for this session id is the old connection's: removed now, before
+                            // the new one subscribes, or the new session would receive what
+                            // it never subscribed to. The old task can add no more: a stale
+                            // connection's `subscribe` is ignored.
+                            Some(Slot::Online { .. }) => {
+                                write(&self.index).remove_session(session_id);
+                                None
+                            }
+                            None => None,
                         };
                         return match (clean, parked) {
                             (false, parked) => parked,
@@ -193,9 +204,22 @@ impl Router {
         sessions.insert(session_id.clone(), Slot::Offline(Box::new(parked)));
     }
 
-    /// Adds subscriptions and returns the retained messages they match.
-    pub fn subscribe(&self, session_id: &Arc<str>, filters: &[(String, u8)]) -> Vec<Delivery> {
+    /// Adds subscriptions of connection `connection` and returns the retained messages they
+    /// match. A connection that no longer holds the session (replaced by a takeover) changes
+    /// nothing and gets nothing.
+    pub fn subscribe(
+        &self,
+        session_id: &Arc<str>,
+        connection: u64,
+        filters: &[(String, u8)],
+    ) -> Vec<Delivery> {
         {
+            // The table's lock is held across the insert, so a takeover cannot clear the
+            // session's entries between the check and the insert.
+            let sessions = lock(&self.sessions);
+            if !holds(&sessions, session_id, connection) {
+                return Vec::new();
+            }
             let mut index = write(&self.index);
             for (filter, qos) in filters {
                 index.insert(filter, session_id.clone(), *qos);
@@ -221,12 +245,22 @@ impl Router {
         deliveries
     }
 
+    /// Removes subscriptions of connection `connection`; like [`Router::subscribe`], a
+    /// replaced connection changes nothing (the filters now belong to its successor).
     pub fn unsubscribe<'a>(
         &self,
         session_id: &Arc<str>,
+        connection: u64,
         filters: impl IntoIterator<Item = &'a String>,
     ) {
-        self.remove_subscriptions(session_id, filters);
+        let sessions = lock(&self.sessions);
+        if !holds(&sessions, session_id, connection) {
+            return;
+        }
+        let mut index = write(&self.index);
+        for filter in filters {
+            index.remove(filter, session_id);
+        }
     }
 
     fn remove_subscriptions<'a>(
@@ -383,6 +417,11 @@ impl Router {
     pub fn retained_bytes(&self) -> usize {
         read(&self.retained).bytes()
     }
+}
+
+/// Whether `connection` is the online connection of `session_id`.
+fn holds(sessions: &HashMap<Arc<str>, Slot>, session_id: &str, connection: u64) -> bool {
+    matches!(sessions.get(session_id), Some(Slot::Online { link, .. }) if link.connection() == connection)
 }
 
 // A poisoned lock means a thread panicked while holding it; the maps stay structurally valid

@@ -53,6 +53,13 @@ impl SubscriptionIndex {
         }
     }
 
+    /// Removes every subscription of `session`, pruning branches left empty. It walks the
+    /// whole trie, so it is for rare events only: a takeover that replaced a connection whose
+    /// filters the router cannot ask for (see [`crate::router::Router::connect`]).
+    pub fn remove_session(&mut self, session: &str) {
+        self.filters -= remove_session_at(&mut self.root, session);
+    }
+
     /// Every session subscribed to a filter matching `topic`, each once, at the highest QoS
     /// among its matching filters.
     pub fn matches(&self, topic: &str) -> Vec<(Arc<str>, u8)> {
@@ -82,6 +89,16 @@ fn remove_at(node: &mut Node, levels: &[&str], session: &str) -> bool {
             removed
         }
     }
+}
+
+fn remove_session_at(node: &mut Node, session: &str) -> usize {
+    let mut removed = usize::from(node.exact.remove(session).is_some())
+        + usize::from(node.multi.remove(session).is_some());
+    node.children.retain(|_, child| {
+        removed += remove_session_at(child, session);
+        !child.is_empty()
+    });
+    removed
 }
 
 fn collect(node: &Node, levels: &[&str], skip_wildcards: bool, found: &mut HashMap<Arc<str>, u8>) {
@@ -165,6 +182,21 @@ mod tests {
         assert!(index.root.children["a"].children.is_empty(), "empty branch pruned");
         assert_eq!(ids(index.matches("a/b/c")), vec![("t".into(), 0)]);
         index.remove("a/#", "t");
+        assert!(index.len() == 0 && index.root.is_empty());
+    }
+
+    #[test]
+    fn remove_session_takes_every_filter_of_one_session() {
+        let mut index = SubscriptionIndex::default();
+        index.insert("a/b/c", "s".into(), 0);
+        index.insert("a/#", "s".into(), 1);
+        index.insert("#", "s".into(), 1);
+        index.insert("a/+", "t".into(), 0);
+        index.remove_session("s");
+        assert_eq!(index.len(), 1);
+        assert!(!index.root.children["a"].children.contains_key("b"), "empty branch pruned");
+        assert_eq!(ids(index.matches("a/b")), vec![("t".into(), 0)]);
+        index.remove_session("t");
         assert!(index.len() == 0 && index.root.is_empty());
     }
 }

@@ -72,9 +72,9 @@ async fn publish_reaches_matching_subscribers_at_the_lower_qos() {
     assert!(router.connect(&b, true, handle_b).await.is_none());
     assert!(router.connect(&c, true, handle_c).await.is_none());
 
-    assert!(router.subscribe(&a, &filters(&[("sensors/+/temp", 2)])).is_empty());
-    assert!(router.subscribe(&b, &filters(&[("sensors/#", 0)])).is_empty());
-    router.subscribe(&c, &filters(&[("other/#", 2)]));
+    assert!(router.subscribe(&a, 1, &filters(&[("sensors/+/temp", 2)])).is_empty());
+    assert!(router.subscribe(&b, 2, &filters(&[("sensors/#", 0)])).is_empty());
+    router.subscribe(&c, 3, &filters(&[("other/#", 2)]));
     assert_eq!(router.subscription_count(), 3);
 
     let routed = router.publish(message("sensors/k1/temp", 1, "21.5", false));
@@ -105,7 +105,7 @@ async fn overlapping_filters_deliver_once_at_the_highest_grant() {
     let a = id("a");
     let (handle_a, mut client) = handle(1, 16);
     router.connect(&a, true, handle_a).await;
-    router.subscribe(&a, &filters(&[("t/#", 0), ("t/+", 1), ("t/x", 0)]));
+    router.subscribe(&a, 1, &filters(&[("t/#", 0), ("t/+", 1), ("t/x", 0)]));
     let routed = router.publish(message("t/x", 2, "once", false));
     assert_eq!(routed.delivered, 1);
     assert_eq!(summary(&client.deliveries()), [("t/x".into(), "once".into(), 1, false)]);
@@ -117,8 +117,8 @@ async fn unsubscribe_stops_deliveries() {
     let a = id("a");
     let (handle_a, mut client) = handle(1, 16);
     router.connect(&a, true, handle_a).await;
-    router.subscribe(&a, &filters(&[("t/#", 1), ("u", 1)]));
-    router.unsubscribe(&a, &["t/#".to_owned()]);
+    router.subscribe(&a, 1, &filters(&[("t/#", 1), ("u", 1)]));
+    router.unsubscribe(&a, 1, &["t/#".to_owned()]);
     assert_eq!(router.subscription_count(), 1);
     router.publish(message("t/x", 1, "gone", false));
     router.publish(message("u", 1, "kept", false));
@@ -131,7 +131,7 @@ async fn retained_messages_are_stored_replaced_deleted_and_sent_on_subscribe() {
     let (a, b) = (id("a"), id("b"));
     let (handle_a, mut client_a) = handle(1, 16);
     router.connect(&a, true, handle_a).await;
-    router.subscribe(&a, &filters(&[("status/#", 1)]));
+    router.subscribe(&a, 1, &filters(&[("status/#", 1)]));
 
     // Stored, and delivered to current subscribers as a normal message (retain flag clear).
     router.publish(message("status/lamp", 1, "on", true));
@@ -145,7 +145,7 @@ async fn retained_messages_are_stored_replaced_deleted_and_sent_on_subscribe() {
     // A new subscription gets the retained messages, flagged, at the lower QoS.
     let (handle_b, _client_b) = handle(2, 16);
     router.connect(&b, true, handle_b).await;
-    let mut sent = summary(&router.subscribe(&b, &filters(&[("status/+", 2)])));
+    let mut sent = summary(&router.subscribe(&b, 2, &filters(&[("status/+", 2)])));
     sent.sort();
     assert_eq!(
         sent,
@@ -154,14 +154,14 @@ async fn retained_messages_are_stored_replaced_deleted_and_sent_on_subscribe() {
             ("status/lamp".into(), "on".into(), 1, true)
         ]
     );
-    assert_eq!(summary(&router.subscribe(&b, &filters(&[("status/lamp", 0)]))).len(), 1);
-    assert_eq!(summary(&router.subscribe(&b, &filters(&[("status/lamp", 0)])))[0].2, 0);
+    assert_eq!(summary(&router.subscribe(&b, 2, &filters(&[("status/lamp", 0)]))).len(), 1);
+    assert_eq!(summary(&router.subscribe(&b, 2, &filters(&[("status/lamp", 0)])))[0].2, 0);
 
     // Replaced.
     router.publish(message("status/lamp", 2, "off", true));
     assert_eq!(router.retained_count(), 2);
     assert_eq!(
-        summary(&router.subscribe(&b, &filters(&[("status/lamp", 2)]))),
+        summary(&router.subscribe(&b, 2, &filters(&[("status/lamp", 2)]))),
         [("status/lamp".into(), "off".into(), 2, true)]
     );
 
@@ -169,7 +169,7 @@ async fn retained_messages_are_stored_replaced_deleted_and_sent_on_subscribe() {
     let _ = client_a.deliveries();
     router.publish(message("status/lamp", 1, "", true));
     assert_eq!(router.retained_count(), 1);
-    assert!(router.subscribe(&b, &filters(&[("status/lamp", 2)])).is_empty());
+    assert!(router.subscribe(&b, 2, &filters(&[("status/lamp", 2)])).is_empty());
     assert_eq!(summary(&client_a.deliveries()), [("status/lamp".into(), "".into(), 1, false)]);
 
     // Deleting what is not there is harmless.
@@ -184,8 +184,8 @@ async fn retained_system_topics_are_not_sent_to_leading_wildcards() {
     let (handle_a, _client) = handle(1, 16);
     router.connect(&a, true, handle_a).await;
     router.publish(message("$SYS/uptime", 0, "1", true));
-    assert!(router.subscribe(&a, &filters(&[("#", 0)])).is_empty());
-    assert_eq!(router.subscribe(&a, &filters(&[("$SYS/#", 0)])).len(), 1);
+    assert!(router.subscribe(&a, 1, &filters(&[("#", 0)])).is_empty());
+    assert_eq!(router.subscribe(&a, 1, &filters(&[("$SYS/#", 0)])).len(), 1);
 }
 
 #[tokio::test]
@@ -195,7 +195,7 @@ async fn clean_session_disconnect_removes_its_subscriptions() {
     let (handle_a, _client) = handle(7, 16);
     router.connect(&a, true, handle_a).await;
     let subscribed = filters(&[("t/#", 1), ("u", 0)]);
-    router.subscribe(&a, &subscribed);
+    router.subscribe(&a, 7, &subscribed);
     assert!(router.is_online("a"));
     assert_eq!(router.subscription_count(), 2);
 
@@ -217,7 +217,7 @@ async fn persistent_session_queues_qos1_while_offline_and_resumes() {
     let a = id("a");
     let (handle_a, _client) = handle(1, 16);
     assert!(router.connect(&a, false, handle_a).await.is_none());
-    router.subscribe(&a, &filters(&[("t/#", 1)]));
+    router.subscribe(&a, 1, &filters(&[("t/#", 1)]));
     let mut parked = Parked::default();
     parked.subscriptions.insert("t/#".into(), 1);
     router.disconnect(&a, 1, parked, &["t/#".into()]);
@@ -277,11 +277,11 @@ async fn clean_connect_discards_a_parked_session_and_its_subscriptions() {
     let (a, watcher) = (id("a"), id("watcher"));
     let (handle_w, mut client_w) = handle(100, 16);
     router.connect(&watcher, true, handle_w).await;
-    router.subscribe(&watcher, &filters(&[("t/#", 1)]));
+    router.subscribe(&watcher, 100, &filters(&[("t/#", 1)]));
 
     let (handle_a, _client) = handle(1, 16);
     router.connect(&a, false, handle_a).await;
-    router.subscribe(&a, &filters(&[("t/#", 1), ("u/+", 1)]));
+    router.subscribe(&a, 1, &filters(&[("t/#", 1), ("u/+", 1)]));
     let mut parked = Parked::default();
     parked.subscriptions.insert("t/#".into(), 1);
     parked.subscriptions.insert("u/+".into(), 1);
@@ -310,7 +310,7 @@ async fn persistent_session_going_clean_then_persistent_does_not_resurrect() {
     let a = id("a");
     let (first, _c1) = handle(1, 16);
     router.connect(&a, false, first).await;
-    router.subscribe(&a, &filters(&[("t", 1)]));
+    router.subscribe(&a, 1, &filters(&[("t", 1)]));
     let mut parked = Parked::default();
     parked.subscriptions.insert("t".into(), 1);
     router.disconnect(&a, 1, parked, &["t".into()]);
@@ -328,7 +328,7 @@ async fn takeover_kicks_the_old_connection_and_waits_for_it() {
     let a = id("a");
     let (first, mut old) = handle(1, 16);
     assert!(router.connect(&a, false, first).await.is_none());
-    router.subscribe(&a, &filters(&[("t/#", 1)]));
+    router.subscribe(&a, 1, &filters(&[("t/#", 1)]));
 
     let (second, mut new) = handle(2, 16);
     let takeover = tokio::spawn({
@@ -368,7 +368,7 @@ async fn takeover_of_a_clean_session_starts_fresh() {
     let a = id("a");
     let (first, old) = handle(1, 16);
     router.connect(&a, true, first).await;
-    router.subscribe(&a, &filters(&[("t/#", 1)]));
+    router.subscribe(&a, 1, &filters(&[("t/#", 1)]));
 
     let (second, _new) = handle(2, 16);
     let takeover = tokio::spawn({
@@ -411,12 +411,14 @@ async fn stale_disconnect_changes_nothing() {
     let a = id("a");
     let (first, old) = handle(1, 16);
     router.connect(&a, true, first).await;
-    router.subscribe(&a, &filters(&[("t/#", 1)]));
+    router.subscribe(&a, 1, &filters(&[("t/#", 1)]));
 
     // Replace the first connection (it finishes without disconnecting, e.g. it crashed).
     old.finish();
     let (second, mut new) = handle(2, 16);
     router.connect(&a, true, second).await;
+    assert_eq!(router.subscription_count(), 0, "the crashed connection's filters went with it");
+    router.subscribe(&a, 2, &filters(&[("t/#", 1)]));
 
     // The first one's late disconnect must not remove the new connection or its filters.
     router.disconnect(&a, 1, Parked::default(), &["t/#".into()]);
@@ -451,7 +453,7 @@ async fn slow_consumer_is_dropped_then_kicked() {
     let a = id("a");
     let (handle_a, mut client) = handle(1, 1);
     router.connect(&a, true, handle_a).await;
-    router.subscribe(&a, &filters(&[("t", 0)]));
+    router.subscribe(&a, 1, &filters(&[("t", 0)]));
 
     assert_eq!(router.publish(message("t", 0, "fits", false)), Routed { delivered: 1, dropped: 0 });
     // Two drops: counted, not yet kicked.
@@ -483,7 +485,7 @@ async fn closed_mailbox_counts_as_dropped() {
     let a = id("a");
     let (handle_a, client) = handle(1, 4);
     router.connect(&a, true, handle_a).await;
-    router.subscribe(&a, &filters(&[("t", 0)]));
+    router.subscribe(&a, 1, &filters(&[("t", 0)]));
     client.link.close();
     assert_eq!(router.publish(message("t", 0, "x", false)), Routed { delivered: 0, dropped: 1 });
 }
@@ -528,8 +530,8 @@ async fn global_queue_budget_sheds_qos0_then_backlogged_queues() {
     router.connect(&fast, true, handle_fast).await;
     router.connect(&slow, true, handle_slow).await;
     router.connect(&away, false, handle_away).await;
-    for session in [&fast, &slow, &away] {
-        router.subscribe(session, &filters(&[("t", 1)]));
+    for (session, connection) in [(&fast, 1), (&slow, 2), (&away, 3)] {
+        router.subscribe(session, connection, &filters(&[("t", 1)]));
     }
     router.disconnect(&away, 3, Parked::default(), &[]);
 
@@ -565,7 +567,7 @@ async fn qos1_burst_beyond_the_qos0_mailbox_is_kept() {
     let link = Arc::new(Link::new(1, 2, 100));
     let mut client = Client { link: link.clone() };
     router.connect(&a, true, link).await;
-    router.subscribe(&a, &filters(&[("t", 1)]));
+    router.subscribe(&a, 1, &filters(&[("t", 1)]));
     for n in 0..50 {
         assert_eq!(router.publish(message("t", 1, &n.to_string(), false)).delivered, 1);
     }
@@ -603,7 +605,7 @@ async fn device_downlink_is_routed_without_a_subscription() {
     );
 
     // Subscribed explicitly at QoS 0 as well: once, at the downlink's QoS 1.
-    router.subscribe(&device, &filters(&[("/sys/pk/dn/thing/#", 0)]));
+    router.subscribe(&device, 1, &filters(&[("/sys/pk/dn/thing/#", 0)]));
     assert_eq!(router.publish(message("/sys/pk/dn/thing/x", 1, "once", false)).delivered, 1);
     assert_eq!(
         summary(&client.deliveries()),
@@ -628,7 +630,7 @@ async fn retained_store_is_capped() {
     let a = id("a");
     let (link, mut client) = handle(1, 16);
     router.connect(&a, true, link).await;
-    router.subscribe(&a, &filters(&[("r/#", 1)]));
+    router.subscribe(&a, 1, &filters(&[("r/#", 1)]));
     for topic in ["r/1", "r/2", "r/3"] {
         assert_eq!(router.publish(message(topic, 1, "v", true)).delivered, 1);
     }
@@ -637,7 +639,7 @@ async fn retained_store_is_capped() {
     assert_eq!(router.retained_bytes(), 8);
     let (b, (link_b, _c)) = (id("b"), handle(2, 16));
     router.connect(&b, true, link_b).await;
-    let mut kept = summary(&router.subscribe(&b, &filters(&[("r/+", 1)])));
+    let mut kept = summary(&router.subscribe(&b, 2, &filters(&[("r/+", 1)])));
     kept.sort();
     assert_eq!(kept.iter().map(|d| d.0.as_str()).collect::<Vec<_>>(), ["r/1", "r/2"]);
 }
@@ -648,7 +650,7 @@ async fn a_persistent_disconnect_parks_what_waited_in_the_inbox_and_what_arrives
     let a = id("a");
     let (first, client) = handle(1, 16);
     router.connect(&a, false, first).await;
-    router.subscribe(&a, &filters(&[("t", 1)]));
+    router.subscribe(&a, 1, &filters(&[("t", 1)]));
     router.publish(message("t", 1, "waiting", false));
     router.publish(message("t", 0, "qos0", false));
     let mut parked = Parked::default();
@@ -662,4 +664,41 @@ async fn a_persistent_disconnect_parks_what_waited_in_the_inbox_and_what_arrives
     assert_eq!(resumed.queued(), 2, "the QoS 1 deliveries, not the QoS 0 one");
     let held = resumed.load();
     assert_eq!(router.budget().used().messages, held.messages, "reservations moved, not leaked");
+}
+
+/// A takeover whose wait runs out replaces the old connection without its state: the old
+/// connection's subscriptions do not stay attached to the session id (the new session would
+/// receive what it never subscribed to), and the old task, still running, can neither add nor
+/// remove any.
+#[tokio::test(start_paused = true)]
+async fn a_takeover_that_stops_waiting_drops_the_old_connections_subscriptions() {
+    let router = Arc::new(Router::new(LIMITS, 10));
+    let (a, watcher) = (id("a"), id("watcher"));
+    let (handle_w, mut client_w) = handle(9, 16);
+    router.connect(&watcher, true, handle_w).await;
+    router.subscribe(&watcher, 9, &filters(&[("old/#", 1)]));
+    let (first, old) = handle(1, 16);
+    router.connect(&a, false, first).await;
+    router.subscribe(&a, 1, &filters(&[("old/#", 1), ("both", 1)]));
+
+    // The old connection is kicked but never finishes (stuck); virtual time runs the wait out.
+    let (second, mut new) = handle(2, 16);
+    let resumed = router.connect(&a, false, second).await;
+    assert!(resumed.is_none(), "nothing to resume: the old state is still in its task");
+    assert_eq!(old.kick(), Some(Kick::TakenOver));
+    assert_eq!(router.subscription_count(), 1, "only the watcher's subscription is left");
+    router.publish(message("old/x", 1, "not for the new session", false));
+    assert!(new.deliveries().is_empty());
+    assert_eq!(client_w.deliveries().len(), 1, "other sessions are untouched");
+
+    // The new connection subscribes; the stale one's late SUBSCRIBE, UNSUBSCRIBE and
+    // disconnect change nothing.
+    router.subscribe(&a, 2, &filters(&[("both", 1)]));
+    assert!(router.subscribe(&a, 1, &filters(&[("late/#", 1)])).is_empty());
+    router.unsubscribe(&a, 1, &["both".to_owned()]);
+    router.disconnect(&a, 1, Parked::default(), &["old/#".into(), "both".into()]);
+    assert_eq!(router.subscription_count(), 2);
+    router.publish(message("late/x", 1, "no", false));
+    router.publish(message("both", 1, "yes", false));
+    assert_eq!(summary(&new.deliveries()), [("both".into(), "yes".into(), 1, false)]);
 }
