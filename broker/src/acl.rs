@@ -20,6 +20,20 @@ pub enum Principal {
     Application { account: AccountId },
 }
 
+/// Who published a message, for the checks made when it is delivered (a subscription was
+/// checked when made, but some rules depend on the sender).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Origin {
+    /// The broker itself (notifies) or a standard client from the broker configuration.
+    #[default]
+    Broker,
+    /// A device, by its session id: its own implicit downlink never echoes it back.
+    Device(std::sync::Arc<str>),
+    /// An application client of this account: a device receives it only while the account
+    /// owns the device (SPEC §6).
+    Application(AccountId),
+}
+
 /// Per-connection limits that depend on the kind of client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Profile {
@@ -89,10 +103,31 @@ impl Principal {
     /// another account (SPEC §6), the old owner's application client stops receiving it even
     /// through a `/{pk}/+/...` subscription it still holds. Devices and standard clients are
     /// bounded by their subscriptions alone.
-    pub fn may_receive(&self, topic: &str, view: &RegistryView) -> bool {
+    ///
+    /// A device likewise receives what an application client sent (a broadcast to its product,
+    /// a downlink, a retained message, something queued while it was away) only while that
+    /// client's account owns the device: after a transfer the source loses all access, even
+    /// through `/broadcast/{pk}/...`, which names no device.
+    pub fn may_receive(&self, topic: &str, origin: &Origin, view: &RegistryView) -> bool {
+        match (self, origin) {
+            (Principal::Application { account }, _) => application_topic(account, topic, view),
+            (Principal::Device(key), Origin::Application(sender)) => view.account_may_use_device(
+                sender,
+                key.product_key.as_str(),
+                key.device_name.as_str(),
+            ),
+            (Principal::Standard { .. } | Principal::Device(_), _) => true,
+        }
+    }
+
+    /// How messages this principal publishes are marked (see [`Origin`]).
+    pub fn origin(&self) -> Origin {
         match self {
-            Principal::Application { account } => application_topic(account, topic, view),
-            Principal::Standard { .. } | Principal::Device(_) => true,
+            Principal::Standard { .. } => Origin::Broker,
+            Principal::Device(key) => Origin::Device(
+                device_session_id(key.product_key.as_str(), key.device_name.as_str()).into(),
+            ),
+            Principal::Application { account } => Origin::Application(account.clone()),
         }
     }
 
@@ -124,7 +159,10 @@ pub fn device_session_id(product_key: &str, device_name: &str) -> String {
     format!("device:{product_key}/{device_name}")
 }
 
-/// The device session whose implicit downlink `/sys/{pk}/{dn}/#` matches `topic`, if any.
+/// The device session the implicit downlink delivers a message on `topic` to, if any: the
+/// device `/sys/{pk}/{dn}/...` names, when the topic is downlink (see [`carries_downlink`]).
+/// A device's own messages are not delivered back to it through this route either (no-local:
+/// the router compares the message's [`Origin`]).
 ///
 /// Every device is subscribed to its downlink from the moment it connects (the real SDKs never
 /// send SUBSCRIBE for it, SPEC §3). The router reaches it by session id rather than through
@@ -134,10 +172,58 @@ pub fn downlink_session(topic: &str) -> Option<String> {
     let mut levels = rest.splitn(3, '/');
     let (product_key, device_name) = (levels.next()?, levels.next()?);
     // `#` also matches its parent level: `/sys/{pk}/{dn}` itself.
-    if product_key.is_empty() || device_name.is_empty() {
+    if product_key.is_empty() || device_name.is_empty() || !carries_downlink(topic) {
         return None;
     }
     Some(device_session_id(product_key, device_name))
+}
+
+/// Whether the implicit downlink route carries `topic` (a topic under `/sys/{pk}/{dn}`).
+///
+/// The route carries what the platform sends a device, never what a device sends: a device
+/// must not get its own uplink echoed (nor another client's message that looks like that
+/// device's uplink). Alink topics come in request/reply pairs and a reply travels opposite to
+/// its request, so the rule is:
+/// - requests the platform makes are downlink: `thing/service/...` (property set and get,
+///   service calls), `thing/bootstrap/notify`, `thing/config/push`, `thing/model/down_raw`,
+///   `thing/disable|enable|delete`, `thing/topo/change`, `thing/gateway/permit`, and
+///   `rrpc/request/...`; their `_reply` topics are the device's answers, uplink;
+/// - every other `thing/...` topic is a request the device makes (`event/.../post`,
+///   `deviceinfo/update`, `config/get`, `model/up_raw`, `topo/add`, ...), uplink; its `_reply`
+///   is the platform's answer, downlink (`thing/event/property/post_reply`);
+/// - `rrpc/response/...` is uplink;
+/// - anything else under the device's `/sys` namespace (the bare `/sys/{pk}/{dn}`) is
+///   downlink, as before.
+///
+/// A device that explicitly subscribes to one of its uplink topics still gets it: this limits
+/// only the subscription it never made.
+pub fn carries_downlink(topic: &str) -> bool {
+    let levels: Vec<&str> = topic.split('/').collect();
+    let tail = match levels.as_slice() {
+        ["", "sys", _, _, tail @ ..] => tail,
+        _ => return false,
+    };
+    match tail {
+        ["rrpc", "response", ..] => false,
+        ["thing", request @ .., last] => {
+            let (last, reply) = match last.strip_suffix("_reply") {
+                Some(request) => (request, true),
+                None => (*last, false),
+            };
+            let platform_request = matches!(
+                (request, last),
+                (["service", ..], _)
+                    | (["bootstrap"], "notify")
+                    | (["config"], "push")
+                    | (["model"], "down_raw")
+                    | ([], "disable" | "enable" | "delete")
+                    | (["topo"], "change")
+                    | (["gateway"], "permit")
+            );
+            platform_request != reply
+        }
+        _ => true,
+    }
 }
 
 /// The QoS a device's implicit downlink is granted.

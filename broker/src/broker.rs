@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
+use crate::acl::Origin;
 use crate::admission::{Admission, AuthBackoff};
 use crate::auth::Authenticator;
 use crate::budget::QueueBudget;
@@ -244,6 +245,7 @@ impl Broker {
             payload: payload.into(),
             qos: 1,
             retain: false,
+            origin: Origin::Broker,
         });
         m::notify_sent();
 

@@ -20,7 +20,7 @@ use bytes::BytesMut;
 use mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, Packet};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::acl::DOWNLINK_QOS;
+use crate::acl::{self, DOWNLINK_QOS};
 use crate::auth::Credentials;
 use crate::broker::Broker;
 use crate::budget::Load;
@@ -168,8 +168,9 @@ where
     // What was queued for a persistent client while it was away, on a device its account no
     // longer owns (SPEC §6), is not handed over on its return.
     let parked = parked.map(|mut parked| {
-        let may_receive =
-            |d: &Delivery| accepted.principal.may_receive(&d.message.topic, broker.view());
+        let may_receive = |d: &Delivery| {
+            accepted.principal.may_receive(&d.message.topic, &d.message.origin, broker.view())
+        };
         for delivery in parked.retain_pending(may_receive) {
             broker.router().budget().release(Load::of(&delivery));
             m::dropped("not_permitted");
@@ -182,6 +183,7 @@ where
         payload: will.message,
         qos: will.qos as u8,
         retain: will.retain,
+        origin: accepted.principal.origin(),
     });
     // A device's downlink is subscribed from the start: its retained messages are due now.
     let downlink: Vec<(String, u8)> =
@@ -206,8 +208,12 @@ where
         &mut out,
     )
     .unwrap_or_default();
+    // Only what the implicit route carries: a retained message on the device's uplink topics
+    // (set by another client) is not downlink.
     for delivery in broker.router().retained(&downlink) {
-        deliver(broker, &mut session, delivery);
+        if acl::carries_downlink(&delivery.message.topic) {
+            deliver(broker, &mut session, delivery);
+        }
     }
     broker.drain_events(&session_id, connection, &mut session, &mut Vec::new());
     if buffer.is_empty() {
@@ -396,9 +402,11 @@ async fn woken_or_ready(link: &Link, already: bool) {
 }
 
 /// Hands a routed message to the session, unless its client may no longer receive it (an
-/// application client whose account no longer owns the device, SPEC §6).
+/// application client whose account no longer owns the device, or a device that another
+/// account's application client sent it to, SPEC §6).
 fn deliver(broker: &Broker, session: &mut Session, delivery: Delivery) {
-    if !session.principal().may_receive(&delivery.message.topic, broker.view()) {
+    let message = &delivery.message;
+    if !session.principal().may_receive(&message.topic, &message.origin, broker.view()) {
         m::dropped("not_permitted");
         return;
     }

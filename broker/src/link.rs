@@ -268,6 +268,7 @@ mod tests {
             payload: Bytes::from_static(payload.as_bytes()),
             qos,
             retain: false,
+            origin: Default::default(),
         };
         Delivery { message: Arc::new(message), qos, retain: false }
     }

@@ -107,6 +107,7 @@ mod tests {
             payload: Bytes::from(payload.to_owned()),
             qos: 1,
             retain: true,
+            origin: Default::default(),
         })
     }
 

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use crate::acl::{DOWNLINK_QOS, downlink_session};
+use crate::acl::{DOWNLINK_QOS, Origin, downlink_session};
 use crate::budget::{Load, QueueBudget};
 use crate::link::{Link, Refused};
 use crate::retained::Retained;
@@ -290,7 +290,11 @@ impl Router {
             crate::metrics::limited("retained_full");
         }
         let mut subscribers = read(&self.index).matches(&message.topic);
-        if let Some(device) = downlink_session(&message.topic) {
+        // No-local for the implicit route: a device's own message never comes back through
+        // it (an explicit subscription still delivers it).
+        if let Some(device) = downlink_session(&message.topic)
+            && !matches!(&message.origin, Origin::Device(from) if **from == *device)
+        {
             // Also subscribed explicitly: delivered once, at the higher grant.
             match subscribers.iter_mut().find(|(session, _)| **session == *device) {
                 Some((_, granted)) => *granted = (*granted).max(DOWNLINK_QOS),

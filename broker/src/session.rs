@@ -17,7 +17,7 @@ use mqttbytes::v4::{
     UnsubAck, Unsubscribe,
 };
 
-use crate::acl::{Principal, Profile};
+use crate::acl::{Origin, Principal, Profile};
 use crate::budget::Load;
 use crate::topic;
 use crate::view::RegistryView;
@@ -29,6 +29,8 @@ pub struct Message {
     pub payload: Bytes,
     pub qos: u8,
     pub retain: bool,
+    /// Who published it; delivery checks depend on it (see [`Origin`]).
+    pub origin: Origin,
 }
 
 /// A message on its way to one subscriber, at the QoS that subscriber was granted.
@@ -152,6 +154,8 @@ enum Inflight {
 
 pub struct Session {
     principal: Principal,
+    /// How this client's messages are marked, made once rather than per message.
+    origin: Origin,
     profile: Profile,
     limits: Limits,
     /// `None` when the client disabled keepalive (0).
@@ -188,6 +192,7 @@ impl Session {
         let keep_alive = (keep_alive > 0).then(|| Duration::from_secs(u64::from(keep_alive)));
         let parked = parked.unwrap_or_default();
         let mut session = Session {
+            origin: principal.origin(),
             principal,
             profile,
             limits,
@@ -326,6 +331,7 @@ impl Session {
             payload: publish.payload,
             qos,
             retain: publish.retain && self.profile.retain,
+            origin: self.origin.clone(),
         }));
         Ok(())
     }

@@ -426,3 +426,62 @@ async fn a_client_id_cannot_take_over_a_device_session() {
     assert_eq!(&publish.payload[..], b"still yours");
     assert!(broker.daemon.broker.router().is_online(&impostor_id));
 }
+
+/// The implicit `/sys/{pk}/{dn}/#` route carries downlink only (SPEC §3): a device never gets
+/// its own uplink echoed, nor another client's message on one of its uplink topics, while
+/// every downlink arrives without a SUBSCRIBE. What a device subscribes to explicitly it gets.
+#[tokio::test]
+async fn a_device_gets_its_downlink_but_never_an_echo_of_its_uplink() {
+    let registry = TestRegistry::new().await;
+    registry.device("echo-1", "echo-secret-1").await;
+    let broker = registry.broker(SHANGHAI, |_| {}).await;
+    let (mut device, _) =
+        Client::connect(device_options(broker.addr, SdkShape::CSdk, "echo-1", "echo-secret-1"))
+            .await
+            .unwrap();
+    let (mut platform, _) =
+        Client::connect(meridian_tests::user_options(broker.addr, "platform")).await.unwrap();
+    let sys = format!("/sys/{PRODUCT}/echo-1");
+    let uplink = [
+        "thing/event/property/post",
+        "thing/event/alarm/post",
+        "thing/service/property/set_reply",
+        "thing/bootstrap/notify_reply",
+        "rrpc/response/1001",
+    ];
+    let downlink = [
+        "thing/service/property/set",
+        "thing/service/reboot",
+        "thing/event/property/post_reply",
+        "thing/bootstrap/notify",
+        "rrpc/request/1001",
+    ];
+    // The device's own uplink, acknowledged (so routed) before anything else is sent; and the
+    // same topics from another client.
+    for topic in uplink {
+        let topic = format!("{sys}/{topic}");
+        device.client.publish(&topic, QoS::AtLeastOnce, false, "{}").await.unwrap();
+        let acked = device.expect(|p| matches!(p, Packet::PubAck(_) | Packet::Publish(_))).await;
+        assert!(matches!(acked, Packet::PubAck(_)), "echoed: {acked:?}");
+        platform.client.publish(&topic, QoS::AtLeastOnce, false, "spoof").await.unwrap();
+        platform.expect(|p| matches!(p, Packet::PubAck(_))).await;
+    }
+    for topic in downlink {
+        let topic = format!("{sys}/{topic}");
+        platform.client.publish(&topic, QoS::AtLeastOnce, false, "down").await.unwrap();
+    }
+    let mut received = Vec::new();
+    for _ in downlink {
+        received.push(device.publish().await.topic);
+    }
+    let expected: Vec<String> = downlink.iter().map(|topic| format!("{sys}/{topic}")).collect();
+    assert_eq!(received, expected, "the downlink, and nothing echoed before it");
+
+    // Subscribed explicitly, the device gets what it asked for, its own post included.
+    let post = format!("{sys}/thing/event/property/post");
+    device.client.subscribe(&post, QoS::AtLeastOnce).await.unwrap();
+    device.expect(|p| matches!(p, Packet::SubAck(_))).await;
+    device.client.publish(&post, QoS::AtLeastOnce, false, "mine").await.unwrap();
+    let echoed = device.publish().await;
+    assert_eq!((echoed.topic.as_str(), echoed.payload.as_ref()), (post.as_str(), &b"mine"[..]));
+}

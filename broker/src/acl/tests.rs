@@ -321,14 +321,79 @@ fn application_access_follows_the_device_owner() {
     }
     // The source keeps its wildcard subscription, but deliveries of the transferred device's
     // messages stop; the destination receives them.
-    assert!(!source.may_receive(&t("/{pk}/dev1/user/x"), &view));
-    assert!(source.may_receive(&t("/{pk}/dev2/user/x"), &view));
-    assert!(destination.may_receive(&t("/{pk}/dev1/user/x"), &view));
-    assert!(!destination.may_receive(&t("/{pk}/dev2/user/x"), &view));
-    assert!(!destination.may_receive(&t("/broadcast/{pk}/all"), &view));
-    // Devices and standard clients are bounded by their subscriptions only.
-    assert!(device().may_receive(&t("/sys/{pk}/{dn}/thing/x"), &view));
-    assert!(standard().may_receive("anything/at/all", &view));
+    let app = Origin::Application("acme".parse().unwrap());
+    let from = Origin::Broker;
+    assert!(!source.may_receive(&t("/{pk}/dev1/user/x"), &from, &view));
+    assert!(source.may_receive(&t("/{pk}/dev2/user/x"), &from, &view));
+    assert!(destination.may_receive(&t("/{pk}/dev1/user/x"), &from, &view));
+    assert!(!destination.may_receive(&t("/{pk}/dev2/user/x"), &from, &view));
+    assert!(!destination.may_receive(&t("/broadcast/{pk}/all"), &from, &view));
+    // Devices and standard clients are bounded by their subscriptions, and a device by who
+    // sent the message: an application client only while its account owns the device.
+    assert!(device().may_receive(&t("/sys/{pk}/{dn}/thing/x"), &from, &view));
+    assert!(standard().may_receive("anything/at/all", &app, &view));
+    let transferred = Principal::Device(DeviceKey {
+        product_key: PK.parse().unwrap(),
+        device_name: "dev1".parse().unwrap(),
+    });
+    let kept = Principal::Device(DeviceKey {
+        product_key: PK.parse().unwrap(),
+        device_name: "dev2".parse().unwrap(),
+    });
+    let buyer = Origin::Application("buyer".parse().unwrap());
+    for topic in ["/broadcast/{pk}/all", "/sys/{pk}/dev1/thing/service/property/set"] {
+        assert!(!transferred.may_receive(&t(topic), &app, &view), "{topic}");
+        assert!(transferred.may_receive(&t(topic), &buyer, &view), "{topic}");
+        assert!(transferred.may_receive(&t(topic), &from, &view), "{topic}");
+    }
+    assert!(kept.may_receive(&t("/broadcast/{pk}/all"), &app, &view));
+    assert!(!kept.may_receive(&t("/broadcast/{pk}/all"), &buyer, &view));
+}
+
+/// The implicit downlink carries what the platform sends a device, never the device's uplink.
+#[test]
+fn the_implicit_route_carries_downlink_topics_only() {
+    let downlink = [
+        "/sys/{pk}/{dn}",
+        "/sys/{pk}/{dn}/thing/service/property/set",
+        "/sys/{pk}/{dn}/thing/service/property/get",
+        "/sys/{pk}/{dn}/thing/service/reboot",
+        "/sys/{pk}/{dn}/thing/event/property/post_reply",
+        "/sys/{pk}/{dn}/thing/event/alarm/post_reply",
+        "/sys/{pk}/{dn}/thing/deviceinfo/update_reply",
+        "/sys/{pk}/{dn}/thing/config/get_reply",
+        "/sys/{pk}/{dn}/thing/config/push",
+        "/sys/{pk}/{dn}/thing/bootstrap/notify",
+        "/sys/{pk}/{dn}/thing/model/down_raw",
+        "/sys/{pk}/{dn}/thing/model/up_raw_reply",
+        "/sys/{pk}/{dn}/thing/disable",
+        "/sys/{pk}/{dn}/rrpc/request/12345",
+    ];
+    let uplink = [
+        "/sys/{pk}/{dn}/thing/event/property/post",
+        "/sys/{pk}/{dn}/thing/event/alarm/post",
+        "/sys/{pk}/{dn}/thing/event/property/history/post",
+        "/sys/{pk}/{dn}/thing/service/property/set_reply",
+        "/sys/{pk}/{dn}/thing/service/reboot_reply",
+        "/sys/{pk}/{dn}/thing/bootstrap/notify_reply",
+        "/sys/{pk}/{dn}/thing/config/push_reply",
+        "/sys/{pk}/{dn}/thing/config/get",
+        "/sys/{pk}/{dn}/thing/deviceinfo/update",
+        "/sys/{pk}/{dn}/thing/model/up_raw",
+        "/sys/{pk}/{dn}/thing/model/down_raw_reply",
+        "/sys/{pk}/{dn}/thing/disable_reply",
+        "/sys/{pk}/{dn}/rrpc/response/12345",
+    ];
+    let session = device_session_id(PK, DN);
+    for topic in downlink.map(t) {
+        assert!(carries_downlink(&topic), "{topic}");
+        assert_eq!(downlink_session(&topic).as_deref(), Some(session.as_str()), "{topic}");
+    }
+    for topic in uplink.map(t) {
+        assert!(!carries_downlink(&topic), "{topic}");
+        assert_eq!(downlink_session(&topic), None, "{topic}");
+    }
+    assert!(!carries_downlink(&t("/{pk}/{dn}/user/get")), "outside /sys");
 }
 
 #[test]

@@ -43,7 +43,13 @@ fn id(name: &str) -> Arc<str> {
 }
 
 fn message(topic: &str, qos: u8, payload: &str, retain: bool) -> Message {
-    Message { topic: topic.into(), payload: Bytes::from(payload.to_owned()), qos, retain }
+    Message {
+        topic: topic.into(),
+        payload: Bytes::from(payload.to_owned()),
+        qos,
+        retain,
+        origin: Default::default(),
+    }
 }
 
 /// (topic, payload, qos, retain) of each delivery.
@@ -606,15 +612,30 @@ async fn device_downlink_is_routed_without_a_subscription() {
 
     // Subscribed explicitly at QoS 0 as well: once, at the downlink's QoS 1.
     router.subscribe(&device, 1, &filters(&[("/sys/pk/dn/thing/#", 0)]));
-    assert_eq!(router.publish(message("/sys/pk/dn/thing/x", 1, "once", false)).delivered, 1);
-    assert_eq!(
-        summary(&client.deliveries()),
-        [("/sys/pk/dn/thing/x".into(), "once".into(), 1, false)]
-    );
+    let set = "/sys/pk/dn/thing/service/property/set";
+    assert_eq!(router.publish(message(set, 1, "once", false)).delivered, 1);
+    assert_eq!(summary(&client.deliveries()), [(set.into(), "once".into(), 1, false)]);
+
+    // Uplink is not carried by the implicit route: only the explicit subscription's grant.
+    let post = "/sys/pk/dn/thing/event/property/post";
+    router.publish(message(post, 1, "explicit", false));
+    assert_eq!(summary(&client.deliveries()), [(post.into(), "explicit".into(), 0, false)]);
+    // No-local: the device's own downlink-shaped message does not come back through it
+    // either (here its explicit subscription still delivers it, at its grant).
+    let own = Message { origin: Origin::Device(device.clone()), ..message(set, 1, "own", false) };
+    router.publish(own);
+    assert_eq!(summary(&client.deliveries()), [(set.into(), "own".into(), 0, false)]);
+    router.unsubscribe(&device, 1, &["/sys/pk/dn/thing/#".to_owned()]);
+    assert_eq!(router.publish(message(post, 1, "echo", false)), Routed::default());
+    let own = Message { origin: Origin::Device(device.clone()), ..message(set, 1, "own", false) };
+    assert_eq!(router.publish(own), Routed::default());
 
     // Parked: QoS 1 waits for the device's return.
     router.disconnect(&device, 1, Parked::default(), &[]);
-    assert_eq!(router.publish(message("/sys/pk/dn/thing/y", 1, "later", false)).delivered, 1);
+    assert_eq!(
+        router.publish(message("/sys/pk/dn/thing/service/y", 1, "later", false)).delivered,
+        1
+    );
     let (back, _client) = handle(2, 16);
     assert_eq!(router.connect(&device, false, back).await.expect("session present").queued(), 1);
 

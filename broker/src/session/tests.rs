@@ -68,7 +68,13 @@ fn unsubscribe(pkid: u16, filters: &[&str]) -> Packet {
 }
 
 fn message(topic: &str, qos: u8, payload: &str) -> Message {
-    Message { topic: topic.into(), payload: Bytes::from(payload.to_owned()), qos, retain: false }
+    Message {
+        topic: topic.into(),
+        payload: Bytes::from(payload.to_owned()),
+        qos,
+        retain: false,
+        origin: Default::default(),
+    }
 }
 
 fn delivery(topic: &str, qos: u8, payload: &str) -> Delivery {
@@ -281,7 +287,10 @@ fn device_publish_outside_its_topics_is_denied_but_acknowledged() {
     let own = format!("/sys/{PK}/{DN}/thing/event/property/post");
     session.handle_packet(now, publish(&own, QoS::AtLeastOnce, 4, "{}"), &view).unwrap();
     assert_eq!(transmitted(&mut session), vec![Packet::PubAck(PubAck::new(4))]);
-    assert_eq!(events(&mut session), vec![Event::Publish(message(&own, 1, "{}"))]);
+    // Marked as the device's, so its own implicit downlink does not echo it.
+    let origin = Origin::Device(crate::acl::device_session_id(PK, DN).into());
+    let sent = Message { origin, ..message(&own, 1, "{}") };
+    assert_eq!(events(&mut session), vec![Event::Publish(sent)]);
 }
 
 #[test]
@@ -840,6 +849,7 @@ fn will() -> Message {
         payload: Bytes::from_static(b"bye"),
         qos: 1,
         retain: true,
+        origin: Default::default(),
     }
 }
 
