@@ -270,14 +270,8 @@ fn device_topic(key: &DeviceKey, topic: &str, subscribe: bool) -> bool {
 /// no longer does (SPEC §6); a wildcard device level needs the product itself.
 fn application_topic(account: &AccountId, topic: &str, view: &RegistryView) -> bool {
     let levels: Vec<&str> = topic.split('/').collect();
-    let (product, device) = match levels.as_slice() {
-        ["", "sys", pk, rest @ ..] => (pk, rest.first()),
-        ["", "ext", "rrpc", _, "sys", pk, rest @ ..] => (pk, rest.first()),
-        ["", "shadow", _, pk, rest @ ..] => (pk, rest.first()),
-        ["", "ota", "device", _, pk, rest @ ..] => (pk, rest.first()),
-        ["", "broadcast", pk, ..] => (pk, None),
-        ["", pk, dn, _, ..] => (pk, Some(dn)),
-        _ => return false,
+    let Some(Scope { product, device }) = scope(&levels) else {
+        return false;
     };
     if is_wildcard(product) {
         return false;
@@ -286,6 +280,40 @@ fn application_topic(account: &AccountId, topic: &str, view: &RegistryView) -> b
         Some(device) => view.account_may_use_device(account, product, device),
         None => view.account_owns_product(account, product),
     }
+}
+
+/// The product and device levels of a device-platform topic or filter.
+struct Scope<'a> {
+    product: &'a str,
+    /// `None` for product-wide topics (`/broadcast/{pk}/...`).
+    device: Option<&'a str>,
+}
+
+fn scope<'a>(levels: &[&'a str]) -> Option<Scope<'a>> {
+    let (product, device) = match levels {
+        ["", "sys", pk, rest @ ..] => (*pk, rest.first()),
+        ["", "ext", "rrpc", _, "sys", pk, rest @ ..] => (*pk, rest.first()),
+        ["", "shadow", _, pk, rest @ ..] => (*pk, rest.first()),
+        ["", "ota", "device", _, pk, rest @ ..] => (*pk, rest.first()),
+        ["", "broadcast", pk, ..] => (*pk, None),
+        ["", pk, dn, _, ..] => (*pk, Some(dn)),
+        _ => return None,
+    };
+    Some(Scope { product, device: device.copied() })
+}
+
+/// Whether `topic` is one of device `{pk}/{dn}`'s topics, as application clients address it.
+pub fn names_device(topic: &str, key: &DeviceKey) -> bool {
+    let levels: Vec<&str> = topic.split('/').collect();
+    scope(&levels).is_some_and(|scope| {
+        scope.product == key.product_key.as_str() && scope.device == Some(key.device_name.as_str())
+    })
+}
+
+/// Whether `topic` is one of product `product`'s broadcast topics.
+pub fn is_broadcast_of(topic: &str, product: &str) -> bool {
+    let levels: Vec<&str> = topic.split('/').collect();
+    matches!(levels.as_slice(), ["", "broadcast", pk, ..] if *pk == product)
 }
 
 fn is_wildcard(level: &str) -> bool {

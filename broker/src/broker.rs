@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meridian_registry::ids::DeviceKey;
+use meridian_registry::ids::{AccountId, DeviceKey};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use crate::acl::Origin;
+use crate::acl::{self, Origin};
 use crate::admission::{Admission, AuthBackoff};
 use crate::auth::Authenticator;
 use crate::budget::QueueBudget;
@@ -23,7 +23,7 @@ use crate::memory::Pressure;
 use crate::router::{Kick, Router};
 use crate::session::{Limits, Message};
 use crate::usage::Usage;
-use crate::view::RegistryView;
+use crate::view::{Changed, RegistryView};
 use crate::{connection, metrics as m};
 
 /// What a force-offline did.
@@ -267,13 +267,15 @@ impl Broker {
         }
     }
 
-    /// Tells each online device whose placement or status changed to re-bootstrap (SPEC §5:
-    /// an online distributed device is notified, then forced offline), even when its new
-    /// placement still includes this instance: a nearest-access device must pick again.
-    /// Runs until the sender side closes.
+    /// Acts on what the registry view reports (see [`Changed`]): tells each online device whose
+    /// placement or status changed to re-bootstrap (SPEC §5: an online distributed device is
+    /// notified, then forced offline), even when its new placement still includes this
+    /// instance, since a nearest-access device must pick again; and drops what a former owner's
+    /// application clients retained on a device or product that changed hands (SPEC §6: the
+    /// source loses all access). Runs until the sender side closes.
     pub async fn enforce_placement(
         self: Arc<Self>,
-        mut changed: mpsc::UnboundedReceiver<DeviceKey>,
+        mut changed: mpsc::UnboundedReceiver<Changed>,
         reply_wait: Duration,
     ) {
         let mut tasks = JoinSet::new();
@@ -282,7 +284,19 @@ impl Broker {
         let mut next_slot = tokio::time::Instant::now();
         loop {
             tokio::select! {
-                Some(device) = changed.recv() => {
+                Some(change) = changed.recv() => {
+                    let device = match change {
+                        Changed::Placement(device) => device,
+                        Changed::DeviceOwner { device, former } => {
+                            self.forget_retained_of(&former, |topic| acl::names_device(topic, &device));
+                            continue;
+                        }
+                        Changed::ProductOwner { product, former } => {
+                            let product = product.as_str();
+                            self.forget_retained_of(&former, |topic| acl::is_broadcast_of(topic, product));
+                            continue;
+                        }
+                    };
                     if !self.router.is_online(&Broker::device_session_id(&device)) {
                         continue;
                     }
@@ -298,6 +312,18 @@ impl Broker {
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 else => break,
             }
+        }
+    }
+
+    /// Deletes the retained messages `former`'s application clients left on the topics `on`
+    /// picks. Those set by standard clients (the operator's integrations) stay.
+    fn forget_retained_of(&self, former: &AccountId, on: impl Fn(&str) -> bool) {
+        let forgotten = self.router.forget_retained(|message| {
+            matches!(&message.origin, Origin::Application(account) if account == former)
+                && on(&message.topic)
+        });
+        if forgotten > 0 {
+            tracing::info!(account = %former, forgotten, "owner changed: retained messages of the former owner dropped");
         }
     }
 }

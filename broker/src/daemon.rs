@@ -168,7 +168,7 @@ async fn follow_forever(
     store: Arc<dyn Store>,
     sealer: SecretKey,
     view: Arc<RegistryView>,
-    changed: mpsc::UnboundedSender<meridian_registry::ids::DeviceKey>,
+    changed: mpsc::UnboundedSender<view::Changed>,
     stopped: watch::Receiver<bool>,
 ) {
     loop {

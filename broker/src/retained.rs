@@ -81,6 +81,21 @@ impl Retained {
         found
     }
 
+    /// Deletes every stored message `forget` picks; returns how many. Reads every topic, so it
+    /// is for rare events (an ownership change), not per message.
+    pub fn forget(&mut self, mut forget: impl FnMut(&Message) -> bool) -> usize {
+        let (before, mut freed) = (self.by_topic.len(), 0);
+        self.by_topic.retain(|_, message| {
+            let keep = !forget(message);
+            if !keep {
+                freed += size(message);
+            }
+            keep
+        });
+        self.bytes -= freed;
+        before - self.by_topic.len()
+    }
+
     pub fn len(&self) -> usize {
         self.by_topic.len()
     }
@@ -179,5 +194,17 @@ mod tests {
         // Deleting frees room.
         retained.update(&message("a", "")).unwrap();
         retained.update(&message("c", "1")).unwrap();
+    }
+
+    #[test]
+    fn forget_deletes_what_it_picks_and_frees_its_bytes() {
+        let mut retained = Retained::new(10, 1_000);
+        for topic in ["a/1", "a/2", "b/1"] {
+            retained.update(&message(topic, "value")).unwrap();
+        }
+        assert_eq!(retained.forget(|m| m.topic.starts_with("a/")), 2);
+        assert_eq!(topics(&retained, "#"), ["b/1"]);
+        assert_eq!(retained.bytes(), "b/1".len() + "value".len());
+        assert_eq!(retained.forget(|_| false), 0);
     }
 }

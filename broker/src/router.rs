@@ -413,6 +413,12 @@ impl Router {
         read(&self.index).len()
     }
 
+    /// Deletes the retained messages `forget` picks (see [`Retained::forget`]); returns how
+    /// many.
+    pub fn forget_retained(&self, forget: impl FnMut(&Message) -> bool) -> usize {
+        write(&self.retained).forget(forget)
+    }
+
     pub fn retained_count(&self) -> usize {
         read(&self.retained).len()
     }

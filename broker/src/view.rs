@@ -96,8 +96,9 @@ impl RegistryView {
         self.devices.insert(key, entry);
     }
 
-    /// Records one product as the feed describes it. `apply` is its only production caller;
-    /// unit tests elsewhere in the crate use it to give application clients something to own.
+    /// Records one product as the feed describes it; unit tests elsewhere in the crate use it
+    /// to give application clients something to own.
+    #[cfg(test)]
     pub(crate) fn apply_product(&self, key: ProductKey, entry: ProductEntry) {
         self.products.insert(key, entry);
     }
@@ -130,14 +131,28 @@ pub enum Admission {
     Elsewhere,
 }
 
+/// What a change to the view means for the broker's sessions and stored messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Changed {
+    /// The device's placement or status changed, or it disappeared: an online session must be
+    /// told to re-bootstrap.
+    Placement(DeviceKey),
+    /// The device has a new owner (a device transfer, SPEC §6): what the former owner's
+    /// application clients retained on its topics must go.
+    DeviceOwner { device: DeviceKey, former: AccountId },
+    /// The product has a new owner (an instance transfer, SPEC §7): likewise for what the
+    /// former owner retained on its broadcast topics.
+    ProductOwner { product: ProductKey, former: AccountId },
+}
+
 /// Loads the view from a snapshot, then applies the feed until `shutdown` or a feed error.
-/// `changed` receives every device whose placement or status changed, or that disappeared, so
-/// the broker can tell an online one to re-bootstrap.
+/// `changed` receives what each change means for sessions (see [`Changed`]), so the broker can
+/// tell an online device to re-bootstrap and drop what a former owner left behind.
 pub async fn follow(
     store: Arc<dyn Store>,
     sealer: SecretKey,
     view: Arc<RegistryView>,
-    changed: mpsc::UnboundedSender<DeviceKey>,
+    changed: mpsc::UnboundedSender<Changed>,
 ) -> Result<(), StoreError> {
     let products = store.scan_prefix(keys::PRODUCTS).await?;
     let devices = store.scan_prefix(keys::DEVICES).await?;
@@ -148,31 +163,42 @@ pub async fn follow(
             key: entry.key.clone(),
             value: Some(entry.value.clone()),
         };
-        apply(&view, &sealer, &change);
+        apply(&view, &sealer, &change, &changed);
     }
     view.applied.send_replace(from);
 
     let mut feed = store.watch_from(from);
     while let Some(change) = feed.next().await {
         let change = change?;
-        if let Some(device) = apply(&view, &sealer, &change) {
-            // The receiver going away only means nobody re-checks sessions (shutdown).
-            let _ = changed.send(device);
-        }
+        apply(&view, &sealer, &change, &changed);
         view.applied.send_replace(change.revision);
     }
     Ok(())
 }
 
-/// Applies one change; returns the device it touched, if any. Records that fail to decode are
-/// logged and skipped: one bad record must not stop the broker from following the feed.
-fn apply(view: &RegistryView, sealer: &SecretKey, change: &Change) -> Option<DeviceKey> {
+/// Applies one change, telling `changed` what it means for sessions. Records that fail to
+/// decode are logged and skipped: one bad record must not stop the broker from following the
+/// feed.
+fn apply(
+    view: &RegistryView,
+    sealer: &SecretKey,
+    change: &Change,
+    changed: &mpsc::UnboundedSender<Changed>,
+) {
+    // The receiver going away only means nobody re-checks sessions (shutdown).
+    let tell = |what| drop(changed.send(what));
     if change.key.starts_with(keys::PRODUCTS) {
         match &change.value {
             Some(value) => match decode::<Product>(&change.key, value) {
                 Ok(product) => {
                     let entry = ProductEntry { owner: product.owner, home: product.home_instance };
-                    view.apply_product(product.key, entry);
+                    let previous = view.products.insert(product.key.clone(), entry.clone());
+                    if let Some(previous) = previous.filter(|p| p.owner != entry.owner) {
+                        tell(Changed::ProductOwner {
+                            product: product.key,
+                            former: previous.owner,
+                        });
+                    }
                 }
                 Err(error) => tracing::warn!(key = %change.key, %error, "skipping product record"),
             },
@@ -183,10 +209,10 @@ fn apply(view: &RegistryView, sealer: &SecretKey, change: &Change) -> Option<Dev
                 }
             }
         }
-        return None;
+        return;
     }
     if !change.key.starts_with(keys::DEVICES) {
-        return None;
+        return;
     }
     match &change.value {
         Some(value) => {
@@ -194,7 +220,7 @@ fn apply(view: &RegistryView, sealer: &SecretKey, change: &Change) -> Option<Dev
                 Ok(device) => device,
                 Err(error) => {
                     tracing::warn!(key = %change.key, %error, "skipping device record");
-                    return None;
+                    return;
                 }
             };
             let secret = match sealer.open(&device.key, &device.secret) {
@@ -202,7 +228,8 @@ fn apply(view: &RegistryView, sealer: &SecretKey, change: &Change) -> Option<Dev
                 Err(error) => {
                     tracing::warn!(device = %device.key, %error, "device secret does not open; device cannot connect");
                     view.devices.remove(&device.key);
-                    return Some(device.key);
+                    tell(Changed::Placement(device.key));
+                    return;
                 }
             };
             let entry = DeviceEntry {
@@ -211,19 +238,25 @@ fn apply(view: &RegistryView, sealer: &SecretKey, change: &Change) -> Option<Dev
                 status: device.status,
                 placement: device.placement,
             };
+            let previous = view.devices.insert(device.key.clone(), entry.clone());
             // Only a change of where the device may be, or whether it may connect at all,
             // concerns an online session (a tag edit does not, nor does a new owner: a
             // transferred device stays connected, SPEC §6).
-            let moved = |previous: &DeviceEntry| {
+            let moved = previous.as_ref().is_none_or(|previous| {
                 previous.placement != entry.placement || previous.status != entry.status
-            };
-            let previous = view.devices.insert(device.key.clone(), entry.clone());
-            previous.is_none_or(|previous| moved(&previous)).then_some(device.key)
+            });
+            if let Some(previous) = previous.filter(|p| p.owner != entry.owner) {
+                let device = device.key.clone();
+                tell(Changed::DeviceOwner { device, former: previous.owner });
+            }
+            if moved {
+                tell(Changed::Placement(device.key));
+            }
         }
         None => {
-            let key = keys::parse_device(&change.key)?;
+            let Some(key) = keys::parse_device(&change.key) else { return };
             view.devices.remove(&key);
-            Some(key)
+            tell(Changed::Placement(key));
         }
     }
 }

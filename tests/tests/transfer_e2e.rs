@@ -224,3 +224,80 @@ async fn a_persistent_application_session_gets_nothing_queued_for_a_lost_device(
     assert!(session_present);
     assert_eq!(next(&mut acme_app).await, (other_uplink, "still acme's".into()));
 }
+
+/// SPEC §6: the source loses all access. After the transfer, acme's application client no
+/// longer reaches the device through `/broadcast/{pk}/...` (its other devices still get it),
+/// and what acme retained on the device's topics before is gone: neither delivered to the
+/// device when it (re)subscribes or reconnects, nor kept in the broker.
+#[tokio::test]
+async fn the_former_owner_reaches_a_transferred_device_neither_by_broadcast_nor_retained() {
+    let (registry, plane) = world().await;
+    let broker = registry
+        .broker(SHANGHAI, |config| {
+            config.applications.insert(
+                BRAVO_APP.0.to_owned(),
+                ApplicationConfig { password: BRAVO_APP.1.into(), account: BRAVO.parse().unwrap() },
+            );
+        })
+        .await;
+    let lamp_options = device_options(broker.addr, "lamp-0001", "lamp-secret-0001");
+    let (mut lamp, _) = Client::connect(lamp_options.clone()).await.unwrap();
+    let (mut other_lamp, _) =
+        Client::connect(device_options(broker.addr, "lamp-0002", "lamp-secret-0002"))
+            .await
+            .unwrap();
+    let (mut acme_app, _) =
+        Client::connect(app_options(broker.addr, "acme-backend", APPLICATION)).await.unwrap();
+    let (mut bravo_app, _) =
+        Client::connect(app_options(broker.addr, "bravo-backend", BRAVO_APP)).await.unwrap();
+    let ok = SubscribeReasonCode::Success(QoS::AtLeastOnce);
+    let broadcast = format!("/broadcast/{PRODUCT}/#");
+    assert_eq!(subscribe(&mut lamp, &broadcast).await, ok);
+    assert_eq!(subscribe(&mut other_lamp, &broadcast).await, ok);
+
+    // Before: acme retains a downlink for each lamp and a product-wide broadcast.
+    let set = |dn: &str| format!("/sys/{PRODUCT}/{dn}/thing/service/property/set");
+    let config = format!("/broadcast/{PRODUCT}/config");
+    for (topic, payload) in [
+        (set("lamp-0001"), "acme's order"),
+        (set("lamp-0002"), "acme's order"),
+        (config.clone(), "acme's config"),
+    ] {
+        acme_app.client.publish(&topic, QoS::AtLeastOnce, true, payload).await.unwrap();
+        acme_app.expect(|p| matches!(p, Packet::PubAck(_))).await;
+    }
+    assert_eq!(next(&mut lamp).await, (set("lamp-0001"), "acme's order".into()));
+    assert_eq!(next(&mut lamp).await, (config.clone(), "acme's config".into()));
+    assert_eq!(next(&mut other_lamp).await, (set("lamp-0002"), "acme's order".into()));
+    assert_eq!(next(&mut other_lamp).await, (config.clone(), "acme's config".into()));
+    assert_eq!(broker.daemon.broker.router().retained_count(), 3);
+
+    transfer_lamp(&plane).await;
+    registry.sync(&broker).await;
+
+    // acme's broadcast reaches the lamp it kept, not the one it gave away: the transferred
+    // lamp's next message is bravo's.
+    let all = format!("/broadcast/{PRODUCT}/all");
+    publish(&mut acme_app, &all, "acme to all").await;
+    assert_eq!(next(&mut other_lamp).await, (all.clone(), "acme to all".into()));
+    publish(&mut bravo_app, &set("lamp-0001"), "bravo's order").await;
+    assert_eq!(next(&mut lamp).await, (set("lamp-0001"), "bravo's order".into()));
+
+    // acme's retained downlink on the transferred lamp is dropped from the store (its other
+    // lamp's and the product's broadcast stay, for the devices acme still owns).
+    let forgotten = async {
+        while broker.daemon.broker.router().retained_count() > 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(meridian_tests::HANG, forgotten).await.unwrap();
+    assert_eq!(broker.daemon.broker.router().retained_count(), 2);
+
+    // Reconnected and resubscribed, the lamp gets none of acme's retained messages: the first
+    // thing it receives is bravo's.
+    drop(lamp);
+    let (mut lamp, _) = Client::connect(lamp_options).await.unwrap();
+    assert_eq!(subscribe(&mut lamp, &broadcast).await, ok);
+    publish(&mut bravo_app, &set("lamp-0001"), "bravo again").await;
+    assert_eq!(next(&mut lamp).await, (set("lamp-0001"), "bravo again".into()));
+}
