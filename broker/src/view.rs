@@ -3,6 +3,7 @@
 //!
 //! Data flows one way: the control plane writes the registry; [`follow`] applies the feed here.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -145,7 +146,8 @@ pub enum Changed {
     ProductOwner { product: ProductKey, former: AccountId },
 }
 
-/// Loads the view from a snapshot, then applies the feed until `shutdown` or a feed error.
+/// Loads the view from a snapshot (dropping whatever the snapshot no longer holds, when this
+/// follows again after an error), then applies the feed until `shutdown` or a feed error.
 /// `changed` receives what each change means for sessions (see [`Changed`]), so the broker can
 /// tell an online device to re-bootstrap and drop what a former owner left behind.
 pub async fn follow(
@@ -164,6 +166,28 @@ pub async fn follow(
             value: Some(entry.value.clone()),
         };
         apply(&view, &sealer, &change, &changed);
+    }
+    // Following again after a feed error starts from a fresh snapshot, and what was deleted
+    // while the feed was broken is in neither that snapshot nor the feed after it: dropped
+    // here, or a deleted device's credentials would stay accepted.
+    let products: HashSet<ProductKey> = products
+        .entries
+        .iter()
+        .filter_map(|entry| entry.key.strip_prefix(keys::PRODUCTS)?.parse().ok())
+        .collect();
+    let devices: HashSet<DeviceKey> =
+        devices.entries.iter().filter_map(|entry| keys::parse_device(&entry.key)).collect();
+    view.products.retain(|key, _| products.contains(key));
+    let gone: Vec<DeviceKey> = view
+        .devices
+        .iter()
+        .filter(|entry| !devices.contains(entry.key()))
+        .map(|entry| entry.key().clone())
+        .collect();
+    for device in gone {
+        view.devices.remove(&device);
+        // An online session of a deleted device is told to go, as on a live delete.
+        let _ = changed.send(Changed::Placement(device));
     }
     view.applied.send_replace(from);
 
