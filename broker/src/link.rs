@@ -212,8 +212,9 @@ impl Link {
         (kick, left)
     }
 
-    /// Stops accepting deliveries and kicks; returns what was still waiting, so its share of
-    /// the queue budget can be given back.
+    /// Stops accepting deliveries and kicks; returns what was still waiting, for the router to
+    /// park with a persistent session (see [`crate::router::Router::disconnect`]) or to give
+    /// its share of the queue budget back.
     pub fn close(&self) -> VecDeque<Delivery> {
         let mut state = lock(&self.state);
         state.closed = true;

@@ -342,7 +342,9 @@ impl Router {
                                 link.kick(Kick::SlowConsumer);
                             }
                         }
-                        // The connection is ending; it will park or forget its session.
+                        // Its task ended without `disconnect` (it unwound): nothing will
+                        // read this inbox. An orderly end parks under this same lock, so a
+                        // persistent session never refuses here.
                         Err((Refused::Closed, _)) => {
                             self.budget.release(load);
                             routed.dropped += 1;
