@@ -209,7 +209,11 @@ impl Session {
             dropped: parked.dropped,
         };
         session.touch(now);
-        for (pkid, inflight) in parked.inflight {
+        // Sent again in the order first sent (MQTT 4.6): ids are handed out cyclically after
+        // `next_pkid`, so across a wrap the oldest are those above it.
+        let mut recent = parked.inflight;
+        let before_wrap = recent.split_off(&parked.next_pkid.wrapping_add(1));
+        for (pkid, inflight) in before_wrap.into_iter().chain(recent) {
             match &inflight {
                 Inflight::Sent(publish) => {
                     let mut again = publish.clone();

@@ -983,6 +983,26 @@ fn parked_session_resumes_with_its_state() {
 }
 
 #[test]
+fn a_resumed_session_resends_in_the_order_first_sent_across_a_packet_id_wrap() {
+    let now = Instant::now();
+    let limits = Limits { inflight: 4, ..limits() };
+    let parked = Parked { next_pkid: u16::MAX - 2, ..Parked::default() };
+    let mut session =
+        Session::new(now, standard(), standard_profile(), limits, 60, None, Some(parked));
+    for payload in ["first", "second", "third", "fourth"] {
+        session.handle_delivery(delivery("a", 1, payload));
+    }
+    let ids: Vec<u16> = publishes(&transmitted(&mut session)).iter().map(|p| p.0).collect();
+    assert_eq!(ids, [u16::MAX - 1, u16::MAX, 1, 2]);
+
+    let mut resumed =
+        Session::new(now, standard(), standard_profile(), limits, 60, None, Some(session.park()));
+    let resent: Vec<String> =
+        publishes(&transmitted(&mut resumed)).into_iter().map(|p| p.3).collect();
+    assert_eq!(resent, ["first", "second", "third", "fourth"]);
+}
+
+#[test]
 fn parked_qos2_publish_is_resent_with_dup() {
     let now = Instant::now();
     let mut session = standard_session(now);
