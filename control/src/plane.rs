@@ -549,7 +549,12 @@ impl ControlPlane {
             return Err(not_found("device", &key.to_string()));
         }
         check(&device)?;
-        match store.compare_and_swap(&entry.key, Expect::Revision(entry.revision), None).await {
+        // Its kept subscriptions (SPEC §2) go with it, in the same batch.
+        let ops = vec![
+            Op::delete(entry.key.clone()).expecting(Expect::Revision(entry.revision)),
+            Op::delete(keys::subscriptions(key)),
+        ];
+        match store.batch(ops).await {
             Ok(_) => Ok(()),
             Err(StoreError::Conflict { .. }) => Err(ControlError::Conflict {
                 kind: "device",

@@ -15,6 +15,8 @@ pub const PRODUCT_COPIES: &str = "product-copies/";
 pub const DEVICES: &str = "devices/";
 pub const RUNTIME: &str = "runtime/";
 pub const USAGE: &str = "usage/";
+/// Device subscriptions the brokers keep for the devices (SPEC §2), one record per device.
+pub const SUBSCRIPTIONS: &str = "subscriptions/";
 
 pub fn account(id: &AccountId) -> String {
     format!("{ACCOUNTS}{id}")
@@ -45,6 +47,12 @@ pub fn device(device: &DeviceKey) -> String {
     format!("{}{}", devices_of(&device.product_key), escape(&device.device_name))
 }
 
+/// Where a device's kept subscriptions live: beside, not inside, its certificate, so brokers
+/// can write them without touching the record the control plane owns.
+pub fn subscriptions(device: &DeviceKey) -> String {
+    format!("{SUBSCRIPTIONS}{}/{}", device.product_key, escape(&device.device_name))
+}
+
 pub fn usage(instance: &InstanceId) -> String {
     format!("{USAGE}{instance}")
 }
@@ -55,7 +63,17 @@ pub fn runtime(instance: &InstanceId, device: &DeviceKey) -> String {
 
 /// The device a `devices/...` key names, if it is one.
 pub fn parse_device(key: &str) -> Option<DeviceKey> {
-    let (product, name) = key.strip_prefix(DEVICES)?.split_once('/')?;
+    parse_device_segments(key.strip_prefix(DEVICES)?)
+}
+
+/// The device a `subscriptions/...` key names, if it is one.
+pub fn parse_subscriptions(key: &str) -> Option<DeviceKey> {
+    parse_device_segments(key.strip_prefix(SUBSCRIPTIONS)?)
+}
+
+/// `{pk}/{escaped dn}` back into a device key.
+fn parse_device_segments(segments: &str) -> Option<DeviceKey> {
+    let (product, name) = segments.split_once('/')?;
     Some(DeviceKey {
         product_key: product.parse().ok()?,
         device_name: unescape(name)?.parse().ok()?,
@@ -108,8 +126,14 @@ mod tests {
         validate_key(&stored).unwrap();
         validate_key(&runtime(&"inst-1".parse().unwrap(), &key)).unwrap();
         assert!(stored.starts_with(&devices_of(&key.product_key)));
-        assert_eq!(parse_device(&stored), Some(key));
+        assert_eq!(parse_device(&stored), Some(key.clone()));
         assert_eq!(parse_device("devices/a13FN5TplKq/bad=Z1"), None);
         assert_eq!(parse_device("products/a13FN5TplKq"), None);
+        let kept = subscriptions(&key);
+        assert_eq!(kept, "subscriptions/a13FN5TplKq/a=2Eb=40c=3Ad-e_f");
+        validate_key(&kept).unwrap();
+        assert_eq!(parse_subscriptions(&kept), Some(key.clone()));
+        assert_eq!(parse_device(&kept), None);
+        assert_eq!(parse_subscriptions(&stored), None);
     }
 }

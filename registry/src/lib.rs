@@ -13,6 +13,7 @@ mod registry;
 pub mod secret;
 pub mod signature;
 pub mod store;
+pub mod subscriptions;
 
 pub use registry::{
     CreatedDevice, MAX_DEVICES_PER_BATCH, NewDevice, Registry, RegistryError, decode, encode,

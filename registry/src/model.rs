@@ -241,3 +241,15 @@ impl InstanceUsage {
         }
     }
 }
+
+/// The subscriptions a device made, kept for it by the platform (SPEC §2: the real SDKs never
+/// subscribe again after a reconnect or a re-bootstrap). Brokers write it as the device
+/// subscribes and unsubscribes, and restore it whenever the device connects, at whichever
+/// instance it is placed. It belongs to the device, not to an instance, so it follows the
+/// device through distribution; it goes when the device is deleted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceSubscriptions {
+    pub device: DeviceKey,
+    /// Topic filter → the QoS the broker granted (0 or 1), only filters the ACL allowed.
+    pub filters: BTreeMap<String, u8>,
+}

@@ -267,6 +267,9 @@ impl Registry {
             ops.push(
                 Op::put(keys::device(&device.key), encode(&device)?).expecting(Expect::Absent),
             );
+            // A new device starts with no kept subscriptions, even if a broker's late write
+            // for a deleted namesake left a record behind (no feed entry when there is none).
+            ops.push(Op::delete(keys::subscriptions(&device.key)));
             created.push(CreatedDevice { device, secret });
         }
         match self.store.batch(ops).await {
@@ -331,11 +334,11 @@ impl Registry {
     pub async fn delete_device(&self, key: &DeviceKey) -> Result<()> {
         let id = key.to_string();
         let (_, revision) = self.read_required::<Device>(keys::device(key), "device", &id).await?;
-        match self
-            .store
-            .compare_and_swap(&keys::device(key), Expect::Revision(revision), None)
-            .await
-        {
+        let ops = vec![
+            Op::delete(keys::device(key)).expecting(Expect::Revision(revision)),
+            Op::delete(keys::subscriptions(key)),
+        ];
+        match self.store.batch(ops).await {
             Ok(_) => Ok(()),
             Err(StoreError::Conflict { .. }) => {
                 Err(RegistryError::Concurrent { kind: "device", id })
