@@ -18,6 +18,7 @@ use crate::admission::{Admission, AuthBackoff};
 use crate::auth::Authenticator;
 use crate::budget::QueueBudget;
 use crate::config::LimitsConfig;
+use crate::kept::Keeper;
 use crate::link::Link;
 use crate::memory::Pressure;
 use crate::router::{Kick, Router};
@@ -49,6 +50,8 @@ pub struct Broker {
     admission: Admission,
     /// Failed-login back-off per address and per username, checked at CONNECT.
     auth_backoff: AuthBackoff,
+    /// Devices' subscriptions, recorded as they change and restored when they connect.
+    kept: Arc<Keeper>,
 }
 
 /// How often idle rate buckets and expired back-off entries are dropped, and the queue gauges
@@ -81,6 +84,7 @@ impl Broker {
             reply_waiters: Mutex::new(HashMap::new()),
             notify_ids: AtomicU64::new(seed),
             usage: Usage::default(),
+            kept: Arc::new(Keeper::default()),
         })
     }
 
@@ -110,6 +114,10 @@ impl Broker {
 
     pub fn auth_backoff(&self) -> &AuthBackoff {
         &self.auth_backoff
+    }
+
+    pub fn kept(&self) -> &Arc<Keeper> {
+        &self.kept
     }
 
     /// The session id a device's connections share, so its newest connection always wins

@@ -197,6 +197,15 @@ where
         will,
         parked,
     );
+    // The platform keeps a device's subscriptions (SPEC §2): they are back before CONNACK
+    // goes out, whatever the clean-session flag and wherever they were made.
+    let restored = match session.principal().device().cloned() {
+        Some(device) => match broker.kept().kept(&device, broker.view()) {
+            Some(kept) => session.restore(kept.iter(), broker.view()),
+            None => Vec::new(),
+        },
+        None => Vec::new(),
+    };
     m::connect_result("accepted");
     m::connection_opened();
     broker.usage().opened(connection, Instant::now());
@@ -214,6 +223,10 @@ where
         if acl::carries_downlink(&delivery.message.topic) {
             deliver(broker, &mut session, delivery);
         }
+    }
+    // Restored like the downlink: subscribed from the start, so retained messages are due.
+    for delivery in broker.router().subscribe(&session_id, connection, &restored) {
+        deliver(broker, &mut session, delivery);
     }
     broker.drain_events(&session_id, connection, &mut session, &mut Vec::new());
     if buffer.is_empty() {
@@ -520,6 +533,20 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 impl Broker {
+    /// Records a device's set after a SUBSCRIBE or UNSUBSCRIBE, when it changed (an SDK that
+    /// subscribes again on every connect costs no write).
+    fn keep_device_subscriptions(&self, session: &Session) {
+        let Some(device) = session.principal().device() else { return };
+        let set = session.subscription_set();
+        let unchanged = match self.kept().kept(device, self.view()) {
+            Some(kept) => *kept == set,
+            None => set.is_empty(),
+        };
+        if !unchanged {
+            self.kept().record(device, set);
+        }
+    }
+
     /// Hands the session's events to the router, feeding retained messages back in; collects
     /// the subscribers its messages filled up in `blocked`.
     pub(crate) fn drain_events(
@@ -541,9 +568,11 @@ impl Broker {
                     for delivery in self.router().subscribe(session_id, connection, &filters) {
                         deliver(self, session, delivery);
                     }
+                    self.keep_device_subscriptions(session);
                 }
                 Event::Unsubscribe(filters) => {
                     self.router().unsubscribe(session_id, connection, &filters);
+                    self.keep_device_subscriptions(session);
                 }
                 Event::PublishDenied { topic } => {
                     m::publish_denied();

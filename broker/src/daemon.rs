@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use meridian_registry::secret::SecretKey;
 use meridian_registry::store::{Store, StoreError};
+use meridian_registry::subscriptions::{StoreWriter, SubscriptionWriter};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -88,18 +89,34 @@ pub struct Daemon {
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     usage: Arc<UsageFlusher>,
+    /// Where the devices' kept subscriptions go; the last of them are written at shutdown.
+    writer: Arc<dyn SubscriptionWriter>,
 }
 
 /// How long the view follower waits before resubscribing after a feed error.
 const FEED_RETRY: Duration = Duration::from_millis(500);
 
 /// Starts a broker: loads the registry view (returning once it reflects everything committed
-/// so far), then serves the listeners until [`Daemon::shutdown`].
+/// so far), then serves the listeners until [`Daemon::shutdown`]. Devices' kept subscriptions
+/// are written straight into `store` (a broker in the store's process).
 pub async fn start(
     config: BrokerConfig,
     store: Arc<dyn Store>,
     sealer: SecretKey,
     listeners: Listeners,
+) -> Result<Daemon, StartError> {
+    let writer = Arc::new(StoreWriter(store.clone()));
+    start_with(config, store, sealer, listeners, writer).await
+}
+
+/// [`start`], with devices' kept subscriptions written through `writer`: a broker following a
+/// replica of the registry writes them through the control plane's internal API.
+pub async fn start_with(
+    config: BrokerConfig,
+    store: Arc<dyn Store>,
+    sealer: SecretKey,
+    listeners: Listeners,
+    writer: Arc<dyn SubscriptionWriter>,
 ) -> Result<Daemon, StartError> {
     let view = Arc::new(RegistryView::default());
     let (changed_tx, changed_rx) = mpsc::unbounded_channel();
@@ -126,7 +143,7 @@ pub async fn start(
     let profile = Profile::standard(config.limits.max_packet, config.limits.max_subscriptions);
     let auth = Authenticator::new(
         config.instance.clone(),
-        view,
+        view.clone(),
         users,
         applications,
         config.allow_anonymous,
@@ -135,6 +152,7 @@ pub async fn start(
     let broker = Broker::new(auth, config.limits);
 
     tasks.spawn(broker.clone().enforce_placement(changed_rx, config.notify_reply_wait));
+    tasks.spawn(broker.kept().clone().run(writer.clone(), view, stopped.clone()));
     let usage = Arc::new(UsageFlusher::load(store, broker.clone(), config.instance.clone()).await);
     tasks.spawn(usage.clone().run(stopped.clone()));
     if broker.router().budget().memory().enabled() {
@@ -151,7 +169,7 @@ pub async fn start(
         tasks.spawn(broker.clone().serve(listener, upgrade, until(stopped.clone())));
     }
     tracing::info!(instance = %config.instance, "broker started");
-    Ok(Daemon { broker, stop, tasks, usage })
+    Ok(Daemon { broker, stop, tasks, usage, writer })
 }
 
 impl Daemon {
@@ -161,6 +179,8 @@ impl Daemon {
         // The placement enforcer ends when the follower (its sender) stops.
         while self.tasks.join_next().await.is_some() {}
         self.usage.flush().await;
+        // Every connection has ended: nothing records any more.
+        self.broker.kept().flush(self.writer.as_ref(), self.broker.view()).await;
     }
 }
 

@@ -5,8 +5,9 @@
 //! holds subscriptions, retained messages and sessions, `connection` drives one socket, `broker`
 //! accepts and offers the force-offline API, `tls` and `websocket` turn accepted sockets into
 //! byte streams for it; `auth` and `acl` decide who may do what from the
-//! in-memory registry `view`. What it does not do: MQTT 5, clustering (one broker per
-//! instance), or write device state back into the registry.
+//! in-memory registry `view`; `kept` writes each device's subscriptions to the registry and
+//! restores them when it connects (SPEC §2). What it does not do: MQTT 5, clustering (one broker
+//! per instance), or write any other device state back into the registry.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
@@ -19,6 +20,7 @@ pub mod codec;
 pub mod config;
 mod connection;
 pub mod daemon;
+pub mod kept;
 pub mod link;
 pub mod memory;
 mod metrics;

@@ -95,3 +95,17 @@ fn qos_label(qos: u8) -> &'static str {
         _ => "2",
     }
 }
+
+/// Devices' kept subscriptions written to the registry (SPEC §2); `skipped` were of devices
+/// deleted meanwhile.
+pub fn kept_subscriptions_written(devices: usize, skipped: usize) {
+    counter!("meridian_broker_kept_subscriptions_written_total").increment(devices as u64);
+    if skipped > 0 {
+        counter!("meridian_broker_kept_subscriptions_skipped_total").increment(skipped as u64);
+    }
+}
+
+/// A write of kept subscriptions failed; it is retried.
+pub fn kept_subscriptions_failed() {
+    counter!("meridian_broker_kept_subscriptions_failures_total").increment(1);
+}

@@ -242,6 +242,38 @@ impl Session {
         self.dropped
     }
 
+    /// The client's subscriptions with their granted QoS, as a device's kept set (SPEC §2).
+    pub fn subscription_set(&self) -> BTreeMap<String, u8> {
+        self.subscriptions.iter().map(|(filter, qos)| (filter.clone(), *qos)).collect()
+    }
+
+    /// Subscribes the client to `kept` without a SUBSCRIBE: a device's subscriptions restored
+    /// by the platform (SPEC §2). Each filter passes the same checks a SUBSCRIBE would (valid,
+    /// not too deep, allowed by the ACL now, within the subscription limit), at most at the
+    /// profile's QoS; filters already held keep their grant. Returns the filters added, for
+    /// the router.
+    pub fn restore<'a>(
+        &mut self,
+        kept: impl IntoIterator<Item = (&'a String, &'a u8)>,
+        view: &RegistryView,
+    ) -> Vec<(String, u8)> {
+        let mut added = Vec::new();
+        for (filter, qos) in kept {
+            if self.subscriptions.contains_key(filter)
+                || self.subscriptions.len() >= self.profile.max_subscriptions
+                || topic::validate_filter(filter, self.profile.max_topic_len).is_err()
+                || filter.split('/').count() > self.limits.max_topic_levels
+                || !self.principal.may_subscribe(filter, view)
+            {
+                continue;
+            }
+            let qos = (*qos).min(self.profile.max_qos);
+            self.subscriptions.insert(filter.clone(), qos);
+            added.push((filter.clone(), qos));
+        }
+        added
+    }
+
     /// What this session holds against the broker-wide queue budget.
     pub fn load(&self) -> Load {
         load(&self.pending, &self.inflight)

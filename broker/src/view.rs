@@ -2,8 +2,11 @@
 //! from the store's change feed, so CONNECT never reads the store.
 //!
 //! Data flows one way: the control plane writes the registry; [`follow`] applies the feed here.
+//! The one exception is the devices' kept subscriptions (SPEC §2), which brokers write (see
+//! [`crate::kept`]) and read back from here like any other record, so a device distributed to
+//! another instance finds them there.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -12,7 +15,7 @@ use meridian_registry::ids::{AccountId, DeviceKey, InstanceId, ProductKey};
 use meridian_registry::model::{Device, DeviceStatus, Placement, Product};
 use meridian_registry::secret::{DeviceSecret, SecretKey};
 use meridian_registry::store::{Change, Revision, Store, StoreError};
-use meridian_registry::{decode, keys};
+use meridian_registry::{decode, keys, subscriptions};
 use tokio::sync::{mpsc, watch};
 
 /// What the broker needs to know about one device.
@@ -36,6 +39,8 @@ pub struct ProductEntry {
 pub struct RegistryView {
     devices: DashMap<DeviceKey, DeviceEntry>,
     products: DashMap<ProductKey, ProductEntry>,
+    /// Each device's kept subscriptions (filter → granted QoS), as last committed.
+    subscriptions: DashMap<DeviceKey, Arc<BTreeMap<String, u8>>>,
     /// The feed revision applied so far; tests and the supervisor wait on it.
     applied: watch::Sender<Revision>,
 }
@@ -43,6 +48,11 @@ pub struct RegistryView {
 impl RegistryView {
     pub fn device(&self, key: &DeviceKey) -> Option<DeviceEntry> {
         self.devices.get(key).map(|entry| entry.clone())
+    }
+
+    /// The subscriptions kept for a device, as last committed to the registry.
+    pub fn kept_subscriptions(&self, key: &DeviceKey) -> Option<Arc<BTreeMap<String, u8>>> {
+        self.subscriptions.get(key).map(|entry| entry.clone())
     }
 
     pub fn product(&self, key: &ProductKey) -> Option<ProductEntry> {
@@ -104,6 +114,12 @@ impl RegistryView {
         self.products.insert(key, entry);
     }
 
+    /// Pretends the feed was applied up to `revision`, for unit tests of what waits on it.
+    #[cfg(test)]
+    pub(crate) fn set_revision(&self, revision: Revision) {
+        self.applied.send_replace(revision);
+    }
+
     pub fn device_count(&self) -> usize {
         self.devices.len()
     }
@@ -158,8 +174,9 @@ pub async fn follow(
 ) -> Result<(), StoreError> {
     let products = store.scan_prefix(keys::PRODUCTS).await?;
     let devices = store.scan_prefix(keys::DEVICES).await?;
-    let from = products.revision.min(devices.revision);
-    for entry in products.entries.iter().chain(&devices.entries) {
+    let kept = store.scan_prefix(keys::SUBSCRIPTIONS).await?;
+    let from = products.revision.min(devices.revision).min(kept.revision);
+    for entry in products.entries.iter().chain(&devices.entries).chain(&kept.entries) {
         let change = Change {
             revision: entry.revision,
             key: entry.key.clone(),
@@ -178,6 +195,9 @@ pub async fn follow(
     let devices: HashSet<DeviceKey> =
         devices.entries.iter().filter_map(|entry| keys::parse_device(&entry.key)).collect();
     view.products.retain(|key, _| products.contains(key));
+    let kept: HashSet<DeviceKey> =
+        kept.entries.iter().filter_map(|entry| keys::parse_subscriptions(&entry.key)).collect();
+    view.subscriptions.retain(|key, _| kept.contains(key));
     let gone: Vec<DeviceKey> = view
         .devices
         .iter()
@@ -235,6 +255,10 @@ fn apply(
         }
         return;
     }
+    if change.key.starts_with(keys::SUBSCRIPTIONS) {
+        apply_subscriptions(view, change);
+        return;
+    }
     if !change.key.starts_with(keys::DEVICES) {
         return;
     }
@@ -281,6 +305,30 @@ fn apply(
             let Some(key) = keys::parse_device(&change.key) else { return };
             view.devices.remove(&key);
             tell(Changed::Placement(key));
+        }
+    }
+}
+
+/// Applies one change of a device's kept subscriptions. A record that does not check out is
+/// dropped (the device's set is then empty here), never half-applied.
+fn apply_subscriptions(view: &RegistryView, change: &Change) {
+    let Some(device) = keys::parse_subscriptions(&change.key) else {
+        tracing::warn!(key = %change.key, "skipping a subscriptions key that names no device");
+        return;
+    };
+    let record = change.value.as_ref().and_then(|value| {
+        let record = subscriptions::parse(&change.key, value);
+        if record.is_none() {
+            tracing::warn!(key = %change.key, "skipping a subscriptions record that does not check out");
+        }
+        record
+    });
+    match record {
+        Some(record) => {
+            view.subscriptions.insert(device, Arc::new(record.filters));
+        }
+        None => {
+            view.subscriptions.remove(&device);
         }
     }
 }

@@ -70,10 +70,9 @@ pub async fn run(
     let sealer = load_secret_key(&config.secrets.key_file, false)?;
     crate::up::install_metrics(&config.metrics)?;
 
-    let remote: Arc<dyn Store> = Arc::new(
-        RemoteStore::new(&config.control_plane.url, &token)
-            .with_context(|| format!("control plane at {}", config.control_plane.url))?,
-    );
+    let client = RemoteStore::new(&config.control_plane.url, &token)
+        .with_context(|| format!("control plane at {}", config.control_plane.url))?;
+    let remote: Arc<dyn Store> = Arc::new(client.clone());
     if let Some(dir) = config.replica.path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -90,9 +89,11 @@ pub async fn run(
     })?;
     let addr = listeners.tcp.local_addr()?;
     let instance = config.broker.instance.clone();
-    let daemon = daemon::start(config.broker, Arc::new(replica), sealer, listeners)
-        .await
-        .context("starting the broker")?;
+    // Devices' kept subscriptions go to the control plane through their own endpoint.
+    let daemon =
+        daemon::start_with(config.broker, Arc::new(replica), sealer, listeners, Arc::new(client))
+            .await
+            .context("starting the broker")?;
     tracing::info!(%instance, %addr, "broker listening");
     // Register the signal handlers (first poll) before announcing readiness.
     let mut shutdown = std::pin::pin!(shutdown);

@@ -13,6 +13,12 @@
 //! | `GET /internal/v1/revision` | `{"revision":N}` |
 //! | `GET /internal/v1/get?key=k` | `{"entry":{…}\|null}` |
 //! | `POST /internal/v1/batch` | `{"ops":[{"key","value":base64\|null,"expect"}]}` → `{"revision":N}` |
+//! | `POST /internal/v1/device-subscriptions` | `{"devices":[{"device":{…},"filters":{"filter":qos}}]}` → `{"revision":N,"skipped":k}` |
+//!
+//! `device-subscriptions` is the brokers' one write of device data: each device's whole kept
+//! set of subscriptions (SPEC §2), checked by [`meridian_registry::subscriptions::write`] (at
+//! most 100 filters of at most 128 bytes, QoS 0 or 1, existing devices only, at most
+//! [`subscriptions::MAX_DEVICES_PER_WRITE`] devices); a record that breaks a bound makes the whole request a 400.
 //!
 //! Errors are `{"code":…,"message":…}` ([`wire::WireError`]) with 400 (bad parameters), 401
 //! (token), 403 (a write outside [`InternalConfig::writable_prefixes`]), 404, 405, 409
@@ -45,6 +51,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use meridian_registry::keys;
 use meridian_registry::store::{Change, Op, Revision, Store, StoreError, Watch, validate_key};
+use meridian_registry::subscriptions::{self, SubscriptionError};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
@@ -54,7 +61,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use self::wire::{WatchLine, WireBatch, WireError, WireGet, WireRevision, WireSnapshot, code};
+use self::wire::{
+    WatchLine, WireBatch, WireDeviceSubscriptions, WireError, WireGet, WireRevision, WireSnapshot,
+    WireSubscriptionsWritten, code,
+};
 
 /// How often an idle watch stream sends a heartbeat line. Clients treat a stream silent for
 /// several intervals as dead and reconnect.
@@ -65,6 +75,10 @@ pub const NODE_WRITABLE_PREFIXES: [&str; 1] = [keys::USAGE];
 
 /// Largest batch body accepted. A broker's usage record is a few hundred bytes.
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+
+/// Largest `device-subscriptions` body accepted: [`subscriptions::MAX_DEVICES_PER_WRITE`] devices of 100
+/// filters of 128 bytes, with their JSON around them.
+pub const MAX_SUBSCRIPTIONS_BYTES: usize = 8 * 1024 * 1024;
 
 /// How long a client may take to send request headers (and to finish a TLS handshake).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -224,8 +238,16 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Body> {
         return response;
     }
     let path = request.uri().path();
-    let expected = if path == wire::BATCH { Method::POST } else { Method::GET };
-    let known = [wire::SNAPSHOT, wire::WATCH, wire::REVISION, wire::GET, wire::BATCH];
+    let posted = [wire::BATCH, wire::DEVICE_SUBSCRIPTIONS];
+    let expected = if posted.contains(&path) { Method::POST } else { Method::GET };
+    let known = [
+        wire::SNAPSHOT,
+        wire::WATCH,
+        wire::REVISION,
+        wire::GET,
+        wire::BATCH,
+        wire::DEVICE_SUBSCRIPTIONS,
+    ];
     if !known.contains(&path) {
         return error(StatusCode::NOT_FOUND, WireError::new(code::NOT_FOUND, "no such endpoint"));
     }
@@ -241,6 +263,7 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Body> {
         wire::WATCH => watch_changes(state, &request).await,
         wire::REVISION => revision(state).await,
         wire::GET => get(state, &request).await,
+        wire::DEVICE_SUBSCRIPTIONS => device_subscriptions(state, request).await,
         _ => batch(state, request).await,
     };
     result.unwrap_or_else(|(status, body)| error(status, *body))
@@ -309,17 +332,43 @@ async fn get(state: &State, request: &Request<Incoming>) -> Handled {
     Ok(json(StatusCode::OK, &WireGet { entry: entry.map(Into::into) }))
 }
 
-async fn batch(state: &State, request: Request<Incoming>) -> Handled {
-    let body = Limited::new(request.into_body(), MAX_BATCH_BYTES);
-    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, body.collect()).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
+/// Reads a request body of at most `limit` bytes within [`BODY_READ_TIMEOUT`].
+async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, Rejection> {
+    let body = Limited::new(request.into_body(), limit);
+    match tokio::time::timeout(BODY_READ_TIMEOUT, body.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
-            let message = format!("a batch body is at most {MAX_BATCH_BYTES} bytes");
+            let message = format!("this request body is at most {limit} bytes");
             let body = WireError::new(code::PAYLOAD_TOO_LARGE, message);
-            return Err((StatusCode::PAYLOAD_TOO_LARGE, Box::new(body)));
+            Err((StatusCode::PAYLOAD_TOO_LARGE, Box::new(body)))
         }
-        Ok(Err(_)) | Err(_) => return Err(bad_request("the request body could not be read")),
-    };
+        Ok(Err(_)) | Err(_) => Err(bad_request("the request body could not be read")),
+    }
+}
+
+/// Writes brokers' kept device subscriptions through the one checked write path.
+async fn device_subscriptions(state: &State, request: Request<Incoming>) -> Handled {
+    let body = read_body(request, MAX_SUBSCRIPTIONS_BYTES).await?;
+    // Filters are client input: say where the body is malformed, not what it holds.
+    let wire: WireDeviceSubscriptions = serde_json::from_slice(&body).map_err(|e| {
+        bad_request(format!("malformed subscriptions at line {} column {}", e.line(), e.column()))
+    })?;
+    match subscriptions::write(state.store.as_ref(), wire.devices).await {
+        Ok(written) => Ok(json(
+            StatusCode::OK,
+            &WireSubscriptionsWritten { revision: written.revision, skipped: written.skipped },
+        )),
+        Err(SubscriptionError::Store(error)) => Err(store_error(error)),
+        Err(error @ SubscriptionError::TooManyDevices(_)) => {
+            let body = WireError::new(code::PAYLOAD_TOO_LARGE, error.to_string());
+            Err((StatusCode::PAYLOAD_TOO_LARGE, Box::new(body)))
+        }
+        Err(error) => Err(bad_request(error.to_string())),
+    }
+}
+
+async fn batch(state: &State, request: Request<Incoming>) -> Handled {
+    let body = read_body(request, MAX_BATCH_BYTES).await?;
     // The body holds sealed values: report where it is malformed, never what it says.
     let batch: WireBatch = serde_json::from_slice(&body).map_err(|e| {
         bad_request(format!("malformed batch at line {} column {}", e.line(), e.column()))

@@ -11,8 +11,12 @@
 //! 4. start the daemon on `Arc::new(replica)`: it reads from the file and follows the file's
 //!    feed; its usage writes go to the control plane.
 //!
-//! What it does not do: write anything but the keys the server lets nodes write (usage), or
-//! compact the control plane's feed.
+//! A broker's kept device subscriptions (SPEC §2) go through [`RemoteStore`]'s
+//! [`SubscriptionWriter`], the internal API's `device-subscriptions` endpoint: pass it to
+//! `meridian_broker::daemon::start_with`.
+//!
+//! What it does not do: write anything but the keys the server lets nodes write (usage, and
+//! device subscriptions through their own endpoint), or compact the control plane's feed.
 
 mod replica;
 mod watch;
@@ -30,11 +34,14 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use meridian_registry::model::DeviceSubscriptions;
 use meridian_registry::store::{Entry, Op, Revision, Snapshot, Store, StoreError, Watch};
+use meridian_registry::subscriptions::{SubscriptionError, SubscriptionWriter, Written};
 use serde::de::DeserializeOwned;
 
 use crate::internal::wire::{
-    self, WireBatch, WireError, WireGet, WireRevision, WireSnapshot, code,
+    self, WireBatch, WireDeviceSubscriptions, WireError, WireGet, WireRevision, WireSnapshot,
+    WireSubscriptionsWritten, code,
 };
 
 pub use self::replica::{DEFAULT_PREFIXES, META_KEY, Replica, SyncStopped, SyncTask};
@@ -290,6 +297,22 @@ impl Store for RemoteStore {
 
     async fn compact(&self, _through: Revision) -> Result<(), StoreError> {
         Err(RemoteError::Unsupported { operation: "compact" }.into())
+    }
+}
+
+#[async_trait]
+impl SubscriptionWriter for RemoteStore {
+    async fn write_subscriptions(
+        &self,
+        records: Vec<DeviceSubscriptions>,
+    ) -> Result<Written, SubscriptionError> {
+        let body = serde_json::to_vec(&WireDeviceSubscriptions { devices: records })
+            .map_err(|e| SubscriptionError::Unavailable(e.to_string()))?;
+        let answer: WireSubscriptionsWritten = self
+            .call(Method::POST, wire::DEVICE_SUBSCRIPTIONS, None, Some(Bytes::from(body)))
+            .await
+            .map_err(|error| SubscriptionError::Unavailable(error.to_string()))?;
+        Ok(Written { revision: answer.revision, skipped: answer.skipped })
     }
 }
 

@@ -16,6 +16,7 @@ pub const WATCH: &str = "/internal/v1/watch";
 pub const REVISION: &str = "/internal/v1/revision";
 pub const GET: &str = "/internal/v1/get";
 pub const BATCH: &str = "/internal/v1/batch";
+pub const DEVICE_SUBSCRIPTIONS: &str = "/internal/v1/device-subscriptions";
 
 /// Media type of the watch stream: one JSON document per line.
 pub const NDJSON: &str = "application/x-ndjson";
@@ -95,6 +96,20 @@ pub struct WireGet {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct WireRevision {
     pub revision: Revision,
+}
+
+/// `POST device-subscriptions` body: each device's whole kept set (SPEC §2).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireDeviceSubscriptions {
+    pub devices: Vec<meridian_registry::model::DeviceSubscriptions>,
+}
+
+/// `POST device-subscriptions` answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireSubscriptionsWritten {
+    pub revision: Revision,
+    /// Records not kept because their device does not exist.
+    pub skipped: usize,
 }
 
 /// `POST batch` body.

@@ -33,9 +33,10 @@ use meridian_registry::store::{
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// What a broker or edge needs: the catalogue and the device certificates.
-pub const DEFAULT_PREFIXES: [&str; 4] =
-    [keys::REGIONS, keys::INSTANCES, keys::PRODUCTS, keys::DEVICES];
+/// What a broker or edge needs: the catalogue, the device certificates and the devices' kept
+/// subscriptions.
+pub const DEFAULT_PREFIXES: [&str; 5] =
+    [keys::REGIONS, keys::INSTANCES, keys::PRODUCTS, keys::DEVICES, keys::SUBSCRIPTIONS];
 
 /// Local key holding the remote revision applied so far, as decimal text. No registry prefix
 /// starts with `_`, so it can never collide with a mirrored key.

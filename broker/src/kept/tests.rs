@@ -1,0 +1,111 @@
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use meridian_registry::subscriptions::{SubscriptionError, Written};
+
+use super::*;
+
+/// A writer that records every write, commits at increasing revisions, and fails on demand.
+#[derive(Default)]
+struct FakeWriter {
+    writes: Mutex<Vec<Vec<DeviceSubscriptions>>>,
+    failing: std::sync::atomic::AtomicBool,
+    /// Held by a test to keep a write in flight.
+    gate: tokio::sync::Mutex<()>,
+}
+
+#[async_trait]
+impl SubscriptionWriter for FakeWriter {
+    async fn write_subscriptions(
+        &self,
+        records: Vec<DeviceSubscriptions>,
+    ) -> Result<Written, SubscriptionError> {
+        let _gate = self.gate.lock().await;
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(SubscriptionError::Unavailable("down".into()));
+        }
+        let mut writes = self.writes.lock().unwrap();
+        writes.push(records);
+        Ok(Written { revision: 100 + writes.len() as Revision, skipped: 0 })
+    }
+}
+
+fn device(name: &str) -> DeviceKey {
+    DeviceKey { product_key: "a13FN5TplKq".parse().unwrap(), device_name: name.parse().unwrap() }
+}
+
+fn set(filters: &[&str]) -> BTreeMap<String, u8> {
+    filters.iter().map(|f| ((*f).to_owned(), 1)).collect()
+}
+
+#[tokio::test]
+async fn a_subscribe_storm_is_one_write_of_the_last_set() {
+    let (keeper, writer, view) = (Keeper::default(), FakeWriter::default(), RegistryView::default());
+    let lamp = device("lamp-1");
+    let mut filters = Vec::new();
+    for n in 0..100 {
+        filters.push(format!("/a13FN5TplKq/lamp-1/user/{n}"));
+        let refs: Vec<&str> = filters.iter().map(String::as_str).collect();
+        keeper.record(&lamp, set(&refs));
+    }
+    keeper.record(&device("lamp-2"), set(&["/a13FN5TplKq/lamp-2/user/get"]));
+    keeper.flush(&writer, &view).await;
+    let writes = writer.writes.lock().unwrap();
+    assert_eq!(writes.len(), 1, "one batch for both devices");
+    let lamp_1 = writes[0].iter().find(|r| r.device == lamp).unwrap();
+    assert_eq!(lamp_1.filters.len(), 100);
+    assert_eq!(keeper.unsaved(), 0);
+}
+
+#[tokio::test]
+async fn the_latest_set_is_restored_here_until_the_view_has_it() {
+    let (keeper, writer, view) = (Keeper::default(), FakeWriter::default(), RegistryView::default());
+    let lamp = device("lamp-1");
+    assert_eq!(keeper.kept(&lamp, &view), None);
+    keeper.record(&lamp, set(&["/a13FN5TplKq/lamp-1/user/get"]));
+    // Before the write and after it, until the view reaches the committed revision.
+    assert_eq!(keeper.kept(&lamp, &view).unwrap().len(), 1);
+    keeper.flush(&writer, &view).await;
+    assert_eq!(keeper.kept(&lamp, &view).unwrap().len(), 1);
+    view.set_revision(101);
+    // The view is the truth now (here it has no record: nothing applied it).
+    assert_eq!(keeper.kept(&lamp, &view), None);
+}
+
+#[tokio::test]
+async fn a_set_recorded_during_a_write_is_written_after_it() {
+    let keeper = Arc::new(Keeper::default());
+    let writer = Arc::new(FakeWriter::default());
+    let view = Arc::new(RegistryView::default());
+    let lamp = device("lamp-1");
+    keeper.record(&lamp, set(&["/a13FN5TplKq/lamp-1/user/a"]));
+    let gate = writer.gate.lock().await;
+    let flushing = {
+        let (keeper, writer, view) = (keeper.clone(), writer.clone(), view.clone());
+        tokio::spawn(async move { keeper.flush_once(writer.as_ref(), &view).await })
+    };
+    // Let the flush take the first set and block in the writer.
+    while lock(&keeper.local).get(&lamp).unwrap().state == State::Dirty {
+        tokio::task::yield_now().await;
+    }
+    keeper.record(&lamp, set(&["/a13FN5TplKq/lamp-1/user/b"]));
+    drop(gate);
+    assert_eq!(flushing.await.unwrap(), Ok(true));
+    assert_eq!(keeper.unsaved(), 1, "the newer set is still to write");
+    keeper.flush(writer.as_ref(), &view).await;
+    let writes = writer.writes.lock().unwrap();
+    assert_eq!(writes.len(), 2);
+    assert!(writes[1][0].filters.contains_key("/a13FN5TplKq/lamp-1/user/b"));
+}
+
+#[tokio::test]
+async fn a_failed_write_is_retried() {
+    let (keeper, writer, view) = (Keeper::default(), FakeWriter::default(), RegistryView::default());
+    writer.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    keeper.record(&device("lamp-1"), set(&["/a13FN5TplKq/lamp-1/user/get"]));
+    assert_eq!(keeper.flush_once(&writer, &view).await, Err(()));
+    assert_eq!(keeper.unsaved(), 1);
+    writer.failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(keeper.flush_once(&writer, &view).await, Ok(true));
+    assert_eq!(keeper.unsaved(), 0);
+}
