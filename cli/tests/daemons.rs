@@ -276,3 +276,117 @@ fn control_plane_kill_9_mid_task_and_broker_restart() {
     sh.terminate();
     edge.terminate();
 }
+
+/// SPEC §2 with `meridian broker` processes: the broker writes a device's subscriptions through
+/// the control plane's internal API, and restores them after a clean-session reconnect and at
+/// the other broker process after a distribution, with no SUBSCRIBE from the device.
+#[test]
+fn device_subscriptions_are_kept_across_broker_processes() {
+    use meridian_tests::raw::blocking::read_packet;
+    use meridian_tests::raw::{Packet, QoS, subscribe_packet};
+
+    let setup = setup();
+    let edge = Daemon::start(&["edge"], &setup.edge_config);
+    edge.wait_for("meridian up: ready");
+    let sh = Daemon::start(&["broker"], &broker_config(&setup, "iot-sh-1"));
+    let sh_addr = field(&sh.wait_for("broker listening"), "addr");
+    sh.wait_for("meridian broker: ready");
+    let fra = Daemon::start(&["broker"], &broker_config(&setup, "iot-fra-1"));
+    let fra_addr = field(&fra.wait_for("broker listening"), "addr");
+    fra.wait_for("meridian broker: ready");
+
+    let product = format!(r#"{{"key":"{PRODUCT}","name":"Daemon","home_instance":"iot-sh-1"}}"#);
+    assert_eq!(api(&setup, "POST", "/v1/products", &product).0, 201);
+    let body = r#"{"devices":[{"deviceName":"dev-00000","deviceSecret":"secret-00000"}]}"#;
+    let (status, reply) = api(&setup, "POST", &format!("/v1/products/{PRODUCT}/devices"), body);
+    assert_eq!(status, 201, "{reply}");
+    let filter = format!("/{PRODUCT}/dev-00000/user/get");
+
+    // Connected (once the replica has the device), subscribed, gone.
+    let accepted = |addr| loop {
+        let (code, stream) = connect(addr, 0);
+        if code == Code::Success {
+            return stream;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut device = accepted(sh_addr);
+    device.write_all(&subscribe_packet(1, &[(filter.as_str(), QoS::AtLeastOnce)])).unwrap();
+    assert!(matches!(read_packet(&mut device).unwrap(), Packet::SubAck(_)));
+    device.write_all(&[0xE0, 0x00]).unwrap();
+    drop(device);
+
+    // A standard user of the broker sends the downlink; the device, back with clean session
+    // and without SUBSCRIBE, receives it.
+    let downlink = |addr, payload: &str| {
+        let login = Some(("demo", "demo-password"));
+        let mut user = TcpStream::connect(addr).unwrap();
+        user.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let connack = raw::blocking::handshake(&mut user, &raw::connect_packet("ops", login, 60));
+        assert_eq!(connack.unwrap().code, Code::Success);
+        let publish = mqttbytes_publish(&filter, payload);
+        user.write_all(&publish).unwrap();
+        assert!(matches!(read_packet(&mut user).unwrap(), Packet::PubAck(_)));
+    };
+    let received = |device: &mut TcpStream, payload: &str| loop {
+        match read_packet(device).unwrap() {
+            Packet::Publish(publish) if publish.topic.ends_with("/user/get") => {
+                assert_eq!(publish.payload.as_ref(), payload.as_bytes());
+                return;
+            }
+            _ => {}
+        }
+    };
+    let mut device = accepted(sh_addr);
+    downlink(sh_addr, "at-sh");
+    received(&mut device, "at-sh");
+
+    // Committed at the control plane (read through its internal API with the node token).
+    let token = std::fs::read_to_string(setup.dir.path().join("data/node.token")).unwrap();
+    let key = format!("subscriptions/{PRODUCT}/dev-00000");
+    loop {
+        let mut stream = TcpStream::connect(("127.0.0.1", setup.internal)).unwrap();
+        write!(
+            stream,
+            "GET /internal/v1/get?key={key} HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            token.trim()
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        if response.contains(&format!("\"key\":\"{key}\"")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Distributed to Frankfurt: notified and forced off Shanghai, restored at Frankfurt.
+    let task = format!(
+        r#"{{"product":"{PRODUCT}","devices":["dev-00000"],"policy":{{"kind":"specified","instance":"iot-fra-1"}}}}"#
+    );
+    let (status, reply) = api(&setup, "POST", "/v1/distribution-tasks", &task);
+    assert_eq!(status, 201, "{reply}");
+    loop {
+        match read_packet(&mut device) {
+            Ok(Packet::Publish(publish)) if publish.topic.ends_with("/thing/bootstrap/notify") => {
+                break;
+            }
+            Ok(_) => {}
+            Err(error) => panic!("closed before the notify: {error}"),
+        }
+    }
+    let mut device = accepted(fra_addr);
+    downlink(fra_addr, "at-fra");
+    received(&mut device, "at-fra");
+
+    fra.terminate();
+    sh.terminate();
+    edge.terminate();
+}
+
+/// A QoS 1 PUBLISH's bytes.
+fn mqttbytes_publish(topic: &str, payload: &str) -> Vec<u8> {
+    let mut publish = raw::Publish::new(topic, raw::QoS::AtLeastOnce, payload.as_bytes().to_vec());
+    publish.pkid = 1;
+    raw::encode(&raw::Packet::Publish(publish))
+}

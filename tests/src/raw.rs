@@ -18,7 +18,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::task::JoinHandle;
 
 pub use mqttbytes::QoS;
-pub use mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, Packet};
+pub use mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, Packet, Publish};
 
 use crate::HANG;
 
@@ -96,7 +96,31 @@ pub fn encode(packet: &Packet) -> Vec<u8> {
 pub mod blocking {
     use std::io::{self, Read, Write};
 
-    use super::{CONNACK_LEN, ConnAck, decode_connack};
+    use bytes::BytesMut;
+
+    use super::{CONNACK_LEN, ConnAck, Packet, decode_connack};
+
+    /// Reads the next whole packet (up to 1 MiB), a byte at a time so nothing after it is
+    /// taken; a read timeout is the stream's own.
+    ///
+    /// # Errors
+    ///
+    /// When the stream ends or times out first, or the bytes are not MQTT 3.1.1.
+    pub fn read_packet<S: Read>(stream: &mut S) -> io::Result<Packet> {
+        let mut bytes = BytesMut::new();
+        loop {
+            match mqttbytes::v4::read(&mut bytes.clone(), 1 << 20) {
+                Ok(packet) => return Ok(packet),
+                Err(mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(error) => {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{error:?}")));
+                }
+            }
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte)?;
+            bytes.extend_from_slice(&byte);
+        }
+    }
 
     /// Sends `connect` on `stream` and reads the broker's CONNACK. Panics on any other packet;
     /// a read timeout is the stream's own.
