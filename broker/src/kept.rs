@@ -91,7 +91,10 @@ impl Keeper {
 
     /// Devices whose set is recorded and not yet committed.
     pub fn unsaved(&self) -> usize {
-        lock(&self.local).values().filter(|entry| !matches!(entry.state, State::Committed(_))).count()
+        lock(&self.local)
+            .values()
+            .filter(|entry| !matches!(entry.state, State::Committed(_)))
+            .count()
     }
 
     /// Writes recorded sets until `stopped`; failures are retried with back-off.

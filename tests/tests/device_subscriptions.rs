@@ -61,7 +61,8 @@ async fn committed(registry: &TestRegistry, device: &DeviceKey, filters: &[Strin
         loop {
             let entry = registry.store.get(&key).await.unwrap();
             let kept = entry.and_then(|entry| subscriptions::parse(&entry.key, &entry.value));
-            let held: Vec<String> = kept.map(|k| k.filters.into_keys().collect()).unwrap_or_default();
+            let held: Vec<String> =
+                kept.map(|k| k.filters.into_keys().collect()).unwrap_or_default();
             if held == filters {
                 return;
             }
@@ -125,7 +126,10 @@ async fn unsubscribe_is_honoured_across_reconnects() {
     app.client.publish(topic("get"), QoS::AtLeastOnce, false, "for-you").await.unwrap();
     // Both publishes were routed in order: the first delivery is the second publish.
     let got = lamp.publish().await;
-    assert_eq!((got.topic.as_str(), got.payload.as_ref()), (topic("get").as_str(), &b"for-you"[..]));
+    assert_eq!(
+        (got.topic.as_str(), got.payload.as_ref()),
+        (topic("get").as_str(), &b"for-you"[..])
+    );
 
     // Unsubscribing from everything deletes the record.
     lamp.client.unsubscribe(topic("get")).await.unwrap();

@@ -21,7 +21,9 @@ use meridian_broker::Broker;
 use meridian_broker::router::Kick;
 use meridian_control::ControlPlane;
 use meridian_control::distribution::{PolicyRequest, TaskRequest};
-use meridian_tests::{ACCOUNT, APPLICATION, Client, FRANKFURT, HANG, PRODUCT, SHANGHAI, TestRegistry};
+use meridian_tests::{
+    ACCOUNT, APPLICATION, Client, FRANKFURT, HANG, PRODUCT, SHANGHAI, TestRegistry,
+};
 use rumqttc::{MqttOptions, Packet, QoS};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -133,7 +135,10 @@ async fn the_vendor_python_sdk_as_a_device() {
     let user_get = format!("/{PRODUCT}/{LAMP}/user/get");
 
     let mut app = application(shanghai.addr).await;
-    app.client.subscribe(format!("/sys/{PRODUCT}/+/thing/event/#"), QoS::AtLeastOnce).await.unwrap();
+    app.client
+        .subscribe(format!("/sys/{PRODUCT}/+/thing/event/#"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
     app.expect(|p| matches!(p, Packet::SubAck(_))).await;
 
     // Its own signature, clean session.

@@ -40,7 +40,8 @@ fn set(filters: &[&str]) -> BTreeMap<String, u8> {
 
 #[tokio::test]
 async fn a_subscribe_storm_is_one_write_of_the_last_set() {
-    let (keeper, writer, view) = (Keeper::default(), FakeWriter::default(), RegistryView::default());
+    let (keeper, writer, view) =
+        (Keeper::default(), FakeWriter::default(), RegistryView::default());
     let lamp = device("lamp-1");
     let mut filters = Vec::new();
     for n in 0..100 {
@@ -59,7 +60,8 @@ async fn a_subscribe_storm_is_one_write_of_the_last_set() {
 
 #[tokio::test]
 async fn the_latest_set_is_restored_here_until_the_view_has_it() {
-    let (keeper, writer, view) = (Keeper::default(), FakeWriter::default(), RegistryView::default());
+    let (keeper, writer, view) =
+        (Keeper::default(), FakeWriter::default(), RegistryView::default());
     let lamp = device("lamp-1");
     assert_eq!(keeper.kept(&lamp, &view), None);
     keeper.record(&lamp, set(&["/a13FN5TplKq/lamp-1/user/get"]));
@@ -100,7 +102,8 @@ async fn a_set_recorded_during_a_write_is_written_after_it() {
 
 #[tokio::test]
 async fn a_failed_write_is_retried() {
-    let (keeper, writer, view) = (Keeper::default(), FakeWriter::default(), RegistryView::default());
+    let (keeper, writer, view) =
+        (Keeper::default(), FakeWriter::default(), RegistryView::default());
     writer.failing.store(true, std::sync::atomic::Ordering::SeqCst);
     keeper.record(&device("lamp-1"), set(&["/a13FN5TplKq/lamp-1/user/get"]));
     assert_eq!(keeper.flush_once(&writer, &view).await, Err(()));

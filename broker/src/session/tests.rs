@@ -1056,3 +1056,40 @@ fn resumed_session_continues_packet_ids() {
     resumed.handle_delivery(delivery("a", 1, "m1"));
     assert_eq!(publishes(&transmitted(&mut resumed))[0].0, 2);
 }
+
+/// SPEC §2: kept subscriptions come back without a SUBSCRIBE, each checked as a SUBSCRIBE
+/// would be, and then count like any other (UNSUBSCRIBE, the set a device's record holds).
+#[test]
+fn restored_filters_pass_the_subscribe_checks() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let mut session = device_session(now);
+    let deep = format!("/{PK}/{DN}/user/a/b/c/d/e/f/g");
+    let kept: BTreeMap<String, u8> = [
+        (device_topic("user/get"), 2),
+        (format!("/{PK}/other/user/get"), 1),
+        (deep, 1),
+        ("bad/#/filter".to_owned(), 0),
+    ]
+    .into_iter()
+    .collect();
+    let added = session.restore(kept.iter(), &view);
+    assert_eq!(added, vec![(device_topic("user/get"), 1)], "own, shallow, valid, QoS capped");
+    assert_eq!(session.subscription_set(), added.into_iter().collect());
+    // Already held: restoring again adds nothing.
+    assert!(session.restore(kept.iter(), &view).is_empty());
+    assert!(transmitted(&mut session).is_empty(), "no SUBACK for what was never sent");
+
+    session.handle_packet(now, unsubscribe(7, &[&device_topic("user/get")]), &view).unwrap();
+    assert!(session.subscription_set().is_empty());
+}
+
+#[test]
+fn restoring_stops_at_the_subscription_limit() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let mut session = device_session(now);
+    let kept: BTreeMap<String, u8> =
+        (0..150).map(|n| (device_topic(&format!("user/t{n}")), 1)).collect();
+    assert_eq!(session.restore(kept.iter(), &view).len(), Profile::DEVICE.max_subscriptions);
+}

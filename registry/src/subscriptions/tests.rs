@@ -156,10 +156,7 @@ async fn bounds_are_checked_before_anything_is_written() {
         assert_eq!(kept(&registry, "lamp-1").await, None);
     }
     let too_many: Vec<_> = (0..=MAX_DEVICES_PER_WRITE).map(|_| record("lamp-1", &[])).collect();
-    assert!(matches!(
-        write(store, too_many).await,
-        Err(SubscriptionError::TooManyDevices(_))
-    ));
+    assert!(matches!(write(store, too_many).await, Err(SubscriptionError::TooManyDevices(_))));
 }
 
 #[test]
