@@ -523,6 +523,62 @@ async fn nodes_write_only_usage() {
     server.stop().await;
 }
 
+/// Brokers' kept device subscriptions (SPEC §2) have their own endpoint, behind the node token,
+/// through the registry's checked write path; the generic batch still refuses their keys.
+#[tokio::test]
+async fn device_subscriptions_have_their_own_checked_endpoint() {
+    use meridian_registry::model::DeviceSubscriptions;
+    use meridian_registry::subscriptions::{SubscriptionError, SubscriptionWriter};
+
+    let source = Source::new();
+    source.put("devices/a13FN5TplKq/lamp-1", b"device").await;
+    let server = Server::start(source.dyn_store()).await;
+    let remote = remote(&server.url());
+    let record = |name: &str, filters: usize| DeviceSubscriptions {
+        device: meridian_registry::ids::DeviceKey {
+            product_key: "a13FN5TplKq".parse().unwrap(),
+            device_name: name.parse().unwrap(),
+        },
+        filters: (0..filters).map(|n| (format!("/a13FN5TplKq/{name}/user/{n}"), 1)).collect(),
+    };
+
+    let (status, _) =
+        call(server.addr, "POST", "/internal/v1/device-subscriptions", None, "{}").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) =
+        call(server.addr, "GET", "/internal/v1/device-subscriptions", Some(TOKEN), "").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+
+    let written = remote.write_subscriptions(vec![record("lamp-1", 1), record("ghost", 1)]).await;
+    assert_eq!(written.unwrap().skipped, 1, "no record for a device that does not exist");
+    let kept = source.store.get("subscriptions/a13FN5TplKq/lamp-1").await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&kept.value).contains("/a13FN5TplKq/lamp-1/user/0"));
+    assert_eq!(source.store.get("subscriptions/a13FN5TplKq/ghost").await.unwrap(), None);
+
+    // Over the device limit: refused whole, the record before it untouched.
+    let error = remote.write_subscriptions(vec![record("lamp-1", 101)]).await.unwrap_err();
+    assert!(matches!(&error, SubscriptionError::Unavailable(m) if m.contains("100")), "{error}");
+    let after = source.store.get("subscriptions/a13FN5TplKq/lamp-1").await.unwrap().unwrap();
+    assert_eq!(after.revision, kept.revision);
+    let (status, body) = call(
+        server.addr,
+        "POST",
+        "/internal/v1/device-subscriptions",
+        Some(TOKEN),
+        r#"{"devices":[{"device":{"product_key":"x","device_name":"y"},"filters":{}}]}"#,
+    )
+    .await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_request")));
+
+    // The generic batch is still usage only.
+    let error = remote
+        .put("subscriptions/a13FN5TplKq/lamp-1", Bytes::from_static(b"{}"))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("nodes may not write"), "{error}");
+    server.stop().await;
+}
+
 /// The client's watch outlives the server: it reconnects from the last change it delivered,
 /// and changes written while the server was down arrive once, in order.
 #[tokio::test]
@@ -633,14 +689,14 @@ async fn replica_syncs_follows_and_resumes_without_a_snapshot() {
     let path = dir.path().join("replica.redb");
     let remote: Arc<dyn Store> = Arc::new(remote(&server.url()));
 
-    // First start: a full snapshot of the four prefixes.
+    // First start: a full snapshot of the mirrored prefixes.
     let (replica, task) = Replica::open(&path, remote.clone(), DEFAULT_PREFIXES).await.unwrap();
     let task = tokio::spawn(task.run());
     within("initial sync", replica.caught_up(source.store.revision().await.unwrap()))
         .await
         .unwrap();
     assert_eq!(mirrored(&replica).await, mirrored(&source.store.inner).await);
-    assert_eq!(source.store.scans(), 4, "one snapshot per prefix");
+    assert_eq!(source.store.scans(), DEFAULT_PREFIXES.len(), "one snapshot per prefix");
     assert_eq!(
         replica.get("accounts/acme").await.unwrap().unwrap().value,
         &b"not mirrored"[..],
@@ -694,7 +750,7 @@ async fn replica_syncs_follows_and_resumes_without_a_snapshot() {
     let mut local_feed = replica.watch_from(local_before);
     let task = tokio::spawn(task.run());
     within("resume", replica.caught_up(source.store.revision().await.unwrap())).await.unwrap();
-    assert_eq!(source.store.scans(), 4, "no new snapshot after the restart");
+    assert_eq!(source.store.scans(), DEFAULT_PREFIXES.len(), "no new snapshot after the restart");
     assert_eq!(
         source.store.watches().last(),
         Some(&before_drop),
@@ -756,7 +812,7 @@ async fn replica_reloads_when_the_feed_was_compacted() {
     let mut local_feed = replica.watch_from(replica.revision().await.unwrap());
     let task = tokio::spawn(task.run());
     within("reload", replica.caught_up(now)).await.unwrap();
-    assert_eq!(source.store.scans(), scans + 4, "a fresh snapshot");
+    assert_eq!(source.store.scans(), scans + DEFAULT_PREFIXES.len(), "a fresh snapshot");
     assert_eq!(
         mirrored(&replica).await,
         mirrored(&source.store.inner).await,
