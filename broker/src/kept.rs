@@ -24,7 +24,7 @@ use std::time::Duration;
 use meridian_registry::ids::DeviceKey;
 use meridian_registry::model::DeviceSubscriptions;
 use meridian_registry::store::Revision;
-use meridian_registry::subscriptions::{MAX_DEVICES_PER_WRITE, SubscriptionWriter};
+use meridian_registry::subscriptions::{self, MAX_DEVICES_PER_WRITE, SubscriptionWriter};
 use tokio::sync::{Notify, watch};
 
 use crate::view::RegistryView;
@@ -78,12 +78,14 @@ impl Keeper {
     /// The set to restore for a device: what this broker recorded last, until the view has
     /// caught up with it, else the view's.
     pub fn kept(&self, device: &DeviceKey, view: &RegistryView) -> Option<Filters> {
-        let local = lock(&self.local);
+        let mut local = lock(&self.local);
         if let Some(entry) = local.get(device) {
             let seen = matches!(entry.state, State::Committed(at) if view.revision() >= at);
             if !seen {
                 return Some(entry.filters.clone());
             }
+            // The view has it: nothing to remember here any more.
+            local.remove(device);
         }
         drop(local);
         view.kept_subscriptions(device)
@@ -156,11 +158,20 @@ impl Keeper {
         if taken.is_empty() {
             return Ok(false);
         }
+        // Sessions only grant what the registry's bounds allow, so nothing should fail here;
+        // a record that did would be refused with the whole write again and again.
         let records = taken
             .iter()
             .map(|(device, _, filters)| DeviceSubscriptions {
                 device: device.clone(),
                 filters: filters.as_ref().clone(),
+            })
+            .filter(|record| match subscriptions::check(record) {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::warn!(%error, "device subscriptions outside the registry's bounds not kept");
+                    false
+                }
             })
             .collect();
         let outcome = writer.write_subscriptions(records).await;

@@ -112,3 +112,19 @@ async fn a_failed_write_is_retried() {
     assert_eq!(keeper.flush_once(&writer, &view).await, Ok(true));
     assert_eq!(keeper.unsaved(), 0);
 }
+
+#[tokio::test]
+async fn a_set_outside_the_registry_bounds_does_not_block_the_others() {
+    let (keeper, writer, view) =
+        (Keeper::default(), FakeWriter::default(), RegistryView::default());
+    let too_many: Vec<String> = (0..101).map(|n| format!("/a13FN5TplKq/lamp-1/user/{n}")).collect();
+    let too_many: Vec<&str> = too_many.iter().map(String::as_str).collect();
+    keeper.record(&device("lamp-1"), set(&too_many));
+    keeper.record(&device("lamp-2"), set(&["/a13FN5TplKq/lamp-2/user/get"]));
+    keeper.flush(&writer, &view).await;
+    let writes = writer.writes.lock().unwrap();
+    assert_eq!(writes.len(), 1);
+    assert_eq!(writes[0].len(), 1);
+    assert_eq!(writes[0][0].device, device("lamp-2"));
+    assert_eq!(keeper.unsaved(), 0);
+}
