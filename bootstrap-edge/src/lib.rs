@@ -42,6 +42,8 @@ mod reply;
 mod request;
 pub mod route;
 mod routing;
+#[doc(hidden)]
+pub mod sdk;
 mod server;
 mod service;
 

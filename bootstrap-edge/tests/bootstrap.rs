@@ -24,8 +24,8 @@ async fn answers_each_placement_with_its_endpoint_on_one_connection() {
     assert_eq!(home.host(), "sh.mqtt.example");
     assert_eq!(home.json()["data"]["resources"]["mqtt"]["port"], 1883);
     assert_eq!(home.json()["message"], "success");
-    assert_eq!(home.headers["content-type"], "application/json;charset=utf-8");
-    assert_eq!(home.headers["content-length"], home.body.len().to_string().as_str());
+    assert_eq!(home.sdk.header("Content-Type"), Some("application/json;charset=utf-8"));
+    assert_eq!(home.sdk.header("Content-Length"), Some(home.body.len().to_string().as_str()));
     assert!(home.headers.get("transfer-encoding").is_none());
 
     // Keep-alive: the same connection answers again.
@@ -114,8 +114,9 @@ async fn oversized_bodies_get_413() {
          {:x}\r\n{big}\r\n0\r\n\r\n",
         big.len()
     );
-    let response = raw_exchange(stack.addr, chunked.as_bytes()).await;
-    assert!(response.starts_with("HTTP/1.1 413 "), "{response}");
+    let reply = common::raw_reply(stack.addr, chunked.as_bytes()).await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    reply.error();
     stack.stop().await;
 }
 
@@ -166,18 +167,15 @@ async fn slow_clients_time_out() {
     assert!(rest.is_empty() || rest.starts_with(b"HTTP/1.1 408"), "{rest:?}");
 
     // A complete head, then only part of the promised body: 408, connection closed.
-    let mut stream = TcpStream::connect(stack.addr).await.expect("connect");
-    stream
-        .write_all(
+    let mut client = Client::connect(stack.addr).await;
+    let reply = client
+        .raw(
             b"POST /auth/bootstrap HTTP/1.1\r\nHost: edge\r\n\
               Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nproduct",
         )
-        .await
-        .expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("the edge answers and closes");
-    assert!(response.starts_with("HTTP/1.1 408 "), "{response}");
-    assert!(response.contains(r#"{"code":408,"#), "{response}");
+        .await;
+    assert_eq!(reply.error(), (408, "request body timed out".to_owned()));
+    assert!(client.rest().await.is_empty(), "the edge answers and closes");
     stack.stop().await;
 }
 
@@ -227,29 +225,10 @@ async fn metrics_are_rendered_when_the_process_hands_over_its_handle() {
 #[tokio::test]
 async fn shutdown_closes_idle_keep_alive_connections() {
     let stack = Stack::start().await;
-    let mut stream = TcpStream::connect(stack.addr).await.expect("connect");
-    stream
-        .write_all(b"GET /auth/bootstrap/regionId/0 HTTP/1.1\r\nHost: edge\r\n\r\n")
-        .await
-        .expect("write");
-    let mut first = [0u8; 12];
-    stream.read_exact(&mut first).await.expect("response");
-    assert_eq!(&first, b"HTTP/1.1 200");
+    let mut client = Client::connect(stack.addr).await;
+    let reply = client.raw(b"GET /auth/bootstrap/regionId/0 HTTP/1.1\r\nHost: edge\r\n\r\n").await;
+    assert_eq!(reply.status, StatusCode::OK);
     // Returns only once every connection, this idle one included, is closed.
     stack.stop().await;
-    let mut rest = Vec::new();
-    stream.read_to_end(&mut rest).await.expect("closed by the edge");
-}
-
-/// Sends raw bytes and reads until the edge closes the connection (a reset after the response
-/// counts as closed: the edge may close with the client's bytes still unread).
-async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(request).await.expect("write");
-    let mut response = Vec::new();
-    let mut buffer = [0u8; 4096];
-    while let Ok(read @ 1..) = stream.read(&mut buffer).await {
-        response.extend_from_slice(&buffer[..read]);
-    }
-    String::from_utf8_lossy(&response).into_owned()
+    assert!(client.rest().await.is_empty(), "closed by the edge");
 }
