@@ -46,6 +46,7 @@ mod routing;
 pub mod sdk;
 mod server;
 mod service;
+mod socket;
 
 pub use crate::client_ip::TrustedProxies;
 pub use crate::config::{ConfigError, EdgeConfig, GeoIpConfig, RateLimitConfig};

@@ -38,7 +38,8 @@ fn assert_sdk_shape(reply: &Reply) {
     assert_eq!(reply.sdk.header("Content-Type"), Some("application/json;charset=utf-8"));
     for line in &reply.sdk.header_lines {
         let name = line.split_once(": ").map_or("", |(name, _)| name);
-        let title_case = name.split('-').all(|word| word.starts_with(|c: char| c.is_ascii_uppercase()));
+        let title_case =
+            name.split('-').all(|word| word.starts_with(|c: char| c.is_ascii_uppercase()));
         assert!(title_case, "header name not in the SDK's case: {line}");
         assert!(line.len() + 2 < 128, "header line of {} bytes: {line}", line.len() + 2);
     }
@@ -106,7 +107,8 @@ async fn every_rejection_is_framed_for_the_sdk() {
         client.raw(b"POST /auth/bootstrap HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}").await,
     ];
     let big = format!("{}&padding={}", sdk_form("lamp-1"), "x".repeat(100));
-    replies.push(common::raw_reply(stack.addr, format!("{}{big}", sdk_head(&big)).as_bytes()).await);
+    replies
+        .push(common::raw_reply(stack.addr, format!("{}{big}", sdk_head(&big)).as_bytes()).await);
     // A body that never completes: 408.
     let short = sdk_head(&"x".repeat(40));
     replies.push(common::raw_reply(stack.addr, short.as_bytes()).await);
@@ -156,5 +158,66 @@ async fn http_1_0_clients_get_a_framed_json_reply() {
     assert!(head.starts_with("HTTP/1.0 200 OK\r\n"), "{head}");
     assert!(head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())), "{head}");
     assert!(body.contains(r#""host":"sh.mqtt.example","port":1883"#), "{body}");
+    stack.stop().await;
+}
+
+/// Requests hyper cannot parse never reach the service; hyper's own answer to them has no body.
+/// The edge answers them like every other error (SPEC §4): a JSON body with the numeric `code`
+/// and a `message`, framed for the SDK, then closes the connection.
+#[tokio::test]
+async fn unparseable_requests_get_json_errors() {
+    let stack = Stack::start().await;
+    stack.devices(&[("lamp-1", specified("iot-sh-1"))]).await;
+    let oversized = format!(
+        "POST /auth/bootstrap HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: {}\r\n\r\n",
+        "a".repeat(9 * 1024)
+    );
+    let cases: [(&[u8], u16, &str); 6] = [
+        (b"GARBAGE\r\n\r\n", 400, "malformed HTTP request"),
+        (
+            b"GET /auth/bootstrap/regionId/0 HTTP/9.9\r\nHost: edge\r\n\r\n",
+            400,
+            "malformed HTTP request",
+        ),
+        (
+            b"GET /auth/bootstrap/regionId/0 HTTP/1.1\r\nHost edge\r\n\r\n",
+            400,
+            "malformed HTTP request",
+        ),
+        (
+            b"GET /auth/bootstrap/regionId/0 HTTP/1.1\r\nHost: e\x01dge\r\n\r\n",
+            400,
+            "malformed HTTP request",
+        ),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400, "malformed HTTP request"),
+        (oversized.as_bytes(), 431, "request header fields too large"),
+    ];
+    for (request, status, message) in cases {
+        let mut client = Client::connect(stack.addr).await;
+        let reply = client.raw(request).await;
+        let shown = String::from_utf8_lossy(&request[..request.len().min(40)]).into_owned();
+        assert_eq!(reply.error(), (u64::from(status), message.to_owned()), "{shown}");
+        assert_eq!(reply.sdk.header("Connection"), Some("close"), "{shown}");
+        assert_sdk_shape(&reply);
+        assert!(client.rest().await.is_empty(), "closed after the answer: {shown}");
+    }
+
+    // After a good request on the same connection, and pipelined behind one in the same write.
+    let form = sdk_form("lamp-1");
+    let good = format!("{}{form}", sdk_head(&form));
+    let mut client = Client::connect(stack.addr).await;
+    assert_eq!(client.raw(good.as_bytes()).await.host(), "sh.mqtt.example");
+    assert_eq!(client.raw(b"GARBAGE\r\n\r\n").await.error().0, 400);
+    let mut client = Client::connect(stack.addr).await;
+    let pipelined = [good.as_bytes(), b"GARBAGE\r\n\r\n"].concat();
+    assert_eq!(client.raw(&pipelined).await.host(), "sh.mqtt.example");
+    let second = client.reply().await;
+    assert_eq!(second.error(), (400, "malformed HTTP request".to_owned()));
+    assert!(client.rest().await.is_empty());
+
+    let metrics = Client::connect(stack.addr).await.get("/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(text.contains(r#"meridian_edge_requests_total{result="bad_request"} 7"#), "{text}");
+    assert!(text.contains(r#"meridian_edge_requests_total{result="too_large"} 1"#), "{text}");
     stack.stop().await;
 }

@@ -1,7 +1,6 @@
 use super::*;
 
-const OK_BODY: &str =
-    r#"{"code":200,"data":{"resources":{"mqtt":{"host":"mqtt.example","port":1883}}},"message":"success"}"#;
+const OK_BODY: &str = r#"{"code":200,"data":{"resources":{"mqtt":{"host":"mqtt.example","port":1883}}},"message":"success"}"#;
 
 fn reply(head: &str, body: &str) -> Vec<u8> {
     format!("{head}\r\n\r\n{body}").into_bytes()
@@ -77,10 +76,7 @@ fn only_200_is_a_success() {
 fn key_search_takes_the_first_key_and_needs_compact_json() {
     let first = r#"{"data":{"host":"first","port":"8883"},"host":"second","port":1}"#;
     let (parsed, _) = parse(&reply(&ok_head(first), first)).expect("framed").expect("complete");
-    assert_eq!(
-        parsed.endpoint(),
-        Ok(SdkEndpoint { host: "first".into(), port: 8883, ip: None })
-    );
+    assert_eq!(parsed.endpoint(), Ok(SdkEndpoint { host: "first".into(), port: 8883, ip: None }));
     for (body, key) in [
         (r#"{"host": "x","port":1}"#, "host"),
         (r#"{"host":"x","port": 1}"#, "port"),
