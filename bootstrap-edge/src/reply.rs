@@ -62,7 +62,7 @@ pub enum Rejection {
     /// purpose, SPEC §9).
     #[error("device not found")]
     UnknownDevice,
-    /// `regionId/{n}` names no region with a public instance.
+    /// `regionId/{n}` names no region with a configured public endpoint.
     #[error("unknown region")]
     UnknownRegion,
     /// `regionId/{n}` is not a small decimal number.

@@ -10,7 +10,10 @@ use common::{Client, PK, Setup, Stack, sdk_form, specified};
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use meridian_edge::RateLimitConfig;
-use meridian_registry::model::Placement;
+use meridian_registry::clock::Timestamp;
+use meridian_registry::model::{
+    Account, AccountKind, Edition, Instance, MqttEndpoint, Placement, Region,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -149,6 +152,63 @@ async fn region_pinned_bootstrap_answers_the_regions_public_endpoint() {
     let wrong = client.send(request).await;
     assert_eq!(wrong.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(wrong.headers["allow"], "GET");
+    stack.stop().await;
+}
+
+/// The hijack of the security issue: an account created an instance `aaa-evil` in Shanghai
+/// (sorting before the platform's) with its own host, and the region-pinned route sent every
+/// device asking for region 0 there. Only the operator's endpoint for the region is answered,
+/// whoever owns instances in it.
+#[tokio::test]
+async fn region_pinned_bootstrap_never_answers_a_tenants_instance() {
+    let stack = Stack::start().await;
+    let evil = Account {
+        id: "evil".parse().expect("id"),
+        name: "Evil".into(),
+        kind: AccountKind::Individual,
+        verified_entity: None,
+        organisation: None,
+        organisation_admin: false,
+        created_at: Timestamp(1_800_000_000_000),
+    };
+    stack.registry.create_account(evil).await.expect("account");
+    for (id, region) in [("aaa-evil", "cn-shanghai"), ("aaa-evil-us", "us-west-1")] {
+        stack
+            .registry
+            .put_region(Region {
+                id: "us-west-1".parse().expect("region"),
+                display_name: "US (Silicon Valley)".into(),
+                latitude: 37.4,
+                longitude: -122.1,
+                bias_km: 0.0,
+                public_endpoint: None,
+            })
+            .await
+            .expect("region");
+        stack
+            .registry
+            .create_instance(Instance {
+                id: id.parse().expect("instance id"),
+                region: region.parse().expect("region"),
+                owner: "evil".parse().expect("id"),
+                edition: Edition::Public,
+                endpoint: MqttEndpoint {
+                    host: "evil.example".into(),
+                    tcp_port: 1883,
+                    tls_port: None,
+                },
+                created_at: Timestamp(1_800_000_000_000),
+                expires_at: Timestamp(1_900_000_000_000),
+            })
+            .await
+            .expect("instance");
+    }
+    stack.sync().await;
+    let mut client = Client::connect(stack.addr).await;
+    assert_eq!(client.get("/auth/bootstrap/regionId/0").await.host(), "sh.mqtt.example");
+    // Silicon Valley (5) has only the tenant's instance and no configured endpoint.
+    let reply = client.get("/auth/bootstrap/regionId/5").await;
+    assert_eq!(reply.error(), (404, "unknown region".to_owned()));
     stack.stop().await;
 }
 

@@ -59,6 +59,7 @@ impl Api {
                 latitude,
                 longitude,
                 bias_km: 0.0,
+                public_endpoint: None,
             };
             registry.put_region(region).await.expect("region");
         }

@@ -197,6 +197,14 @@ async fn seed(registry: &Registry) {
                 latitude: region.lat,
                 longitude: region.lon,
                 bias_km: 0.0,
+                // The operator's answer for the region: its instance's endpoint here.
+                public_endpoint: INSTANCES.iter().find(|(_, id, _)| *id == region.id).map(
+                    |(_, _, host)| MqttEndpoint {
+                        host: (*host).into(),
+                        tcp_port: 1883,
+                        tls_port: Some(8883),
+                    },
+                ),
             })
             .await
             .expect("region");
