@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use meridian_control::ControlPlane;
 use meridian_registry::clock::{SystemClock, Timestamp};
-use meridian_registry::model::{InstanceUsage, Region};
+use meridian_registry::model::{InstanceUsage, MqttEndpoint, Region};
 use meridian_registry::secret::SecretKey;
 use meridian_registry::store::{RedbStore, Store};
 use meridian_registry::{Registry, encode, keys};
@@ -59,7 +59,11 @@ impl Api {
                 latitude,
                 longitude,
                 bias_km: 0.0,
-                public_endpoint: None,
+                public_endpoint: (id == "cn-shanghai").then(|| MqttEndpoint {
+                    host: "mqtt-sh.platform.example".into(),
+                    tcp_port: 1883,
+                    tls_port: None,
+                }),
             };
             registry.put_region(region).await.expect("region");
         }
@@ -353,6 +357,7 @@ async fn instances_products_and_devices() {
 
     let regions = api.ctl(key, &["regions", "list"]).await;
     assert!(regions.ok().contains("eu-central-1"), "{}", regions.stdout);
+    assert!(regions.stdout.contains("mqtt-sh.platform.example:1883"), "{}", regions.stdout);
     let instances = api.ctl(key, &["instances", "list"]).await;
     let listed = instances.ok();
     assert!(listed.starts_with("ID "), "{listed}");
