@@ -188,7 +188,7 @@ async fn serve(
     let Err(error) = served else { return };
     // Timeouts and clients that hang up mid-request: routine for a public endpoint.
     tracing::debug!(%peer, %error, "connection ended with an error");
-    if error.is_parse() || error.is_parse_too_large() {
+    if error.is_parse() {
         // hyper answered (the socket put the edge's JSON in place of its answer) and gave up.
         let outcome =
             if error.is_parse_too_large() { Outcome::TooLarge } else { Outcome::BadRequest };
