@@ -89,6 +89,7 @@ impl Fleet {
                     latitude: lat,
                     longitude: lon,
                     bias_km: 0.0,
+                    public_endpoint: None,
                 })
                 .await?;
             registry

@@ -378,23 +378,17 @@ impl Device {
     }
 }
 
-/// The MQTT endpoint of a bootstrap response (`data.resources.mqtt.host` and `.port`).
+/// The MQTT endpoint of a bootstrap response, read as the vendor C SDK reads it
+/// ([`meridian_edge::sdk`]: strict framing, case-sensitive `Content-Length: `, only 200, key
+/// search for `"host"` and `"port"`), so the fleet fails where real devices would.
 fn parse_bootstrap(response: &[u8]) -> Result<SocketAddr, String> {
-    let response = std::str::from_utf8(response).map_err(|_| "bootstrap: not UTF-8")?;
-    let (head, body) = response.split_once("\r\n\r\n").ok_or("bootstrap: no header end")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        let status = head.lines().next().unwrap_or_default();
-        return Err(format!("bootstrap refused: {status}"));
-    }
-    let json: serde_json::Value = serde_json::from_str(body).map_err(|_| "bootstrap: bad JSON")?;
-    let mqtt = &json["data"]["resources"]["mqtt"];
-    let host = mqtt["host"].as_str().ok_or("bootstrap: no host")?;
-    let port = match &mqtt["port"] {
-        serde_json::Value::Number(n) => n.as_u64().ok_or("bootstrap: bad port")?,
-        serde_json::Value::String(s) => s.parse().map_err(|_| "bootstrap: bad port")?,
-        _ => return Err("bootstrap: no port".into()),
+    let reply = match meridian_edge::sdk::parse(response) {
+        Ok(Some((reply, _))) => reply,
+        Ok(None) => return Err("bootstrap: incomplete reply".into()),
+        Err(error) => return Err(format!("bootstrap: the SDK cannot read the reply ({error})")),
     };
-    let port = u16::try_from(port).map_err(|_| "bootstrap: bad port")?;
+    let endpoint = reply.endpoint().map_err(|error| format!("bootstrap refused: {error}"))?;
+    let (host, port) = (endpoint.host, endpoint.port);
     format!("{host}:{port}").parse().map_err(|_| "bootstrap: bad endpoint".into())
 }
 
@@ -404,9 +398,14 @@ mod tests {
 
     #[test]
     fn bootstrap_answer_and_curve() {
-        let response = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"code\":200,\"data\":{\"resources\":{\"mqtt\":{\"host\":\"127.0.0.1\",\"port\":\"1883\"}}}}";
-        assert_eq!(parse_bootstrap(response), Ok("127.0.0.1:1883".parse().unwrap()));
-        assert!(parse_bootstrap(b"HTTP/1.1 404 Not Found\r\n\r\n{}").is_err());
+        let body =
+            r#"{"code":200,"data":{"resources":{"mqtt":{"host":"127.0.0.1","port":"1883"}}}}"#;
+        let response = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        assert_eq!(parse_bootstrap(response.as_bytes()), Ok("127.0.0.1:1883".parse().unwrap()));
+        // The SDK finds only `Content-Length: `, in that case.
+        let lower = response.replace("Content-Length", "content-length");
+        assert!(parse_bootstrap(lower.as_bytes()).is_err());
+        assert!(parse_bootstrap(b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n{}").is_err());
 
         let times = [50, 60, 250].map(Duration::from_millis);
         let curve = curve(&times);

@@ -123,6 +123,7 @@ async fn seed(registry: &Registry, devices: usize) {
                 latitude,
                 longitude,
                 bias_km: 0.0,
+                public_endpoint: None,
             })
             .await
             .expect("region");

@@ -43,8 +43,9 @@ pub struct EdgeConfig {
     pub max_connections: usize,
     /// Per-client-address rate limit (SPEC §9: the endpoint is unauthenticated).
     pub rate_limit: RateLimitConfig,
-    /// `GET /auth/bootstrap/regionId/{n}` answers with the region at position `n` of this
-    /// list. The default is the vendor SDK's region numbering (`iotx_cloud_region_types_t`):
+    /// `GET /auth/bootstrap/regionId/{n}` answers with the public endpoint the operator
+    /// configured for the region at position `n` of this list (never an instance's endpoint).
+    /// The default is the vendor SDK's region numbering (`iotx_cloud_region_types_t`):
     /// 0 Shanghai, 1 Singapore, 2 Tokyo, 3 Virginia, 4 Frankfurt, 5 Silicon Valley.
     pub region_numbers: Vec<RegionId>,
     /// GeoIP for nearest-access placements.

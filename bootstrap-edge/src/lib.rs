@@ -17,11 +17,15 @@
 //! stored a region number, which its companion app sets from the vendor's region enum
 //! (`iotx_cloud_region_types_t`: 0 Shanghai, 1 Singapore, 2 Tokyo, 3 Virginia, 4 Frankfurt,
 //! 5 Silicon Valley). The request has no body and so names no device: the answer can only be
-//! the region's, not a placement's. The edge therefore answers with the endpoint of the
-//! region's default public instance (the public instance with the smallest id), where region
-//! `n` is entry `n` of [`EdgeConfig::region_numbers`] (default: the vendor's enum order, so
-//! unchanged firmware keeps working). An unnumbered region, or one with no public instance
-//! here, is `404 unknown region`; anything but a decimal number is `400`.
+//! the region's, not a placement's. The edge therefore answers with the public endpoint the
+//! platform operator configured on the region record ([`Region::public_endpoint`]), where
+//! region `n` is entry `n` of [`EdgeConfig::region_numbers`] (default: the vendor's enum order,
+//! so unchanged firmware keeps working). It never answers with an instance's endpoint: any
+//! account may own instances in a region, and a region's devices must not be sent to one of
+//! them (SPEC §4). An unnumbered region, or one without a configured endpoint, is
+//! `404 unknown region`; anything but a decimal number is `400`.
+//!
+//! [`Region::public_endpoint`]: meridian_registry::model::Region::public_endpoint
 //!
 //! What this crate does **not** do: terminate TLS (a load balancer in front does, and passes
 //! the client address by PROXY protocol), write to the registry (data flows one way: the
@@ -42,8 +46,11 @@ mod reply;
 mod request;
 pub mod route;
 mod routing;
+#[doc(hidden)]
+pub mod sdk;
 mod server;
 mod service;
+mod socket;
 
 pub use crate::client_ip::TrustedProxies;
 pub use crate::config::{ConfigError, EdgeConfig, GeoIpConfig, RateLimitConfig};

@@ -114,6 +114,12 @@ impl EdgeMetrics {
         self.duration.record(elapsed.as_secs_f64());
     }
 
+    /// Counts a request that never reached the service (hyper could not parse it), so it has
+    /// no duration.
+    pub(crate) fn count(&self, outcome: Outcome) {
+        self.requests[outcome as usize].increment(1);
+    }
+
     pub(crate) fn geo(&self, outcome: LookupOutcome) {
         self.geo[geo_index(outcome)].increment(1);
     }

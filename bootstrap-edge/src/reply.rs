@@ -62,7 +62,7 @@ pub enum Rejection {
     /// purpose, SPEC §9).
     #[error("device not found")]
     UnknownDevice,
-    /// `regionId/{n}` names no region with a public instance.
+    /// `regionId/{n}` names no region with a configured public endpoint.
     #[error("unknown region")]
     UnknownRegion,
     /// `regionId/{n}` is not a small decimal number.
@@ -98,6 +98,15 @@ pub enum Rejection {
     /// No such path.
     #[error("not found")]
     NotFound,
+    /// The request line or a header is not HTTP (hyper could not parse the head).
+    #[error("malformed HTTP request")]
+    MalformedRequest,
+    /// The request head is larger than the edge reads.
+    #[error("request header fields too large")]
+    HeadTooLarge,
+    /// The request target is longer than the edge reads.
+    #[error("request URI too long")]
+    UriTooLong,
     /// This client address sent too many requests.
     #[error("too many requests")]
     RateLimited {
@@ -115,8 +124,11 @@ impl Rejection {
             | Self::MissingParameter(_)
             | Self::InvalidParameter(_)
             | Self::MalformedBody
-            | Self::BodyUnreadable => StatusCode::BAD_REQUEST,
+            | Self::BodyUnreadable
+            | Self::MalformedRequest => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -132,8 +144,10 @@ impl Rejection {
             | Self::MissingParameter(_)
             | Self::InvalidParameter(_)
             | Self::MalformedBody
-            | Self::BodyUnreadable => Outcome::BadRequest,
-            Self::BodyTooLarge => Outcome::TooLarge,
+            | Self::BodyUnreadable
+            | Self::MalformedRequest
+            | Self::UriTooLong => Outcome::BadRequest,
+            Self::BodyTooLarge | Self::HeadTooLarge => Outcome::TooLarge,
             Self::BodyTimeout => Outcome::Timeout,
             Self::UnsupportedMediaType => Outcome::UnsupportedMediaType,
             Self::MethodNotAllowed { .. } => Outcome::MethodNotAllowed,
@@ -145,16 +159,7 @@ impl Rejection {
     /// `{"code":<status>,"message":"…"}` with the status, plus the headers the status calls
     /// for.
     pub(crate) fn into_response(self) -> Response<Full<Bytes>> {
-        #[derive(Serialize)]
-        struct Body {
-            code: u16,
-            message: String,
-        }
-        let status = self.status();
-        let body = Body { code: status.as_u16(), message: self.to_string() };
-        // A struct of an integer and a string always serialises.
-        let body = serde_json::to_vec(&body).expect("plain structs serialise to JSON");
-        let mut response = json(status, Bytes::from(body));
+        let mut response = json(self.status(), Bytes::from(self.body()));
         let headers = response.headers_mut();
         match self {
             Self::MethodNotAllowed { allow } => {
@@ -165,13 +170,51 @@ impl Rejection {
                 let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 headers.insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
             }
-            // The rest of the body may still be in flight: the connection cannot be reused.
-            Self::BodyTooLarge | Self::BodyTimeout | Self::BodyUnreadable => {
+            // The rest of the request may still be in flight: the connection cannot be reused.
+            Self::BodyTooLarge
+            | Self::BodyTimeout
+            | Self::BodyUnreadable
+            | Self::MalformedRequest
+            | Self::HeadTooLarge
+            | Self::UriTooLong => {
                 headers.insert(CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }
         response
+    }
+}
+
+impl Rejection {
+    /// `{"code":<status>,"message":"…"}`.
+    fn body(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Body {
+            code: u16,
+            message: String,
+        }
+        let body = Body { code: self.status().as_u16(), message: self.to_string() };
+        // A struct of an integer and a string always serialises.
+        serde_json::to_vec(&body).expect("plain structs serialise to JSON")
+    }
+
+    /// The whole response on the wire, for the answers written in hyper's place when it could
+    /// not parse the request ([`crate::socket`]): the head as hyper writes the others (SPEC §4:
+    /// `HTTP/1.1 `, the SDK's header case), then the body; the connection closes after it.
+    pub(crate) fn into_wire(self) -> Vec<u8> {
+        let status = self.status();
+        let body = self.body();
+        let mut wire = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            status.as_str(),
+            status.canonical_reason().unwrap_or(""),
+            // `JSON` is a static ASCII value.
+            JSON.to_str().unwrap_or("application/json"),
+            body.len()
+        )
+        .into_bytes();
+        wire.extend_from_slice(&body);
+        wire
     }
 }
 

@@ -20,7 +20,7 @@ use foldhash::fast::RandomState;
 use meridian_geo::{Locator, LookupOutcome};
 use meridian_registry::ids::{DeviceKey, InstanceId, ProductKey, RegionId};
 use meridian_registry::keys;
-use meridian_registry::model::{Edition, Instance, Placement, PlacementCandidate, Region};
+use meridian_registry::model::{Instance, Placement, PlacementCandidate, Region};
 use meridian_registry::store::{Change, Revision};
 use scc::hash_index::Entry;
 use scc::{Guard, HashIndex};
@@ -60,7 +60,7 @@ struct ProductEntry {
 struct Catalogue {
     instances: HashMap<InstanceId, InstanceEntry, RandomState>,
     regions: HashMap<RegionId, meridian_geo::Region, RandomState>,
-    /// The region-pinned answer: each region's default public instance.
+    /// The region-pinned answer: each region's operator-configured public endpoint.
     region_replies: HashMap<RegionId, Bytes, RandomState>,
 }
 
@@ -140,8 +140,8 @@ impl RoutingTable {
         }
     }
 
-    /// The region-pinned answer for `region`: its default public instance (the one with the
-    /// smallest id), or `None` if the region is unknown or has no public instance.
+    /// The region-pinned answer for `region`: the public endpoint the operator configured for
+    /// it, or `None` if the region is unknown or has none.
     #[must_use]
     pub fn region_reply(&self, region: &RegionId) -> Option<Bytes> {
         self.catalogue.load().region_replies.get(region).cloned()
@@ -398,15 +398,17 @@ impl TableWriter {
                 (region.id.clone(), geo)
             })
             .collect();
-        let mut region_replies: HashMap<RegionId, Bytes, RandomState> = HashMap::default();
-        // `instances` is ordered by id, so the first public instance of a region wins.
-        for instance in self.instances.values() {
-            if instance.edition == Edition::Public && self.regions.contains_key(&instance.region) {
-                region_replies
-                    .entry(instance.region.clone())
-                    .or_insert_with(|| reply::endpoint(&instance.endpoint));
-            }
-        }
+        // Only the endpoint the operator configured for the region, never an instance's: any
+        // account may own an instance in a region, and devices asking the region must not be
+        // sent to one of them.
+        let region_replies = self
+            .regions
+            .values()
+            .filter_map(|region| {
+                let endpoint = region.public_endpoint.as_ref()?;
+                Some((region.id.clone(), reply::endpoint(endpoint)))
+            })
+            .collect();
         let catalogue = Catalogue { instances, regions, region_replies };
         // Every set in use is interned, so this reaches every device's candidates.
         for candidates in self.nearest.values() {

@@ -15,9 +15,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::edge::Edge;
+use crate::metrics::Outcome;
 use crate::proxy_protocol;
 use crate::rate_limit::FORGET_INTERVAL;
 use crate::service::{self, Connection};
+use crate::socket::{self, Socket};
 
 /// Largest request head accepted; the SDK's is about 200 bytes.
 const MAX_HEADER_BYTES: usize = 8 * 1024;
@@ -36,6 +38,9 @@ pub async fn run(listener: TcpListener, edge: Edge, shutdown: impl Future<Output
         .header_read_timeout(edge.inner.header_read_timeout)
         .max_header_size(MAX_HEADER_BYTES)
         .keep_alive(true)
+        // The vendor C SDK matches header names case-sensitively: it finds only
+        // `Content-Length: ` and fails with -0x0412 on hyper's lower-case default (SPEC §4).
+        .title_case_headers(true)
         // Answers are a few hundred bytes: copying the body behind the head and writing once
         // costs less than queueing both for a vectored write.
         .writev(false);
@@ -161,12 +166,15 @@ async fn serve(
             }
         }
     }
+    let edge_state = Arc::clone(&edge.inner);
     let connection = Arc::new(Connection { edge, peer: client });
     let service = service_fn(move |request| {
         let connection = Arc::clone(&connection);
         async move { Ok::<_, Infallible>(service::handle(&connection, request).await) }
     });
-    let connection = http.serve_connection(TokioIo::new(stream), service);
+    // hyper gets the socket on loan, so that after an unparseable request the socket is still
+    // here to linger on.
+    let connection = http.serve_connection(TokioIo::new(Socket::new(&mut stream)), service);
     tokio::pin!(connection);
     let served = tokio::select! {
         biased;
@@ -177,9 +185,19 @@ async fn serve(
             connection.await
         }
     };
-    if let Err(error) = served {
-        // Timeouts and clients that hang up mid-request: routine for a public endpoint.
-        tracing::debug!(%peer, %error, "connection ended with an error");
+    let Err(error) = served else { return };
+    // Timeouts and clients that hang up mid-request: routine for a public endpoint.
+    tracing::debug!(%peer, %error, "connection ended with an error");
+    if error.is_parse() {
+        // hyper answered (the socket put the edge's JSON in place of its answer) and gave up.
+        let outcome =
+            if error.is_parse_too_large() { Outcome::TooLarge } else { Outcome::BadRequest };
+        edge_state.metrics.count(outcome);
+        tokio::select! {
+            biased;
+            _ = &mut stop => {}
+            () = socket::linger(&mut stream) => {}
+        }
     }
 }
 

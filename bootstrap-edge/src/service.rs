@@ -142,8 +142,9 @@ fn bootstrap(
     }
 }
 
-/// `regionId/{n}`: the default public instance of the `n`th configured region. The request
-/// names no device (the SDK sends no body), so the answer is the region's, not a placement's.
+/// `regionId/{n}`: the operator-configured public endpoint of the `n`th numbered region. The
+/// request names no device (the SDK sends no body), so the answer is the region's, not a
+/// placement's.
 fn region(edge: &Inner, number: &str) -> Result<Response<Full<Bytes>>, Rejection> {
     let well_formed = (1..=MAX_REGION_DIGITS).contains(&number.len())
         && number.bytes().all(|b| b.is_ascii_digit());

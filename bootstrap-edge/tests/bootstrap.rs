@@ -10,7 +10,10 @@ use common::{Client, PK, Setup, Stack, sdk_form, specified};
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use meridian_edge::RateLimitConfig;
-use meridian_registry::model::Placement;
+use meridian_registry::clock::Timestamp;
+use meridian_registry::model::{
+    Account, AccountKind, Edition, Instance, MqttEndpoint, Placement, Region,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -24,8 +27,8 @@ async fn answers_each_placement_with_its_endpoint_on_one_connection() {
     assert_eq!(home.host(), "sh.mqtt.example");
     assert_eq!(home.json()["data"]["resources"]["mqtt"]["port"], 1883);
     assert_eq!(home.json()["message"], "success");
-    assert_eq!(home.headers["content-type"], "application/json;charset=utf-8");
-    assert_eq!(home.headers["content-length"], home.body.len().to_string().as_str());
+    assert_eq!(home.sdk.header("Content-Type"), Some("application/json;charset=utf-8"));
+    assert_eq!(home.sdk.header("Content-Length"), Some(home.body.len().to_string().as_str()));
     assert!(home.headers.get("transfer-encoding").is_none());
 
     // Keep-alive: the same connection answers again.
@@ -114,8 +117,9 @@ async fn oversized_bodies_get_413() {
          {:x}\r\n{big}\r\n0\r\n\r\n",
         big.len()
     );
-    let response = raw_exchange(stack.addr, chunked.as_bytes()).await;
-    assert!(response.starts_with("HTTP/1.1 413 "), "{response}");
+    let reply = common::raw_reply(stack.addr, chunked.as_bytes()).await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    reply.error();
     stack.stop().await;
 }
 
@@ -151,6 +155,63 @@ async fn region_pinned_bootstrap_answers_the_regions_public_endpoint() {
     stack.stop().await;
 }
 
+/// The hijack of the security issue: an account created an instance `aaa-evil` in Shanghai
+/// (sorting before the platform's) with its own host, and the region-pinned route sent every
+/// device asking for region 0 there. Only the operator's endpoint for the region is answered,
+/// whoever owns instances in it.
+#[tokio::test]
+async fn region_pinned_bootstrap_never_answers_a_tenants_instance() {
+    let stack = Stack::start().await;
+    let evil = Account {
+        id: "evil".parse().expect("id"),
+        name: "Evil".into(),
+        kind: AccountKind::Individual,
+        verified_entity: None,
+        organisation: None,
+        organisation_admin: false,
+        created_at: Timestamp(1_800_000_000_000),
+    };
+    stack.registry.create_account(evil).await.expect("account");
+    for (id, region) in [("aaa-evil", "cn-shanghai"), ("aaa-evil-us", "us-west-1")] {
+        stack
+            .registry
+            .put_region(Region {
+                id: "us-west-1".parse().expect("region"),
+                display_name: "US (Silicon Valley)".into(),
+                latitude: 37.4,
+                longitude: -122.1,
+                bias_km: 0.0,
+                public_endpoint: None,
+            })
+            .await
+            .expect("region");
+        stack
+            .registry
+            .create_instance(Instance {
+                id: id.parse().expect("instance id"),
+                region: region.parse().expect("region"),
+                owner: "evil".parse().expect("id"),
+                edition: Edition::Public,
+                endpoint: MqttEndpoint {
+                    host: "evil.example".into(),
+                    tcp_port: 1883,
+                    tls_port: None,
+                },
+                created_at: Timestamp(1_800_000_000_000),
+                expires_at: Timestamp(1_900_000_000_000),
+            })
+            .await
+            .expect("instance");
+    }
+    stack.sync().await;
+    let mut client = Client::connect(stack.addr).await;
+    assert_eq!(client.get("/auth/bootstrap/regionId/0").await.host(), "sh.mqtt.example");
+    // Silicon Valley (5) has only the tenant's instance and no configured endpoint.
+    let reply = client.get("/auth/bootstrap/regionId/5").await;
+    assert_eq!(reply.error(), (404, "unknown region".to_owned()));
+    stack.stop().await;
+}
+
 #[tokio::test]
 async fn slow_clients_time_out() {
     let mut setup = Setup::default();
@@ -166,18 +227,15 @@ async fn slow_clients_time_out() {
     assert!(rest.is_empty() || rest.starts_with(b"HTTP/1.1 408"), "{rest:?}");
 
     // A complete head, then only part of the promised body: 408, connection closed.
-    let mut stream = TcpStream::connect(stack.addr).await.expect("connect");
-    stream
-        .write_all(
+    let mut client = Client::connect(stack.addr).await;
+    let reply = client
+        .raw(
             b"POST /auth/bootstrap HTTP/1.1\r\nHost: edge\r\n\
               Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nproduct",
         )
-        .await
-        .expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("the edge answers and closes");
-    assert!(response.starts_with("HTTP/1.1 408 "), "{response}");
-    assert!(response.contains(r#"{"code":408,"#), "{response}");
+        .await;
+    assert_eq!(reply.error(), (408, "request body timed out".to_owned()));
+    assert!(client.rest().await.is_empty(), "the edge answers and closes");
     stack.stop().await;
 }
 
@@ -227,29 +285,10 @@ async fn metrics_are_rendered_when_the_process_hands_over_its_handle() {
 #[tokio::test]
 async fn shutdown_closes_idle_keep_alive_connections() {
     let stack = Stack::start().await;
-    let mut stream = TcpStream::connect(stack.addr).await.expect("connect");
-    stream
-        .write_all(b"GET /auth/bootstrap/regionId/0 HTTP/1.1\r\nHost: edge\r\n\r\n")
-        .await
-        .expect("write");
-    let mut first = [0u8; 12];
-    stream.read_exact(&mut first).await.expect("response");
-    assert_eq!(&first, b"HTTP/1.1 200");
+    let mut client = Client::connect(stack.addr).await;
+    let reply = client.raw(b"GET /auth/bootstrap/regionId/0 HTTP/1.1\r\nHost: edge\r\n\r\n").await;
+    assert_eq!(reply.status, StatusCode::OK);
     // Returns only once every connection, this idle one included, is closed.
     stack.stop().await;
-    let mut rest = Vec::new();
-    stream.read_to_end(&mut rest).await.expect("closed by the edge");
-}
-
-/// Sends raw bytes and reads until the edge closes the connection (a reset after the response
-/// counts as closed: the edge may close with the client's bytes still unread).
-async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(request).await.expect("write");
-    let mut response = Vec::new();
-    let mut buffer = [0u8; 4096];
-    while let Ok(read @ 1..) = stream.read(&mut buffer).await {
-        response.extend_from_slice(&buffer[..read]);
-    }
-    String::from_utf8_lossy(&response).into_owned()
+    assert!(client.rest().await.is_empty(), "closed by the edge");
 }

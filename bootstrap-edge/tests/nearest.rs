@@ -145,7 +145,7 @@ async fn behind_proxy(addr: SocketAddr, peer: IpAddr, client: &str) -> common::R
             .build()
             .expect("PROXY header");
     stream.write_all(&header).await.expect("write header");
-    Client::handshake(stream, addr).await.bootstrap(&sdk_form("roamer-1"), &[]).await
+    Client::over(stream, addr).bootstrap(&sdk_form("roamer-1"), &[]).await
 }
 
 #[tokio::test]

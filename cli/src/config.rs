@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use meridian_broker::config::{ApplicationConfig, LimitsConfig};
 use meridian_registry::ids::{AccountId, InstanceId, RegionId};
+use meridian_registry::model::MqttEndpoint;
 use meridian_registry::secret::SecretKey;
 use serde::Deserialize;
 
@@ -154,6 +155,12 @@ pub struct RegionConfig {
     pub longitude: f64,
     #[serde(default)]
     pub bias_km: f64,
+    /// The configured instance (in this region) whose endpoint is the region's public
+    /// endpoint: what `GET /auth/bootstrap/regionId/{n}` answers. Without it the region-pinned
+    /// route answers "unknown region" for this region; it never falls back to an instance an
+    /// account created.
+    #[serde(default)]
+    pub public_instance: Option<InstanceId>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,8 +213,31 @@ impl Config {
         Ok(config)
     }
 
+    /// The public endpoint of `region`, from its `public_instance`.
+    pub fn public_endpoint(&self, region: &RegionConfig) -> Option<MqttEndpoint> {
+        let id = region.public_instance.as_ref()?;
+        let instance = self.instances.iter().find(|instance| &instance.id == id)?;
+        Some(MqttEndpoint {
+            host: instance.mqtt_host.clone(),
+            tcp_port: instance.mqtt_port,
+            tls_port: None,
+        })
+    }
+
     /// Cross-field rules serde cannot express.
     fn check(&self) -> anyhow::Result<()> {
+        for region in &self.regions {
+            let Some(id) = &region.public_instance else { continue };
+            match self.instances.iter().find(|instance| &instance.id == id) {
+                None => bail!("region {} names unknown public_instance {id}", region.id),
+                Some(instance) if instance.region != region.id => bail!(
+                    "region {}'s public_instance {id} is in region {}",
+                    region.id,
+                    instance.region
+                ),
+                Some(_) => {}
+            }
+        }
         for instance in &self.instances {
             if !self.regions.iter().any(|r| r.id == instance.region) {
                 bail!("instance {} names unknown region {}", instance.id, instance.region);
@@ -299,6 +329,34 @@ mod tests {
         assert!(config.regions.len() >= 3);
         assert!(config.instances.len() >= 3);
         assert!(config.store.path.starts_with("/etc/meridian"));
+        // Every default region answers the region-pinned bootstrap with its own instance.
+        for region in &config.regions {
+            let endpoint = config.public_endpoint(region).expect("a public endpoint");
+            assert_eq!(endpoint.host, "127.0.0.1", "{}", region.id);
+        }
+    }
+
+    #[test]
+    fn public_instances_must_be_configured_in_their_region() {
+        let base = "[store]\npath='x'\n[secrets]\nkey_file='k'\n\
+                    [[instances]]\nid='i-1'\nregion='r-1'\nowner='demo'\nmqtt_host='h'\nmqtt_port=1\n";
+        let region = |extra: &str| {
+            format!(
+                "{base}[[regions]]\nid='r-1'\ndisplay_name='R'\nlatitude=0.0\nlongitude=0.0\n{extra}\n\
+                     [[regions]]\nid='r-2'\ndisplay_name='R2'\nlatitude=0.0\nlongitude=0.0\n"
+            )
+        };
+        let config = Config::parse(&region("public_instance='i-1'"), Path::new(".")).unwrap();
+        let endpoint = config.public_endpoint(&config.regions[0]).unwrap();
+        assert_eq!((endpoint.host.as_str(), endpoint.tcp_port), ("h", 1));
+        assert_eq!(config.public_endpoint(&config.regions[1]), None);
+
+        let error = Config::parse(&region("public_instance='i-9'"), Path::new(".")).unwrap_err();
+        assert!(format!("{error:#}").contains("unknown public_instance i-9"), "{error:#}");
+        let elsewhere =
+            region("").replace("display_name='R2'", "display_name='R2'\npublic_instance='i-1'");
+        let error = Config::parse(&elsewhere, Path::new(".")).unwrap_err();
+        assert!(format!("{error:#}").contains("is in region r-1"), "{error:#}");
     }
 
     #[test]

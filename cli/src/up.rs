@@ -274,6 +274,7 @@ async fn seed(registry: &Registry, config: &Config) -> anyhow::Result<()> {
                 latitude: region.latitude,
                 longitude: region.longitude,
                 bias_km: region.bias_km,
+                public_endpoint: config.public_endpoint(region),
             })
             .await?;
     }

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use meridian_control::ControlPlane;
 use meridian_registry::clock::{SystemClock, Timestamp};
-use meridian_registry::model::{InstanceUsage, Region};
+use meridian_registry::model::{InstanceUsage, MqttEndpoint, Region};
 use meridian_registry::secret::SecretKey;
 use meridian_registry::store::{RedbStore, Store};
 use meridian_registry::{Registry, encode, keys};
@@ -59,6 +59,11 @@ impl Api {
                 latitude,
                 longitude,
                 bias_km: 0.0,
+                public_endpoint: (id == "cn-shanghai").then(|| MqttEndpoint {
+                    host: "mqtt-sh.platform.example".into(),
+                    tcp_port: 1883,
+                    tls_port: None,
+                }),
             };
             registry.put_region(region).await.expect("region");
         }
@@ -148,19 +153,36 @@ impl Api {
         key
     }
 
-    /// An account with an instance per region (`{id}-sh`, `{id}-fra`) and product `pk` homed
-    /// in Shanghai; returns its key.
+    /// `instances create` as the operator: an instance of `owner` with endpoint `host:1883`.
+    async fn provision(&self, owner: &str, instance: &str, region: &str, host: &str) -> Run {
+        self.ctl(
+            None,
+            &[
+                "--operator-token",
+                OPERATOR_TOKEN,
+                "instances",
+                "create",
+                "--owner",
+                owner,
+                "--id",
+                instance,
+                "--region",
+                region,
+                "--host",
+                host,
+            ],
+        )
+        .await
+    }
+
+    /// An account with an instance per region (`{id}-sh`, `{id}-fra`, provisioned by the
+    /// operator) and product `pk` homed in Shanghai; returns its key.
     async fn tenant(&self, id: &str, pk: &str) -> String {
         let key = self.account(id).await;
         for (suffix, region) in [("sh", "cn-shanghai"), ("fra", "eu-central-1")] {
             let instance = format!("{id}-{suffix}");
             let host = format!("{suffix}.example");
-            self.ctl(
-                Some(&key),
-                &["instances", "create", "--id", &instance, "--region", region, "--host", &host],
-            )
-            .await
-            .ok();
+            self.provision(id, &instance, region, &host).await.ok();
         }
         let home = format!("{id}-sh");
         self.ctl(
@@ -270,6 +292,63 @@ async fn operator_creates_an_account_whose_key_is_shown_once() {
     assert_eq!(usage.output.status.code(), Some(2), "{}", usage.stderr);
 }
 
+/// `instances create` is the operator's: with a tenant's API key it is refused with the API's
+/// message and nothing is created; with the operator token it provisions for `--owner`.
+#[tokio::test]
+async fn only_the_operator_provisions_instances() {
+    let api = Api::start().await;
+    let key = api.account("evil").await;
+    let args = [
+        "instances",
+        "create",
+        "--owner",
+        "evil",
+        "--id",
+        "aaa-evil",
+        "--region",
+        "cn-shanghai",
+        "--host",
+        "evil.example",
+    ];
+    // The API key alone is not the operator's credential.
+    let refused = api.ctl(Some(&key), &args).await;
+    let stderr = refused.fails();
+    assert!(stderr.contains("operator token"), "{stderr}");
+    // And the API itself refuses an API key that tries.
+    let status = post_instance_with_api_key(&api.url, &key).await;
+    assert!(status.contains("403"), "{status}");
+    assert!(status.contains("provisioned by the platform operator"), "{status}");
+    assert!(api.ctl(Some(&key), &["instances", "list"]).await.ok().contains("no instances"));
+
+    let created = api.provision("evil", "evil-sh", "cn-shanghai", "mqtt-sh.platform.example").await;
+    assert!(
+        created.ok().contains("created instance evil-sh in cn-shanghai for evil"),
+        "{}",
+        created.stdout
+    );
+    let listed = api.ctl(Some(&key), &["instances", "list"]).await;
+    assert!(listed.ok().contains("mqtt-sh.platform.example:1883"), "{}", listed.stdout);
+    let shown = api.ctl(Some(&key), &["instances", "show", "evil-sh"]).await;
+    assert!(shown.ok().contains("evil"), "{}", shown.stdout);
+}
+
+/// `POST /v1/instances` with an API key, as an old `ctl` sent it: the raw answer.
+async fn post_instance_with_api_key(url: &str, key: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let body = r#"{"id":"aaa-evil","region":"cn-shanghai","endpoint":{"host":"evil.example","tcp_port":1883}}"#;
+    let request = format!(
+        "POST /v1/instances HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.expect("read");
+    answer
+}
+
 #[tokio::test]
 async fn instances_products_and_devices() {
     let api = Api::start().await;
@@ -278,6 +357,7 @@ async fn instances_products_and_devices() {
 
     let regions = api.ctl(key, &["regions", "list"]).await;
     assert!(regions.ok().contains("eu-central-1"), "{}", regions.stdout);
+    assert!(regions.stdout.contains("mqtt-sh.platform.example:1883"), "{}", regions.stdout);
     let instances = api.ctl(key, &["instances", "list"]).await;
     let listed = instances.ok();
     assert!(listed.starts_with("ID "), "{listed}");

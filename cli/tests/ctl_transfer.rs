@@ -74,6 +74,7 @@ impl Api {
                 latitude: 31.23,
                 longitude: 121.47,
                 bias_km: 0.0,
+                public_endpoint: None,
             })
             .await
             .unwrap();

@@ -15,8 +15,10 @@ fn meridian() -> Command {
 }
 
 /// Starts `meridian up` and returns once it logged that it is ready, with the addresses its
-/// brokers listen on.
-fn start_up(config: &std::path::Path) -> (UpProcess, Vec<std::net::SocketAddr>) {
+/// brokers and its bootstrap edge listen on.
+fn start_up(
+    config: &std::path::Path,
+) -> (UpProcess, Vec<std::net::SocketAddr>, Option<std::net::SocketAddr>) {
     let mut child = meridian()
         .args(["up", "--config"])
         .arg(config)
@@ -29,11 +31,16 @@ fn start_up(config: &std::path::Path) -> (UpProcess, Vec<std::net::SocketAddr>) 
     let stderr = child.stderr.take().expect("piped stderr");
     let mut lines = BufReader::new(stderr).lines();
     let mut brokers = Vec::new();
+    let mut edge = None;
     loop {
         let line = lines.next().expect("meridian up exited before ready").expect("read stderr");
         if line.contains("broker listening") {
             let addr = line.split("addr=").nth(1).expect("addr field");
             brokers.push(addr.split_whitespace().next().unwrap().parse().expect("socket address"));
+        }
+        if line.contains("bootstrap edge listening") {
+            let addr = line.split("addr=").nth(1).expect("addr field");
+            edge = Some(addr.split_whitespace().next().unwrap().parse().expect("socket address"));
         }
         if line.contains("meridian up: ready") {
             break;
@@ -45,7 +52,7 @@ fn start_up(config: &std::path::Path) -> (UpProcess, Vec<std::net::SocketAddr>) 
         let rest: Vec<String> = lines.map_while(Result::ok).collect();
         let _ = tx.send(rest.join("\n"));
     });
-    (UpProcess { child, log: rx }, brokers)
+    (UpProcess { child, log: rx }, brokers, edge)
 }
 
 struct UpProcess {
@@ -99,11 +106,22 @@ async fn up_seeds_the_store_and_stops_on_sigterm() {
         .replace("127.0.0.1:8082", "127.0.0.1:0");
     std::fs::write(&config, text).unwrap();
 
-    let (up, brokers) = start_up(&config);
+    let (up, brokers, edge) = start_up(&config);
     assert_eq!(brokers.len(), 3, "one broker per configured instance");
     for broker in &brokers {
         assert_eq!(mqtt_connect(*broker, "demo", "demo-password"), Code::Success);
         assert_eq!(mqtt_connect(*broker, "demo", "wrong"), Code::BadUserNamePassword);
+    }
+    // The region-pinned bootstrap answers each region's configured public instance, in a reply
+    // the vendor C SDK reads: Shanghai is 0, Virginia 3, Frankfurt 4 in its numbering.
+    let edge = edge.expect("the edge logged its address");
+    for (number, port) in [(0, 1883), (3, 1885), (4, 1884)] {
+        let reply = http_get(edge, &format!("/auth/bootstrap/regionId/{number}"));
+        let (reply, _) = meridian_edge::sdk::parse(reply.as_bytes())
+            .expect("the SDK reads the reply")
+            .expect("complete");
+        let endpoint = reply.endpoint().expect("an endpoint");
+        assert_eq!((endpoint.host.as_str(), endpoint.port), ("127.0.0.1", port), "{number}");
     }
     let exposition = http_get(metrics, "/metrics");
     assert!(exposition.contains("meridian_broker_connects_total"), "{exposition}");

@@ -99,6 +99,7 @@ async fn setup(plane: &ControlPlane) -> AccountId {
             latitude: lat,
             longitude: lat,
             bias_km: 0.0,
+            public_endpoint: None,
         };
         registry.put_region(region).await.expect("region");
     }

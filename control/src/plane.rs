@@ -53,7 +53,8 @@ pub struct NewAccount {
     pub verified_entity: Option<String>,
 }
 
-/// A new instance owned by the caller.
+/// A new instance and its endpoint. The operator provisions it for an account (`POST
+/// /v1/operator/instances`); no API key reaches [`ControlPlane::create_instance`].
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewInstance {
@@ -67,11 +68,11 @@ pub struct NewInstance {
     pub lifetime_days: u64,
 }
 
-fn default_edition() -> Edition {
+pub(crate) fn default_edition() -> Edition {
     Edition::Public
 }
 
-fn default_lifetime_days() -> u64 {
+pub(crate) fn default_lifetime_days() -> u64 {
     365
 }
 

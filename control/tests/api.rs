@@ -120,15 +120,15 @@ async fn errors_are_json_with_the_right_status() {
     reply.error(StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(reply.headers[header::ALLOW], "GET, POST");
 
-    let instance = json!({ "id": "acme-sh", "region": "cn-shanghai",
+    let instance = json!({ "owner": "acme", "id": "acme-sh", "region": "cn-shanghai",
         "endpoint": { "host": "sh.example", "tcp_port": 1883 } });
     let bytes = instance.to_string().into_bytes();
     for content_type in ["", "text/plain", "application/x-www-form-urlencoded"] {
         let reply = api
             .request(
                 Method::POST,
-                "/v1/instances",
-                Some(&acme.key),
+                "/v1/operator/instances",
+                Some(OPERATOR_TOKEN),
                 Body::Typed(content_type, bytes.clone()),
             )
             .await;
@@ -139,8 +139,8 @@ async fn errors_are_json_with_the_right_status() {
     let reply = api
         .request(
             Method::POST,
-            "/v1/instances",
-            Some(&acme.key),
+            "/v1/operator/instances",
+            Some(OPERATOR_TOKEN),
             Body::Typed("Application/JSON; charset=utf-8", bytes),
         )
         .await;
@@ -256,17 +256,15 @@ async fn regions_instances_and_products() {
     api.get("/v1/instances/missing", &acme.key).await.error(StatusCode::NOT_FOUND);
     api.get("/v1/instances/Not%20An%20Id", &acme.key).await.error(StatusCode::NOT_FOUND);
     let reply = api
-        .post(
-            "/v1/instances",
-            &acme.key,
+        .provision(
+            "acme",
             json!({ "id": "acme-x", "region": "mars-1", "endpoint": { "host": "x", "tcp_port": 1 } }),
         )
         .await;
     reply.error(StatusCode::NOT_FOUND);
     let reply = api
-        .post(
-            "/v1/instances",
-            &acme.key,
+        .provision(
+            "acme",
             json!({ "id": "acme-sh", "region": "cn-shanghai", "endpoint": { "host": "x", "tcp_port": 1 } }),
         )
         .await;
@@ -274,9 +272,8 @@ async fn regions_instances_and_products() {
 
     // An absurd lifetime is not an overflow (the plane saturates: it never expires).
     let reply = api
-        .post(
-            "/v1/instances",
-            &acme.key,
+        .provision(
+            "acme",
             json!({ "id": "acme-forever", "region": "cn-shanghai", "lifetime_days": u64::MAX,
                 "endpoint": { "host": "x", "tcp_port": 1 } }),
         )
@@ -960,4 +957,74 @@ async fn settled(api: &TestApi, key: &str, id: &str) -> Value {
         }
     };
     tokio::time::timeout(HANG, poll).await.expect("task settles")
+}
+
+/// The hijack of the security issue: any API key could create an instance with any endpoint
+/// (a new account created `aaa-evil` in Shanghai with host `evil.example`). Instances and
+/// their endpoints are the operator's to provision; a tenant owns, lists and renews them.
+#[tokio::test]
+async fn tenants_cannot_create_instances_or_choose_endpoints() {
+    let api = TestApi::start().await;
+    api.tenant_with_product("acme", PK).await;
+    // A second tenant, created with the operator token like every account.
+    let evil = api.account("evil").await;
+    let store_before = api.plane.registry().store().scan_prefix("instances/").await.unwrap();
+
+    for body in [
+        json!({ "id": "aaa-evil", "region": "cn-shanghai",
+            "endpoint": { "host": "evil.example", "tcp_port": 1883 } }),
+        json!({ "id": "aaa-evil", "region": "cn-shanghai" }),
+        json!({}),
+    ] {
+        let reply = api.post("/v1/instances", &evil.key, body.clone()).await;
+        let message = reply.error(StatusCode::FORBIDDEN);
+        assert!(message.contains("provisioned by the platform operator"), "{body}: {message}");
+    }
+    // Nor through the operator's route with an API key.
+    let provision = json!({ "owner": "evil", "id": "aaa-evil", "region": "cn-shanghai",
+        "endpoint": { "host": "evil.example", "tcp_port": 1883 } });
+    for key in [&evil.key, "garbage"] {
+        let reply = api
+            .request(
+                Method::POST,
+                "/v1/operator/instances",
+                Some(key),
+                Body::Json(provision.clone()),
+            )
+            .await;
+        reply.error(StatusCode::UNAUTHORIZED);
+    }
+    let store_after = api.plane.registry().store().scan_prefix("instances/").await.unwrap();
+    assert_eq!(store_before.entries, store_after.entries, "no instance was written");
+    assert_eq!(api.get("/v1/instances", &evil.key).await.json()["instances"], json!([]));
+
+    // The operator provisions one for the account: the owner sees, lists and renews it.
+    let mut body = provision.clone();
+    body.as_object_mut().unwrap().remove("owner");
+    body["id"] = json!("evil-sh");
+    body["endpoint"]["host"] = json!("mqtt-evil-sh.platform.example");
+    let reply = api.provision("evil", body.clone()).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    assert_eq!(reply.json()["owner"], "evil");
+    let listed = api.get("/v1/instances", &evil.key).await.json();
+    assert_eq!(listed["instances"][0]["endpoint"]["host"], "mqtt-evil-sh.platform.example");
+    let renewed = api.post("/v1/instances/evil-sh/renew", &evil.key, json!({ "days": 30 })).await;
+    assert_eq!(renewed.status, StatusCode::OK, "{}", renewed.text());
+
+    // The operator's input is checked too: unknown owner, an endpoint devices could not use.
+    body["id"] = json!("nobody-sh");
+    api.provision("nobody", body.clone()).await.error(StatusCode::NOT_FOUND);
+    for endpoint in [
+        json!({ "host": "evil\",\"host\":\"x", "tcp_port": 1883 }),
+        json!({ "host": "two words", "tcp_port": 1883 }),
+        json!({ "host": "ok.example", "tcp_port": 0 }),
+    ] {
+        body["endpoint"] = endpoint.clone();
+        let message =
+            api.provision("evil", body.clone()).await.error(StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(message.contains("endpoint"), "{endpoint}: {message}");
+    }
+    body["endpoint"] = json!({ "host": "ok.example", "tcp_port": 1883 });
+    body["surprise"] = json!(true);
+    api.provision("evil", body).await.error(StatusCode::BAD_REQUEST);
 }

@@ -42,12 +42,12 @@ async fn create_account(
     api.request(Method::POST, "/v1/accounts", Some(OPERATOR_TOKEN), Body::Json(body)).await
 }
 
-/// Creates an instance in Shanghai living `days`.
+/// The operator provisions an instance in Shanghai living `days` for `tenant`.
 async fn instance(api: &TestApi, tenant: &Tenant, id: &str, days: u64) -> Value {
+    let owner = api.get("/v1/account", &tenant.key).await.json()["id"].clone();
     let reply = api
-        .post(
-            "/v1/instances",
-            &tenant.key,
+        .provision(
+            owner.as_str().expect("account id"),
             json!({ "id": id, "region": "cn-shanghai", "lifetime_days": days,
                 "endpoint": { "host": format!("{id}.example"), "tcp_port": 1883 } }),
         )

@@ -567,9 +567,12 @@ enum Rule {
     /// Reaches only the caller's own account (its lists, its keys, its codes): whatever it
     /// answers shows nothing of anyone else's.
     Own,
-    /// Creates a resource under a name another account holds in a global namespace (instance
-    /// ids, ProductKeys): 409, telling the caller the name is taken and nothing more.
+    /// Creates a resource under a name another account holds in a global namespace
+    /// (ProductKeys): 409, telling the caller the name is taken and nothing more.
     NameTaken,
+    /// Closed to API keys whatever the body (creating instances, which the operator
+    /// provisions): 403 and nothing written.
+    Refused,
 }
 
 #[derive(Clone, Debug)]
@@ -674,10 +677,25 @@ fn classify(method: &str, template: &str, w: &World, attacker: &Attacker<'_>) ->
         | ("GET", "/v1/instance-transfers")
         | ("GET", "/v1/organisation/instances")
         | ("GET", "/v1/organisation/instance-transfers") => vec![call(Own, none)],
-        ("POST", "/v1/instances") => vec![call(
-            NameTaken,
-            Payload::Json(json!({ "id": "alpha-sh", "region": "cn-shanghai",
-                "endpoint": { "host": "intruder.example", "tcp_port": 1883 } })),
+        // Closed to every API key: instances and their endpoints are the operator's.
+        ("POST", "/v1/instances") => vec![
+            call(
+                Refused,
+                Payload::Json(json!({ "id": "alpha-sh", "region": "cn-shanghai",
+                    "endpoint": { "host": "intruder.example", "tcp_port": 1883 } })),
+            ),
+            call(
+                Refused,
+                Payload::Json(json!({ "id": format!("{}-new", attacker.id),
+                    "region": "cn-shanghai",
+                    "endpoint": { "host": "intruder.example", "tcp_port": 1883 } })),
+            ),
+        ],
+        ("POST", "/v1/operator/instances") => vec![call(
+            Operator,
+            Payload::Json(json!({ "owner": attacker.id, "id": "op-provisioned",
+                "region": "eu-central-1",
+                "endpoint": { "host": "op.example", "tcp_port": 1883 } })),
         )],
         ("POST", "/v1/products") => vec![
             as_missing(
@@ -1019,6 +1037,10 @@ impl Probe<'_> {
             Rule::NameTaken => {
                 reply.error(StatusCode::CONFLICT);
             }
+            Rule::Refused => {
+                let message = reply.error(StatusCode::FORBIDDEN);
+                assert!(message.contains("operator"), "{context}: {message}");
+            }
         }
     }
 }
@@ -1190,10 +1212,10 @@ fn sorted(values: &[String]) -> Vec<String> {
 }
 
 async fn create_instance(api: &TestApi, tenant: &Tenant, id: &str) {
+    let owner = api.get("/v1/account", &tenant.key).await.json()["id"].clone();
     let reply = api
-        .post(
-            "/v1/instances",
-            &tenant.key,
+        .provision(
+            owner.as_str().unwrap(),
             json!({ "id": id, "region": "cn-shanghai",
                 "endpoint": { "host": format!("{id}.example"), "tcp_port": 1883 } }),
         )
@@ -1370,6 +1392,7 @@ async fn interposed_plane() -> (ControlPlane, Arc<Interposer>, tempfile::TempDir
             latitude,
             longitude,
             bias_km: 0.0,
+            public_endpoint: None,
         };
         registry.put_region(region).await.unwrap();
     }

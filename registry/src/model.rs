@@ -47,6 +47,12 @@ pub struct Region {
     /// Kilometres added to this region's distance in nearest-access picks (negative attracts).
     #[serde(default)]
     pub bias_km: f64,
+    /// The region's public MQTT endpoint, what `GET /auth/bootstrap/regionId/{n}` answers for
+    /// it (SPEC §4). Operator configuration like the rest of the region: the edge answers this
+    /// and nothing else, so a region without one answers "unknown region", and no instance a
+    /// tenant owns can stand in for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_endpoint: Option<MqttEndpoint>,
 }
 
 /// One broker deployment: devices connect to its endpoint.
@@ -75,6 +81,32 @@ pub struct MqttEndpoint {
     pub tcp_port: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_port: Option<u16>,
+}
+
+/// Longest host name DNS allows.
+const MAX_HOST_LEN: usize = 253;
+
+impl MqttEndpoint {
+    /// Why devices could not be sent here, if they could not: the host must be a DNS name or
+    /// an IP address (letters, digits, `.`, `-`, `_`, `:`; at most 253 bytes), because the
+    /// bootstrap edge puts it in the reply that the vendor SDK reads by key search, where a
+    /// quote or a space would break it; ports are not 0.
+    pub fn problem(&self) -> Option<String> {
+        let host_ok = !self.host.is_empty()
+            && self.host.len() <= MAX_HOST_LEN
+            && !self.host.starts_with('-')
+            && self.host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b));
+        if !host_ok {
+            return Some(format!(
+                "endpoint host must be a DNS name or an IP address of at most {MAX_HOST_LEN} \
+                 bytes (letters, digits, '.', '-', '_', ':')"
+            ));
+        }
+        if self.tcp_port == 0 || self.tls_port == Some(0) {
+            return Some("endpoint ports must not be 0".to_owned());
+        }
+        None
+    }
 }
 
 /// A product: the template its devices share.

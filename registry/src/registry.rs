@@ -11,7 +11,7 @@ use crate::clock::Clock;
 use crate::ids::{AccountId, DeviceKey, DeviceName, IdError, InstanceId, ProductKey, RegionId};
 use crate::keys;
 use crate::model::{
-    Account, Device, DeviceStatus, Instance, Placement, Product, Region, RuntimeData,
+    Account, Device, DeviceStatus, Instance, MqttEndpoint, Placement, Product, Region, RuntimeData,
 };
 use crate::secret::{DeviceSecret, SecretError, SecretKey};
 use crate::store::{Expect, Op, Revision, Store, StoreError};
@@ -113,6 +113,9 @@ impl Registry {
                 region.id, region.latitude, region.longitude
             )));
         }
+        if let Some(problem) = region.public_endpoint.as_ref().and_then(MqttEndpoint::problem) {
+            return Err(RegistryError::Rule(format!("region {}: {problem}", region.id)));
+        }
         self.store.put(&keys::region(&region.id), encode(&region)?).await?;
         Ok(region)
     }
@@ -127,6 +130,9 @@ impl Registry {
 
     /// Creates an instance in an existing region, owned by an existing account.
     pub async fn create_instance(&self, instance: Instance) -> Result<Instance> {
+        if let Some(problem) = instance.endpoint.problem() {
+            return Err(RegistryError::Rule(format!("instance {}: {problem}", instance.id)));
+        }
         self.region(&instance.region).await?;
         self.account(&instance.owner).await?;
         if instance.expires_at <= instance.created_at {

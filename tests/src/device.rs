@@ -45,19 +45,16 @@ impl SimDevice {
             body.len()
         );
         let response = http_exchange(self.source, self.edge, request.as_bytes()).await?;
-        let (head, body) = response.split_once("\r\n\r\n").ok_or("no header end")?;
-        if !head.starts_with("HTTP/1.1 200") {
-            return Err(format!("bootstrap refused: {head}"));
-        }
-        let json: serde_json::Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
-        let mqtt = &json["data"]["resources"]["mqtt"];
-        let host = mqtt["host"].as_str().ok_or("no host")?;
-        let port = match &mqtt["port"] {
-            serde_json::Value::Number(n) => n.as_u64().ok_or("bad port")?,
-            serde_json::Value::String(s) => s.parse().map_err(|_| "bad port")?,
-            _ => return Err("no port".into()),
+        // Read as the vendor C SDK reads it (strict framing, case-sensitive `Content-Length: `,
+        // only 200, key search for host and port), so a reply real devices would choke on
+        // fails here too.
+        let reply = match meridian_edge::sdk::parse(response.as_bytes()) {
+            Ok(Some((reply, _))) => reply,
+            Ok(None) => return Err(format!("incomplete bootstrap reply: {response:?}")),
+            Err(error) => return Err(format!("the SDK cannot read the reply ({error})")),
         };
-        let port = u16::try_from(port).map_err(|_| "bad port")?;
+        let endpoint = reply.endpoint().map_err(|error| format!("bootstrap refused: {error}"))?;
+        let (host, port) = (endpoint.host, endpoint.port);
         format!("{host}:{port}").parse().map_err(|e| format!("endpoint: {e}"))
     }
 

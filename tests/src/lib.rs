@@ -79,6 +79,7 @@ impl TestRegistry {
                     latitude: lat,
                     longitude: lon,
                     bias_km: 0.0,
+                    public_endpoint: None,
                 })
                 .await
                 .expect("region");

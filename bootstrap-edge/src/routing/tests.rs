@@ -54,6 +54,7 @@ impl Fixture {
             latitude,
             longitude,
             bias_km: 0.0,
+            public_endpoint: None,
         };
         self.put(&format!("regions/{id}"), serde_json::to_value(region).expect("json"));
     }
@@ -211,13 +212,35 @@ fn devices_may_arrive_before_their_product() {
 }
 
 #[test]
-fn region_reply_is_the_smallest_public_instance() {
+fn region_reply_is_the_operators_endpoint_only() {
     let mut f = Fixture::new();
-    f.put_instance("iot-fra-0", "eu-central-1", Edition::Enterprise);
-    f.put_instance("iot-fra-2", "eu-central-1", Edition::Public);
     let region: RegionId = "eu-central-1".parse().expect("region");
-    let reply = f.table.region_reply(&region).expect("eu has public instances");
-    assert_eq!(host_of(&reply), "iot-fra-1.example");
+    // Public instances in the region, one sorting first: none of them is the region's answer.
+    f.put_instance("aaa-evil", "eu-central-1", Edition::Public);
+    f.put_instance("iot-fra-2", "eu-central-1", Edition::Public);
+    assert_eq!(f.table.region_reply(&region), None, "no endpoint configured for the region");
+
+    let mut configured = Region {
+        id: region.clone(),
+        display_name: "Frankfurt".into(),
+        latitude: 50.11,
+        longitude: 8.68,
+        bias_km: 0.0,
+        public_endpoint: Some(MqttEndpoint {
+            host: "mqtt.eu.example".into(),
+            tcp_port: 1883,
+            tls_port: None,
+        }),
+    };
+    f.put("regions/eu-central-1", serde_json::to_value(&configured).expect("json"));
+    let reply = f.table.region_reply(&region).expect("configured");
+    assert_eq!(host_of(&reply), "mqtt.eu.example");
+    f.put_instance("aaa-evil-2", "eu-central-1", Edition::Public);
+    assert_eq!(host_of(&f.table.region_reply(&region).expect("configured")), "mqtt.eu.example");
+
+    configured.public_endpoint = None;
+    f.put("regions/eu-central-1", serde_json::to_value(&configured).expect("json"));
+    assert_eq!(f.table.region_reply(&region), None, "unconfigured again");
     assert_eq!(f.table.region_reply(&"us-west-1".parse().expect("region")), None);
 }
 

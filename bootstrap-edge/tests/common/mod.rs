@@ -1,14 +1,15 @@
 //! A running edge on `127.0.0.1:0` over a real registry store, and a small HTTP client that can
-//! connect from any loopback source address.
+//! connect from any loopback source address and reads every reply as the vendor C SDK does.
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use meridian_edge::sdk::{self, SdkReply};
 use meridian_edge::{Edge, EdgeConfig, RoutingTable, follow};
 use meridian_geo::testdb::{self, Layout};
 use meridian_geo::{DbFiles, GeoDb, Locator, LocatorOptions};
@@ -23,7 +24,8 @@ use meridian_registry::store::RedbStore;
 use meridian_registry::{NewDevice, Registry};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::Value;
-use tokio::net::TcpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -195,6 +197,14 @@ async fn seed(registry: &Registry) {
                 latitude: region.lat,
                 longitude: region.lon,
                 bias_km: 0.0,
+                // The operator's answer for the region: its instance's endpoint here.
+                public_endpoint: INSTANCES.iter().find(|(_, id, _)| *id == region.id).map(
+                    |(_, _, host)| MqttEndpoint {
+                        host: (*host).into(),
+                        tcp_port: 1883,
+                        tls_port: Some(8883),
+                    },
+                ),
             })
             .await
             .expect("region");
@@ -262,23 +272,51 @@ pub fn sdk_form(device: &str) -> String {
     )
 }
 
-/// One HTTP exchange's result.
+/// One HTTP exchange's result, framed the way the vendor C SDK frames it
+/// ([`meridian_edge::sdk`]): status line `HTTP/1.1 `, header lines under 128 bytes, a
+/// case-sensitive `Content-Length: `. A reply the SDK could not read fails the test right here,
+/// whatever the test checks next, so every reply of every edge test is held to the SDK.
 #[derive(Debug)]
 pub struct Reply {
     pub status: StatusCode,
+    /// The header lines, for lookups by name; [`Reply::sdk`] keeps their exact bytes.
     pub headers: HeaderMap,
     pub body: Bytes,
+    pub sdk: SdkReply,
 }
 
 impl Reply {
+    fn from_sdk(sdk: SdkReply) -> Reply {
+        let mut headers = HeaderMap::new();
+        for line in &sdk.header_lines {
+            let (name, value) = line.split_once(": ").expect("header line is `Name: value`");
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+                HeaderValue::from_str(value).expect("header value"),
+            );
+        }
+        assert!(
+            headers.get("transfer-encoding").is_none(),
+            "the SDK cannot read chunked bodies: {sdk:?}"
+        );
+        let status = StatusCode::from_u16(sdk.status).expect("status");
+        Reply { status, headers, body: Bytes::from(sdk.body.clone()), sdk }
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).expect("JSON body")
     }
 
-    /// The MQTT host of a success reply.
+    /// The MQTT host of a success reply, as the SDK's key search finds it (and as a JSON
+    /// parser reads it: the two must agree).
     pub fn host(&self) -> String {
-        assert_eq!(self.status, StatusCode::OK, "{:?}", self.body);
-        self.json()["data"]["resources"]["mqtt"]["host"].as_str().expect("host").to_owned()
+        let endpoint = self.sdk.endpoint().unwrap_or_else(|error| {
+            panic!("the SDK gets no endpoint ({error}): {:?}", String::from_utf8_lossy(&self.body))
+        });
+        let mqtt = &self.json()["data"]["resources"]["mqtt"];
+        assert_eq!(mqtt["host"], endpoint.host.as_str());
+        assert_eq!(mqtt["port"], endpoint.port);
+        endpoint.host
     }
 
     /// `code` and `message` of an error reply, checking the JSON shape on the way.
@@ -292,10 +330,13 @@ impl Reply {
     }
 }
 
-/// A keep-alive HTTP/1.1 client connection from a chosen loopback source address.
+/// A keep-alive HTTP/1.1 connection from a chosen loopback source address that writes requests
+/// itself and reads every reply through the SDK's parser.
 pub struct Client {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    stream: TcpStream,
     addr: SocketAddr,
+    /// Bytes read past the last reply (none unless the edge pipelines).
+    unread: Vec<u8>,
 }
 
 impl Client {
@@ -309,25 +350,73 @@ impl Client {
         let socket = TcpSocket::new_v4().expect("socket");
         socket.bind(SocketAddr::new(source, 0)).expect("bind source address");
         let stream = socket.connect(addr).await.expect("connect");
-        Self::handshake(stream, addr).await
+        Self::over(stream, addr)
     }
 
     /// Speaks HTTP over an already-connected stream (e.g. after writing a PROXY header).
-    pub async fn handshake(stream: tokio::net::TcpStream, addr: SocketAddr) -> Client {
-        let (sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Client { sender, addr }
+    pub fn over(stream: TcpStream, addr: SocketAddr) -> Client {
+        Client { stream, addr, unread: Vec::new() }
     }
 
+    /// Sends `request` as HTTP/1.1 (with `Content-Length` when it has a body or is a POST).
     pub async fn send(&mut self, request: Request<Full<Bytes>>) -> Reply {
-        self.sender.ready().await.expect("connection ready");
-        let response = self.sender.send_request(request).await.expect("response");
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.expect("body").to_bytes();
-        Reply { status: parts.status, headers: parts.headers, body }
+        let (head, body) = request.into_parts();
+        let body = body.collect().await.expect("in-memory body").to_bytes();
+        let target = head.uri.path_and_query().map_or("/", |target| target.as_str());
+        let mut bytes = format!("{} {target} HTTP/1.1\r\n", head.method).into_bytes();
+        for (name, value) in &head.headers {
+            bytes.extend_from_slice(name.as_str().as_bytes());
+            bytes.extend_from_slice(b": ");
+            bytes.extend_from_slice(value.as_bytes());
+            bytes.extend_from_slice(b"\r\n");
+        }
+        if !body.is_empty() || head.method == http::Method::POST {
+            bytes.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+        }
+        bytes.extend_from_slice(b"\r\n");
+        bytes.extend_from_slice(&body);
+        self.raw(&bytes).await
+    }
+
+    /// Writes `bytes` as they are and reads the reply.
+    pub async fn raw(&mut self, bytes: &[u8]) -> Reply {
+        self.stream.write_all(bytes).await.expect("write request");
+        self.reply().await
+    }
+
+    /// Writes each part separately (the SDK sends head and body in two writes), then reads
+    /// the reply.
+    pub async fn raw_parts(&mut self, parts: &[&[u8]]) -> Reply {
+        for part in parts {
+            self.stream.write_all(part).await.expect("write request");
+            self.stream.flush().await.expect("flush");
+        }
+        self.reply().await
+    }
+
+    /// Reads the next reply.
+    pub async fn reply(&mut self) -> Reply {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match sdk::parse(&self.unread) {
+                Ok(Some((reply, used))) => {
+                    self.unread.drain(..used);
+                    return Reply::from_sdk(reply);
+                }
+                Ok(None) => {}
+                Err(error) => panic!(
+                    "the vendor C SDK cannot read this reply ({error}): {:?}",
+                    String::from_utf8_lossy(&self.unread)
+                ),
+            }
+            let read = self.stream.read(&mut buffer).await.expect("read reply");
+            assert!(
+                read > 0,
+                "connection closed before a complete reply: {:?}",
+                String::from_utf8_lossy(&self.unread)
+            );
+            self.unread.extend_from_slice(&buffer[..read]);
+        }
     }
 
     /// `POST /auth/bootstrap` with a form body and extra headers.
@@ -351,6 +440,23 @@ impl Client {
             .expect("request");
         self.send(request).await
     }
+
+    /// Reads until the edge closes the connection; what came after the last reply.
+    pub async fn rest(mut self) -> Vec<u8> {
+        let mut rest = std::mem::take(&mut self.unread);
+        let mut buffer = [0u8; 4096];
+        // A reset after the edge closes counts as closed.
+        while let Ok(read @ 1..) = self.stream.read(&mut buffer).await {
+            rest.extend_from_slice(&buffer[..read]);
+        }
+        rest
+    }
+}
+
+/// One raw request on a fresh connection, its reply read as the SDK reads it.
+pub async fn raw_reply(addr: SocketAddr, request: &[u8]) -> Reply {
+    let mut client = Client::connect(addr).await;
+    client.raw(request).await
 }
 
 /// One bootstrap on a fresh connection from `source`.

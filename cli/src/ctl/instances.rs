@@ -1,4 +1,6 @@
-//! `ctl instances`: the caller's instances, each in one region.
+//! `ctl instances`: the caller's instances, each in one region, and their provisioning by the
+//! operator (a tenant owns, renews and transfers instances; only the operator creates one and
+//! chooses the endpoint its devices are sent to).
 
 use clap::Subcommand;
 use serde::{Deserialize, Serialize};
@@ -11,15 +13,19 @@ use super::output::{self, Table, fields};
 pub(super) enum Command {
     /// List your instances.
     List,
-    /// Create an instance in a region.
+    /// Provision an instance in a region for an account (needs the operator token): the
+    /// endpoint is the broker the operator runs for it.
     Create {
+        /// The account that will own the instance.
+        #[arg(long)]
+        owner: String,
         /// Instance ID: lower-case letters, digits and `-`.
         #[arg(long)]
         id: String,
         /// Region ID, as `regions list` shows it.
         #[arg(long)]
         region: String,
-        /// Host devices connect to.
+        /// Host devices connect to (a DNS name or an IP address).
         #[arg(long)]
         host: String,
         /// MQTT port.
@@ -61,6 +67,7 @@ struct List {
 struct Instance {
     id: String,
     region: String,
+    owner: String,
     edition: String,
     endpoint: Endpoint,
     created_at: u64,
@@ -104,9 +111,10 @@ pub(super) async fn run(ctl: &Ctl, command: Command) -> anyhow::Result<()> {
                 table.print("no instances")
             })
         }
-        Command::Create { id, region, host, port, tls_port, edition, lifetime_days } => {
+        Command::Create { owner, id, region, host, port, tls_port, edition, lifetime_days } => {
             #[derive(Serialize)]
-            struct NewInstance {
+            struct ProvisionedInstance {
+                owner: String,
                 id: String,
                 region: String,
                 edition: Edition,
@@ -115,13 +123,14 @@ pub(super) async fn run(ctl: &Ctl, command: Command) -> anyhow::Result<()> {
                 lifetime_days: Option<u64>,
             }
             let endpoint = Endpoint { host, tcp_port: port, tls_port };
-            let body = NewInstance { id, region, edition, endpoint, lifetime_days };
-            let answer = ctl.client.post("/v1/instances", &body).await?;
+            let body = ProvisionedInstance { owner, id, region, edition, endpoint, lifetime_days };
+            let answer = ctl.client.post_as_operator("/v1/operator/instances", &body).await?;
             ctl.show(&answer, |instance: Instance| {
                 output::line(format!(
-                    "created instance {} in {}, endpoint {}",
+                    "created instance {} in {} for {}, endpoint {}",
                     instance.id,
                     instance.region,
+                    instance.owner,
                     instance.endpoint.text()
                 ))
             })
@@ -148,6 +157,7 @@ fn show(instance: Instance) -> std::io::Result<()> {
     fields(&[
         ("id", instance.id),
         ("region", instance.region),
+        ("owner", instance.owner),
         ("edition", instance.edition),
         ("endpoint", instance.endpoint.text()),
         ("created", output::time(instance.created_at)),

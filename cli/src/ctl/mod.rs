@@ -66,7 +66,7 @@ struct Global {
         value_name = "KEY"
     )]
     api_key: Option<Secret>,
-    /// The operator token, for `accounts create` only.
+    /// The operator token, for `accounts create` and `instances create` only.
     #[arg(
         long,
         global = true,
@@ -88,7 +88,7 @@ enum CtlCommand {
     /// The platform's regions.
     #[command(subcommand)]
     Regions(regions::Command),
-    /// Your instances.
+    /// Your instances; provisioning one for an account (operator).
     #[command(subcommand)]
     Instances(instances::Command),
     /// Your products, and the read-only copies distributed to you.

@@ -23,6 +23,15 @@ struct Region {
     display_name: String,
     latitude: f64,
     longitude: f64,
+    /// What the region-pinned bootstrap answers for the region, if the operator set one.
+    #[serde(default)]
+    public_endpoint: Option<Endpoint>,
+}
+
+#[derive(Deserialize)]
+struct Endpoint {
+    host: String,
+    tcp_port: u16,
 }
 
 pub(super) async fn run(ctl: &Ctl, command: Command) -> anyhow::Result<()> {
@@ -30,13 +39,18 @@ pub(super) async fn run(ctl: &Ctl, command: Command) -> anyhow::Result<()> {
         Command::List => {
             let answer = ctl.client.get("/v1/regions").await?;
             ctl.show(&answer, |list: List| {
-                let mut table = Table::new(&["ID", "NAME", "LATITUDE", "LONGITUDE"]);
+                let mut table =
+                    Table::new(&["ID", "NAME", "LATITUDE", "LONGITUDE", "PUBLIC ENDPOINT"]);
                 for region in list.regions {
                     table.row([
                         region.id,
                         region.display_name,
                         format!("{:.2}", region.latitude),
                         format!("{:.2}", region.longitude),
+                        region.public_endpoint.map_or_else(
+                            || "-".to_owned(),
+                            |endpoint| format!("{}:{}", endpoint.host, endpoint.tcp_port),
+                        ),
                     ]);
                 }
                 table.print("no regions")

@@ -1,15 +1,15 @@
-//! Regions (operator configuration, readable by every account), the caller's instances and
-//! their usage.
+//! Regions (operator configuration, readable by every account), instances (provisioned by the
+//! operator for an account, listed and read by their owner) and their usage.
 
 use hyper::StatusCode;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use meridian_registry::ids::AccountId;
-use meridian_registry::model::{Instance, InstanceUsage, Region};
+use meridian_registry::ids::{AccountId, InstanceId, RegionId};
+use meridian_registry::model::{Edition, Instance, InstanceUsage, MqttEndpoint, Region};
 
 use super::request::ApiRequest;
-use super::response::{self, Result};
-use crate::plane::{ControlPlane, NewInstance};
+use super::response::{self, ApiError, Result};
+use crate::plane::{ControlPlane, NewInstance, default_edition, default_lifetime_days};
 
 /// `GET /v1/regions`
 pub(super) async fn regions(plane: &ControlPlane) -> Result {
@@ -29,14 +29,24 @@ pub(super) async fn list(plane: &ControlPlane, caller: &AccountId) -> Result {
     response::json(StatusCode::OK, &List { instances: plane.instances(caller).await? })
 }
 
-/// `POST /v1/instances`
-pub(super) async fn create(
-    plane: &ControlPlane,
-    caller: &AccountId,
-    request: ApiRequest,
-) -> Result {
-    let new: NewInstance = request.json().await?;
-    let instance = plane.create_instance(caller, new).await?;
+/// `POST /v1/instances` with an API key: refused. Devices are sent to an instance's endpoint,
+/// so a tenant that could create one, or choose its endpoint, could send devices anywhere
+/// (through the region-pinned bootstrap, or placements naming it). The operator provisions
+/// instances for accounts instead: [`provision`].
+pub(super) fn tenant_create() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "instances and their endpoints are provisioned by the platform operator \
+         (POST /v1/operator/instances); an API key cannot create an instance or choose an endpoint",
+    )
+}
+
+/// `POST /v1/operator/instances` (operator): an instance, with the endpoint of the broker the
+/// operator runs for it, provisioned for the `owner` account.
+pub(super) async fn provision(plane: &ControlPlane, request: ApiRequest) -> Result {
+    let new: ProvisionedInstance = request.json().await?;
+    let (owner, new) = new.split();
+    let instance = plane.create_instance(&owner, new).await?;
     response::created(&format!("/v1/instances/{}", instance.id), &instance)
 }
 
@@ -53,4 +63,25 @@ pub(super) async fn usage(plane: &ControlPlane, caller: &AccountId) -> Result {
         usage: Vec<InstanceUsage>,
     }
     response::json(StatusCode::OK, &List { usage: plane.usage(caller).await? })
+}
+
+/// The operator's request: a [`NewInstance`] and the account that will own it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProvisionedInstance {
+    owner: AccountId,
+    id: InstanceId,
+    region: RegionId,
+    #[serde(default = "default_edition")]
+    edition: Edition,
+    endpoint: MqttEndpoint,
+    #[serde(default = "default_lifetime_days")]
+    lifetime_days: u64,
+}
+
+impl ProvisionedInstance {
+    fn split(self) -> (AccountId, NewInstance) {
+        let ProvisionedInstance { owner, id, region, edition, endpoint, lifetime_days } = self;
+        (owner, NewInstance { id, region, edition, endpoint, lifetime_days })
+    }
 }

@@ -4,7 +4,9 @@
 //! Every tenant route authenticates `Authorization: Bearer <api key>` and passes the caller's
 //! account to the plane, which scopes every read and write to it: another account's resource is
 //! a 404, exactly like a missing one. Account creation and the `/v1/operator/...` routes take
-//! the operator token instead.
+//! the operator token instead: accounts, and instances with the endpoints devices are sent to,
+//! are provisioned by the platform operator (SPEC §1); a tenant owns, renews and transfers its
+//! instances but cannot create one or choose an endpoint.
 //! Errors are always `{"code":<status>,"message":"…"}`.
 //!
 //! What it does not do: TLS (put it behind a terminating proxy or bind it to a private
@@ -134,6 +136,10 @@ async fn dispatch(
             plane.authenticate_operator(request.bearer()?)?;
             accounts::create(plane, request).await
         }
+        Endpoint::ProvisionInstance => {
+            plane.authenticate_operator(request.bearer()?)?;
+            instances::provision(plane, request).await
+        }
         Endpoint::Operator(endpoint) => {
             plane.authenticate_operator(request.bearer()?)?;
             transfers::operator(plane, endpoint, request).await
@@ -158,7 +164,7 @@ async fn tenant(
         Tenant::RequestCode => accounts::request_code(plane, caller).await,
         Tenant::Regions => instances::regions(plane).await,
         Tenant::Instances => instances::list(plane, caller).await,
-        Tenant::CreateInstance => instances::create(plane, caller, request).await,
+        Tenant::CreateInstance => Err(instances::tenant_create()),
         Tenant::Instance => instances::get(plane, caller, request).await,
         Tenant::Usage => instances::usage(plane, caller).await,
         Tenant::Products => products::list(plane, caller).await,

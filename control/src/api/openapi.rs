@@ -74,7 +74,7 @@ mod tests {
             let operation = &document["paths"][route.path][route.method.as_str().to_lowercase()];
             let expected = match route.endpoint {
                 Endpoint::OpenApi => serde_json::json!([]),
-                Endpoint::CreateAccount | Endpoint::Operator(_) => {
+                Endpoint::CreateAccount | Endpoint::ProvisionInstance | Endpoint::Operator(_) => {
                     serde_json::json!([{ "operatorToken": [] }])
                 }
                 // Inherits the document-wide API key requirement.

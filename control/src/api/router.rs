@@ -17,6 +17,8 @@ pub(crate) enum Endpoint {
     OpenApi,
     /// Creates an account; needs the operator token.
     CreateAccount,
+    /// Provisions an instance, with its endpoint, for an account; needs the operator token.
+    ProvisionInstance,
     /// Operator configuration of accounts (transfer allow-list, organisations); needs the
     /// operator token.
     Operator(Operator),
@@ -70,6 +72,7 @@ pub(crate) struct Route {
 pub(crate) static ROUTES: &[Route] = &[
     route(Method::GET, "/openapi.json", Endpoint::OpenApi),
     route(Method::POST, "/v1/accounts", Endpoint::CreateAccount),
+    route(Method::POST, "/v1/operator/instances", Endpoint::ProvisionInstance),
     tenant(Method::GET, "/v1/account", Tenant::Account),
     tenant(Method::POST, "/v1/api-keys", Tenant::CreateApiKey),
     tenant(Method::GET, "/v1/audit", Tenant::Audit),

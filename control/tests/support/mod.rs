@@ -89,6 +89,7 @@ impl TestApi {
                     latitude,
                     longitude,
                     bias_km: 0.0,
+                    public_endpoint: None,
                 })
                 .await
                 .expect("region");
@@ -164,15 +165,22 @@ impl TestApi {
         Tenant { key }
     }
 
-    /// An account with one public instance per region (`{id}-sh`, `{id}-fra`) and a product
-    /// homed in Shanghai.
+    /// The operator provisions an instance for `owner`: `body` is the instance without its
+    /// owner.
+    pub async fn provision(&self, owner: &str, mut body: Value) -> Reply {
+        body["owner"] = json!(owner);
+        self.request(Method::POST, "/v1/operator/instances", Some(OPERATOR_TOKEN), Body::Json(body))
+            .await
+    }
+
+    /// An account with one public instance per region (`{id}-sh`, `{id}-fra`, provisioned by
+    /// the operator) and a product homed in Shanghai.
     pub async fn tenant_with_product(&self, id: &str, product: &str) -> Tenant {
         let tenant = self.account(id).await;
         for (suffix, region) in [("sh", "cn-shanghai"), ("fra", "eu-central-1")] {
             let reply = self
-                .post(
-                    "/v1/instances",
-                    &tenant.key,
+                .provision(
+                    id,
                     json!({
                         "id": format!("{id}-{suffix}"),
                         "region": region,

@@ -29,6 +29,7 @@ async fn fixture() -> Fixture {
             latitude: 31.23,
             longitude: 121.47,
             bias_km: 0.0,
+            public_endpoint: None,
         })
         .await
         .unwrap();
@@ -178,8 +179,24 @@ async fn rejects_bad_requests_with_named_errors() {
         latitude: 123.0,
         longitude: 0.0,
         bias_km: 0.0,
+        public_endpoint: None,
     };
     assert!(matches!(f.registry.put_region(bad_region).await, Err(RegistryError::Rule(_))));
+
+    // Endpoints devices are sent to must survive the SDK's key search.
+    for host in ["", "a\"b", "two words", "-x", &"a".repeat(254)] {
+        let mut quoted = instance("iot-q", "acme");
+        quoted.endpoint.host = host.to_owned();
+        let refused = f.registry.create_instance(quoted).await;
+        assert!(matches!(refused, Err(RegistryError::Rule(_))), "{host:?}");
+    }
+    let mut portless = instance("iot-q", "acme");
+    portless.endpoint.tcp_port = 0;
+    assert!(matches!(f.registry.create_instance(portless).await, Err(RegistryError::Rule(_))));
+    let mut region = f.registry.region(&"cn-shanghai".parse().unwrap()).await.unwrap();
+    region.public_endpoint =
+        Some(MqttEndpoint { host: "bad host".into(), tcp_port: 1883, tls_port: None });
+    assert!(matches!(f.registry.put_region(region).await, Err(RegistryError::Rule(_))));
 }
 
 #[tokio::test]

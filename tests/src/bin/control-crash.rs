@@ -74,6 +74,7 @@ async fn setup(plane: &ControlPlane, count: usize) -> Result<(), Box<dyn std::er
                 latitude: lat,
                 longitude: lat,
                 bias_km: 0.0,
+                public_endpoint: None,
             })
             .await?;
     }

@@ -196,6 +196,7 @@ impl Driver {
                 latitude: 10.0,
                 longitude: 10.0,
                 bias_km: 0.0,
+                public_endpoint: None,
             };
             registry.put_region(region).await?;
         }
