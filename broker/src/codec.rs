@@ -35,10 +35,15 @@ pub fn decode(buffer: &mut BytesMut, max_packet: usize) -> Result<Option<Packet>
     };
     // Only this packet's bytes: the buffer may already hold the next packets, and a CONNECT
     // must be judged the same whether they arrived with it or not (found by fuzzing).
-    let username_flag = if first >> 4 == 1 {
-        check_connect(&buffer[header_len..frame_len])? & USERNAME_FLAG != 0
-    } else {
-        false
+    let body = &buffer[header_len..frame_len];
+    check_length(first, body.len())?;
+    let username_flag = match first >> 4 {
+        1 => check_connect(body)? & USERNAME_FLAG != 0,
+        8 => {
+            check_subscribe(body)?;
+            false
+        }
+        _ => false,
     };
     let mut packet =
         v4::read(buffer, max_packet).map_err(|error| DecodeError::Malformed(describe(&error)))?;
@@ -109,6 +114,40 @@ fn check_flags(first: u8) -> Result<(), DecodeError> {
         _ => flags == 0,
     };
     if ok { Ok(()) } else { Err(DecodeError::Malformed("invalid fixed header flags")) }
+}
+
+/// MQTT 3.1.1 fixes the remaining length of the packets without a payload; mqttbytes reads a
+/// PINGREQ or DISCONNECT with a body, or an acknowledgement with trailing bytes, as if they
+/// were well formed.
+fn check_length(first: u8, body: usize) -> Result<(), DecodeError> {
+    let expected = match first >> 4 {
+        // PINGREQ, PINGRESP, DISCONNECT (§3.12, §3.13, §3.14).
+        12..=14 => 0,
+        // CONNACK, PUBACK, PUBREC, PUBREL, PUBCOMP, UNSUBACK (§3.2, §3.4–§3.7, §3.11).
+        2 | 4..=7 | 11 => 2,
+        _ => return Ok(()),
+    };
+    if body == expected {
+        Ok(())
+    } else {
+        Err(DecodeError::Malformed("wrong remaining length for the packet type"))
+    }
+}
+
+/// MQTT 3.1.1 §3.8.3.1: the upper six bits of each requested-QoS byte are reserved and must be
+/// zero [MQTT-3-8.3-4]; mqttbytes masks them off. The rest of the layout is mqttbytes' to
+/// check: a truncated filter here is left for it to refuse.
+fn check_subscribe(body: &[u8]) -> Result<(), DecodeError> {
+    let mut rest = body.get(2..).unwrap_or_default();
+    while let [high, low, after @ ..] = rest {
+        let len = usize::from(u16::from_be_bytes([*high, *low]));
+        let Some(&options) = after.get(len) else { break };
+        if options & 0b1111_1100 != 0 {
+            return Err(DecodeError::Malformed("reserved bits set in a requested QoS"));
+        }
+        rest = &after[len + 1..];
+    }
+    Ok(())
 }
 
 /// MQTT 3.1.1 §3.1.2: protocol name and level, reserved flag, will and password flags.
@@ -247,6 +286,39 @@ mod tests {
         ));
         // PINGREQ with flags.
         assert!(matches!(decode_all(&[0xC1, 0]), Err(DecodeError::Malformed(_))));
+    }
+
+    /// MQTT-3.8.3-4: a requested-QoS byte with any of its upper six bits set is malformed,
+    /// in whichever filter of the SUBSCRIBE it is.
+    #[test]
+    fn subscribe_reserved_qos_bits_are_malformed() {
+        // pkid 1, "a" QoS 1, "b" QoS 0.
+        let good = [0x82, 10, 0, 1, 0, 1, b'a', 0x01, 0, 1, b'b', 0x00];
+        assert!(matches!(decode_all(&good), Ok(Some(Packet::Subscribe(_)))));
+        for (at, options) in [(7, 0x05), (11, 0x80), (11, 0x04)] {
+            let mut bad = good;
+            bad[at] = options;
+            assert_eq!(
+                decode_all(&bad),
+                Err(DecodeError::Malformed("reserved bits set in a requested QoS")),
+                "options {options:#x} at {at}"
+            );
+        }
+        // A truncated filter is still mqttbytes' to refuse, not a panic here.
+        assert!(matches!(decode_all(&[0x82, 5, 0, 1, 0, 9, b'a']), Err(DecodeError::Malformed(_))));
+    }
+
+    /// PINGREQ and DISCONNECT have no body; acknowledgements are exactly a packet id.
+    #[test]
+    fn fixed_length_packets_must_have_their_length() {
+        assert_eq!(decode_all(&[0xC0, 0]), Ok(Some(Packet::PingReq)));
+        assert_eq!(decode_all(&[0xE0, 0]), Ok(Some(Packet::Disconnect)));
+        let wrong = Err(DecodeError::Malformed("wrong remaining length for the packet type"));
+        assert_eq!(decode_all(&[0xC0, 1, 0]), wrong);
+        assert_eq!(decode_all(&[0xE0, 2, 0, 0]), wrong);
+        assert_eq!(decode_all(&[0x40, 3, 0, 1, 0]), wrong);
+        assert_eq!(decode_all(&[0x62, 4, 0, 1, 0, 0]), wrong);
+        assert_eq!(decode_all(&[0x40, 2, 0, 1]), Ok(Some(Packet::PubAck(v4::PubAck::new(1)))));
     }
 
     #[test]

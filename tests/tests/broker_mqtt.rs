@@ -230,6 +230,52 @@ async fn malformed_packets_close_only_that_connection() {
     assert_eq!(bystander.publish().await.topic, "still/alive");
 }
 
+/// MQTT-3.8.3-4 and §3.12/§3.14: reserved bits in a SUBSCRIBE's requested-QoS byte, and a
+/// PINGREQ or DISCONNECT with a body, are malformed: the connection is closed without an answer
+/// (no SUBACK, no PINGRESP), and a DISCONNECT that is malformed is no DISCONNECT, so the will
+/// goes out. Other clients are unaffected.
+#[tokio::test]
+async fn reserved_qos_bits_and_bodies_of_empty_packets_close_the_connection() {
+    let registry = TestRegistry::new().await;
+    let broker = registry.broker(SHANGHAI, |_| {}).await;
+    let (mut bystander, _) = Client::connect(user_options(broker.addr, "bystander")).await.unwrap();
+    bystander.client.subscribe("conformance/#", QoS::AtLeastOnce).await.unwrap();
+    bystander.expect(|p| matches!(p, Packet::SubAck(_))).await;
+
+    let attacks: [&[u8]; 5] = [
+        // SUBSCRIBE pkid 1, "a" with requested QoS 1 plus reserved bit 2.
+        &[0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x05],
+        // The same with the top bit set, in the second filter.
+        &[0x82, 0x0A, 0x00, 0x01, 0x00, 0x01, b'a', 0x00, 0x00, 0x01, b'b', 0x80],
+        // PINGREQ with remaining length 1.
+        &[0xC0, 0x01, 0x00],
+        // PINGREQ with remaining length 2.
+        &[0xC0, 0x02, 0x00, 0x00],
+        // DISCONNECT with remaining length 2.
+        &[0xE0, 0x02, 0x00, 0x00],
+    ];
+    for (n, attack) in attacks.into_iter().enumerate() {
+        let topic = format!("conformance/will{n}");
+        let (mut stream, ack) =
+            raw::open(broker.addr, &connect_with_will(&format!("attacker{n}"), &topic, "gone"))
+                .await;
+        assert_eq!(ack.code, Code::Success);
+        stream.write_all(attack).await.unwrap();
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(HANG, stream.read_to_end(&mut rest)).await.expect("closed");
+        assert!(closed.is_ok(), "attack {n}: connection closed cleanly");
+        assert!(rest.is_empty(), "attack {n}: answered {rest:02x?} instead of closing");
+        // Closed as malformed, not disconnected: the will is published.
+        let will = bystander.publish().await;
+        assert_eq!((will.topic.as_str(), will.payload.as_ref()), (topic.as_str(), &b"gone"[..]));
+    }
+
+    let (publisher, _) = Client::connect(user_options(broker.addr, "pub")).await.unwrap();
+    publisher.client.publish("conformance/alive", QoS::AtLeastOnce, false, "yes").await.unwrap();
+    assert_eq!(bystander.publish().await.topic, "conformance/alive");
+}
+
 #[tokio::test]
 async fn connect_must_arrive_in_time() {
     let registry = TestRegistry::new().await;
