@@ -4,7 +4,11 @@
 //! registry view (for application clients, which products and devices an account owns); they
 //! hold no state.
 
+use std::time::Duration;
+
 use meridian_registry::ids::{AccountId, DeviceKey};
+
+use crate::config::{ClientLimits, LimitsConfig};
 
 use crate::view::RegistryView;
 
@@ -38,34 +42,71 @@ pub enum Origin {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Profile {
     pub max_payload: usize,
+    /// Longest topic name or subscription filter, bytes.
     pub max_topic_len: usize,
     pub max_subscriptions: usize,
+    /// Bytes of all the session's subscription filters together.
+    pub max_subscription_bytes: usize,
     /// Highest QoS granted or accepted (0, 1 or 2).
     pub max_qos: u8,
     pub retain: bool,
     pub will: bool,
+    /// How long a persistent session is kept after its connection ends.
+    pub session_expiry: Duration,
 }
 
 impl Profile {
-    /// SPEC §3 device profile.
+    /// SPEC §3 device profile, with the default session expiry and subscription memory of
+    /// `[broker.limits.device]`.
     pub const DEVICE: Profile = Profile {
         max_payload: 256 * 1024,
         max_topic_len: 128,
         max_subscriptions: 100,
+        max_subscription_bytes: 8 * 1024,
         max_qos: 1,
         retain: false,
         will: false,
+        session_expiry: Duration::from_secs(7 * 24 * 3600),
     };
 
-    /// Standard clients get the whole protocol, bounded by the broker's packet size.
+    /// Standard clients get the whole protocol, bounded by the broker's packet size; topics
+    /// up to MQTT's 65,535 bytes, no bound on subscription bytes, sessions kept for good
+    /// (what [`Profile::standard_from`] narrows with the configured limits).
     pub fn standard(max_packet: usize, max_subscriptions: usize) -> Profile {
         Profile {
             max_payload: max_packet,
             max_topic_len: 65_535,
             max_subscriptions,
+            max_subscription_bytes: usize::MAX,
             max_qos: 2,
             retain: true,
             will: true,
+            session_expiry: Duration::MAX,
+        }
+    }
+
+    /// A device's profile under the broker's `limits`.
+    pub fn device_from(limits: &LimitsConfig) -> Profile {
+        Profile::DEVICE.narrowed(&limits.device)
+    }
+
+    /// A standard user's profile under the broker's `limits`.
+    pub fn standard_from(limits: &LimitsConfig) -> Profile {
+        Profile::standard(limits.max_packet, limits.max_subscriptions).narrowed(&limits.standard)
+    }
+
+    /// An application client's profile under the broker's `limits`: the standard protocol,
+    /// with the application's own topic, subscription-memory and session bounds.
+    pub fn application_from(limits: &LimitsConfig) -> Profile {
+        Profile::standard(limits.max_packet, limits.max_subscriptions).narrowed(&limits.application)
+    }
+
+    fn narrowed(self, limits: &ClientLimits) -> Profile {
+        Profile {
+            max_topic_len: limits.max_topic_len.min(self.max_topic_len),
+            max_subscription_bytes: limits.max_subscription_bytes,
+            session_expiry: limits.session_expiry,
+            ..self
         }
     }
 }

@@ -65,6 +65,15 @@ pub struct ApplicationCredential {
     pub account: AccountId,
 }
 
+/// Checks a device's password against a secret: [`DeviceLogin::verify`], behind a function
+/// pointer so a unit test can see which secret each CONNECT was checked with.
+pub type Verifier = fn(&DeviceLogin, secret: &[u8], password: &[u8]) -> bool;
+
+/// The key an unknown device's password is checked with, so that refusing it costs the same
+/// HMAC as refusing a known device's wrong password (SECURITY.md: the two are
+/// indistinguishable). Its value is no secret: a match against it never admits anyone.
+const UNKNOWN_DEVICE_SECRET: &[u8] = b"meridian-unknown-device-secret-0";
+
 /// Decides CONNECTs for one broker instance.
 pub struct Authenticator {
     instance: InstanceId,
@@ -72,7 +81,27 @@ pub struct Authenticator {
     users: HashMap<String, Secret>,
     applications: HashMap<String, ApplicationCredential>,
     allow_anonymous: bool,
-    standard_profile: Profile,
+    profiles: Profiles,
+    verify: Verifier,
+}
+
+/// The limits each kind of client connects with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Profiles {
+    pub device: Profile,
+    pub standard: Profile,
+    pub application: Profile,
+}
+
+impl Profiles {
+    /// The profiles the broker's `limits` give each kind of client.
+    pub fn from_limits(limits: &crate::config::LimitsConfig) -> Profiles {
+        Profiles {
+            device: Profile::device_from(limits),
+            standard: Profile::standard_from(limits),
+            application: Profile::application_from(limits),
+        }
+    }
 }
 
 impl Authenticator {
@@ -82,9 +111,23 @@ impl Authenticator {
         users: HashMap<String, Secret>,
         applications: HashMap<String, ApplicationCredential>,
         allow_anonymous: bool,
-        standard_profile: Profile,
+        profiles: Profiles,
     ) -> Authenticator {
-        Authenticator { instance, view, users, applications, allow_anonymous, standard_profile }
+        Authenticator {
+            instance,
+            view,
+            users,
+            applications,
+            allow_anonymous,
+            profiles,
+            verify: DeviceLogin::verify,
+        }
+    }
+
+    /// Checks device passwords with `verify` instead of [`DeviceLogin::verify`].
+    pub fn with_verifier(mut self, verify: Verifier) -> Authenticator {
+        self.verify = verify;
+        self
     }
 
     pub fn view(&self) -> &Arc<RegistryView> {
@@ -98,7 +141,7 @@ impl Authenticator {
     pub fn authenticate(&self, offered: Credentials<'_>) -> Result<Accepted, ConnectReturnCode> {
         let standard = |principal| Accepted {
             principal,
-            profile: self.standard_profile,
+            profile: self.profiles.standard,
             keep_alive: offered.keep_alive,
         };
         let Some(username) = offered.username else {
@@ -118,7 +161,11 @@ impl Authenticator {
         }
         if let Some(application) = self.applications.get(username) {
             return if application.password.matches(password) {
-                Ok(standard(Principal::Application { account: application.account.clone() }))
+                Ok(Accepted {
+                    principal: Principal::Application { account: application.account.clone() },
+                    profile: self.profiles.application,
+                    keep_alive: offered.keep_alive,
+                })
             } else {
                 Err(ConnectReturnCode::BadUserNamePassword)
             };
@@ -145,31 +192,28 @@ impl Authenticator {
             tracing::debug!(%error, "device CONNECT with a malformed clientId or username");
             ConnectReturnCode::BadUserNamePassword
         })?;
-        let key = DeviceKey {
-            product_key: login
-                .username
-                .product_key
-                .parse()
-                .map_err(|_| ConnectReturnCode::BadUserNamePassword)?,
-            device_name: login
-                .username
-                .device_name
-                .parse()
-                .map_err(|_| ConnectReturnCode::BadUserNamePassword)?,
+        // A name no device can have is an unknown device.
+        let key = match (login.username.product_key.parse(), login.username.device_name.parse()) {
+            (Ok(product_key), Ok(device_name)) => Some(DeviceKey { product_key, device_name }),
+            _ => None,
         };
-        let Some(device) = self.view.device(&key) else {
+        let device = key.as_ref().and_then(|key| self.view.device(key));
+        // One HMAC whether or not the device exists, with the method the client asked for
+        // (the unknown one against a stand-in key), and the outcome decided after it: an
+        // unknown device and a wrong password cost the same and answer the same.
+        let secret =
+            device.as_ref().map_or(UNKNOWN_DEVICE_SECRET, |d| d.secret.expose().as_bytes());
+        let signed = (self.verify)(&login, secret, password);
+        let (Some(key), Some(_), true) = (key, device, signed) else {
             return Err(ConnectReturnCode::BadUserNamePassword);
         };
-        if !login.verify(device.secret.expose().as_bytes(), password) {
-            return Err(ConnectReturnCode::BadUserNamePassword);
-        }
         if keep_alive < DEVICE_MIN_KEEPALIVE {
             return Err(ConnectReturnCode::ServiceUnavailable);
         }
         match self.view.admits(&key, &self.instance) {
             Admission::Allowed => Ok(Accepted {
                 principal: Principal::Device(key),
-                profile: Profile::DEVICE,
+                profile: self.profiles.device,
                 keep_alive: keep_alive.min(DEVICE_MAX_KEEPALIVE),
             }),
             Admission::Unknown => Err(ConnectReturnCode::BadUserNamePassword),
@@ -177,3 +221,6 @@ impl Authenticator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

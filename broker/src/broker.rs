@@ -54,8 +54,8 @@ pub struct Broker {
     kept: Arc<Keeper>,
 }
 
-/// How often idle rate buckets and expired back-off entries are dropped, and the queue gauges
-/// refreshed.
+/// How often idle rate buckets, expired back-off entries and expired persistent sessions are
+/// dropped, and the queue gauges refreshed.
 const HOUSEKEEPING: Duration = Duration::from_secs(10);
 
 impl Broker {
@@ -73,6 +73,7 @@ impl Broker {
             router: Router::new(session_limits, limits.slow_consumer_drops)
                 .with_queue_budget(
                     QueueBudget::new(limits.max_queued_messages, limits.max_queued_bytes)
+                        .with_state_cap(limits.max_session_state_bytes)
                         .with_memory_cap(limits.max_rss),
                 )
                 .with_retained_caps(limits.max_retained_messages, limits.max_retained_bytes),
@@ -221,6 +222,10 @@ impl Broker {
                 _ = housekeeping.tick() => {
                     self.admission.forget_idle();
                     self.auth_backoff.forget_idle(std::time::Instant::now());
+                    let expired = self.router.expire(std::time::Instant::now());
+                    if expired > 0 {
+                        m::expired_sessions(expired);
+                    }
                     let queued = self.router.budget().used();
                     m::queued(queued.messages, queued.bytes);
                 }

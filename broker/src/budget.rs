@@ -39,6 +39,8 @@ pub enum Shed {
     MemoryShed,
     /// The resident set is at the memory cap.
     MemoryFull,
+    /// Subscriptions and parked sessions hold `max_session_state_bytes`.
+    StateFull,
 }
 
 impl Shed {
@@ -49,6 +51,7 @@ impl Shed {
             Shed::Full => "queue_full",
             Shed::MemoryShed => "memory_shed",
             Shed::MemoryFull => "memory_full",
+            Shed::StateFull => "session_state_full",
         }
     }
 }
@@ -73,7 +76,29 @@ pub struct QueueBudget {
     max_bytes: usize,
     messages: AtomicUsize,
     bytes: AtomicUsize,
+    /// Session state, bytes: subscriptions (each filter plus [`SUBSCRIPTION_COST`]) and
+    /// parked persistent sessions ([`PARKED_COST`] plus their id). Not a queue, so not under
+    /// the queue caps, but capped on its own and counted in the memory cap's estimate.
+    state: AtomicUsize,
+    max_state: usize,
     memory: MemoryGuard,
+}
+
+/// What one subscription costs besides its filter's bytes: the session's map entry and the
+/// index's (the trie's node and its subscriber entry), roughly.
+pub const SUBSCRIPTION_COST: usize = 160;
+/// What one parked persistent session costs besides its id: its slot in the session table and
+/// its boxed state, roughly.
+pub const PARKED_COST: usize = 512;
+
+/// A subscription's share of the state budget.
+pub fn subscription_cost(filter: &str) -> usize {
+    filter.len() + SUBSCRIPTION_COST
+}
+
+/// A parked session's share of the state budget (its subscriptions are counted apart).
+pub fn parked_cost(session_id: &str) -> usize {
+    session_id.len() + PARKED_COST
 }
 
 impl QueueBudget {
@@ -83,8 +108,48 @@ impl QueueBudget {
             max_bytes,
             messages: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
+            state: AtomicUsize::new(0),
+            max_state: usize::MAX,
             memory: MemoryGuard::off(),
         }
+    }
+
+    /// Caps session state: subscriptions and parked sessions (see [`QueueBudget::reserve_state`]).
+    pub fn with_state_cap(mut self, max_state: usize) -> QueueBudget {
+        self.max_state = max_state;
+        self
+    }
+
+    /// Reserves `bytes` of session state (a new subscription, a session being parked), or says
+    /// why not: the state cap is reached, or the process is at its memory cap.
+    pub fn reserve_state(&self, bytes: usize) -> Result<(), Shed> {
+        let state = self.state();
+        if state.saturating_add(bytes) > self.max_state {
+            return Err(Shed::StateFull);
+        }
+        if self.memory.pressure(self.tracked().saturating_add(bytes)) == Pressure::Full {
+            return Err(Shed::MemoryFull);
+        }
+        self.state.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Gives back session state that is no longer held.
+    pub fn release_state(&self, bytes: usize) {
+        let _ = self
+            .state
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| Some(s.saturating_sub(bytes)));
+    }
+
+    /// Session state held, bytes.
+    pub fn state(&self) -> usize {
+        self.state.load(Ordering::Relaxed)
+    }
+
+    /// Bytes the memory cap's estimate follows between samples: queued payloads and session
+    /// state.
+    pub fn tracked(&self) -> usize {
+        self.used().bytes.saturating_add(self.state())
     }
 
     /// Also sheds by the process's resident memory (see [`crate::memory`]).
@@ -99,7 +164,7 @@ impl QueueBudget {
 
     /// How close the process is to its memory cap right now.
     pub fn memory_pressure(&self) -> Pressure {
-        self.memory.pressure(self.used().bytes)
+        self.memory.pressure(self.tracked())
     }
 
     /// No cap (tests of other rules).
@@ -122,7 +187,7 @@ impl QueueBudget {
         if soft && backlogged {
             return Err(Shed::Backlogged);
         }
-        match self.memory.pressure(used.bytes.saturating_add(bytes)) {
+        match self.memory.pressure(self.tracked().saturating_add(bytes)) {
             Pressure::Full => return Err(Shed::MemoryFull),
             Pressure::Shed if qos == 0 || backlogged => return Err(Shed::MemoryShed),
             _ => {}
@@ -219,6 +284,31 @@ mod tests {
         budget.memory().sample(50 * 1024, 0);
         budget.reserve(10, 0, true).unwrap();
         assert_eq!(budget.memory_pressure(), Pressure::None);
+    }
+
+    #[test]
+    fn session_state_has_its_own_cap_and_counts_for_memory() {
+        let budget =
+            QueueBudget::new(1_000, 1 << 30).with_state_cap(1_000).with_memory_cap(100 * 1024);
+        budget.reserve_state(600).unwrap();
+        assert_eq!(budget.reserve_state(401), Err(Shed::StateFull));
+        budget.reserve_state(400).unwrap();
+        assert_eq!(budget.state(), 1_000);
+        // Queued messages are not session state, and session state is no queue.
+        budget.reserve(10, 1, false).unwrap();
+        assert_eq!(budget.used(), Load { messages: 1, bytes: 10 });
+        budget.release_state(900);
+        assert_eq!(budget.state(), 100);
+        // The memory estimate follows session state grown since the sample.
+        budget.memory().sample(90 * 1024, budget.tracked());
+        assert_eq!(budget.memory_pressure(), Pressure::Shed);
+        let budget = QueueBudget::new(1_000, 1 << 30).with_memory_cap(100 * 1024);
+        budget.memory().sample(90 * 1024, 0);
+        assert_eq!(budget.reserve_state(6 * 1024), Err(Shed::MemoryFull));
+        budget.reserve_state(1024).unwrap();
+        assert_eq!(budget.reserve(1024, 0, false), Err(Shed::MemoryShed), "92 % with the state");
+        budget.release_state(usize::MAX);
+        assert_eq!(budget.state(), 0, "never wraps");
     }
 
     #[test]

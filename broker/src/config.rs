@@ -73,8 +73,20 @@ pub struct LimitsConfig {
     /// consumer (`backpressure_slow_consumer`; each hold counts `backpressure_held`).
     #[serde(with = "humantime_serde")]
     pub backpressure_wait: Duration,
-    /// Subscriptions of a standard client.
+    /// Subscriptions of a standard or application client (devices: 100, SPEC §3).
     pub max_subscriptions: usize,
+    /// Devices' persistent sessions and subscription memory (`[broker.limits.device]`); their
+    /// topics are at most 128 bytes (SPEC §3).
+    pub device: ClientLimits,
+    /// Standard users' (`[broker.limits.standard]`).
+    pub standard: ClientLimits,
+    /// Application clients' (`[broker.limits.application]`).
+    pub application: ClientLimits,
+    /// Bytes of subscriptions (each filter plus its bookkeeping) and parked persistent
+    /// sessions, broker-wide. Beyond it a new subscription gets SUBACK 0x80 and a persistent
+    /// session that ends is forgotten instead of parked (`session_state_full`). Counted in the
+    /// memory cap's estimate too.
+    pub max_session_state_bytes: usize,
     /// Time allowed between accepting a socket and receiving CONNECT.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -148,6 +160,22 @@ impl Default for LimitsConfig {
             slow_consumer_drops: 1000,
             backpressure_wait: Duration::from_secs(5),
             max_subscriptions: 1000,
+            device: ClientLimits {
+                session_expiry: Duration::from_secs(7 * 24 * 3600),
+                max_topic_len: 128,
+                max_subscription_bytes: 8 * 1024,
+            },
+            standard: ClientLimits {
+                session_expiry: Duration::from_secs(24 * 3600),
+                max_topic_len: 4096,
+                max_subscription_bytes: 256 * 1024,
+            },
+            application: ClientLimits {
+                session_expiry: Duration::from_secs(24 * 3600),
+                max_topic_len: 256,
+                max_subscription_bytes: 64 * 1024,
+            },
+            max_session_state_bytes: 256 * 1024 * 1024,
             connect_timeout: Duration::from_secs(10),
             notify_rate: 5_000,
             usage_flush: Duration::from_secs(10),
@@ -167,6 +195,23 @@ impl Default for LimitsConfig {
             max_rss: 0,
         }
     }
+}
+
+/// What one kind of client may keep in the broker's memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientLimits {
+    /// How long a persistent session (clean session 0) is kept after its connection ends,
+    /// with its subscriptions and queued messages; a client that returns later starts afresh
+    /// (CONNACK session present 0). `0s` keeps none.
+    #[serde(with = "humantime_serde")]
+    pub session_expiry: Duration,
+    /// Longest topic name or subscription filter, bytes (a PUBLISH or will beyond it closes
+    /// the connection; a SUBSCRIBE beyond it is malformed and closes it too).
+    pub max_topic_len: usize,
+    /// Bytes of all of one session's subscription filters together; a filter beyond it gets
+    /// SUBACK 0x80 (`subscription_bytes`).
+    pub max_subscription_bytes: usize,
 }
 
 fn default_notify_reply_wait() -> Duration {

@@ -27,8 +27,9 @@ use crate::budget::Load;
 use crate::codec::{self, DecodeError};
 use crate::link::{FinishOnDrop, Link};
 use crate::metrics as m;
+use crate::retained::RetainedCursor;
 use crate::router::Kick;
-use crate::session::{Close, Delivery, Event, Message, Session};
+use crate::session::{self, Close, Delivery, Event, Session, WillRefused};
 
 /// Bytes one read may take from a socket: the per-thread scratch buffer's size.
 const SCRATCH: usize = 32 * 1024;
@@ -36,6 +37,10 @@ const SCRATCH: usize = 32 * 1024;
 const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 /// A write buffer grown beyond this by a large packet is released once written.
 const KEEP_BUFFER: usize = 8 * 1024;
+/// Bytes encoded before they are written: a batch ends with the packet that crosses it.
+const WRITE_BATCH: usize = 64 * 1024;
+/// Retained messages one page may hold (and about `RETAINED_PAGE_BYTES` of payload).
+const RETAINED_PAGE: usize = 64;
 
 thread_local! {
     /// Where every connection on this thread reads into; see [`read_some`].
@@ -160,10 +165,40 @@ where
         }
     };
 
+    // Before the session is registered: a refused will takes nothing over.
+    let will = connect.last_will.map(|will| {
+        session::check_will(&accepted.principal, &accepted.profile, will, broker.view())
+    });
+    let will = match will.transpose() {
+        Ok(will) => will.flatten(),
+        Err(WillRefused::NotPermitted) => {
+            m::connect_result(m::refusal(ConnectReturnCode::NotAuthorized));
+            tracing::info!(%peer, client_id = %client_id, "CONNECT refused: will topic not permitted");
+            let _ = write_packet(stream, &connack(ConnectReturnCode::NotAuthorized)).await;
+            return None;
+        }
+        Err(refused @ WillRefused::Malformed(_)) => {
+            // MQTT-3.1.4-1: a CONNECT that does not conform is closed without CONNACK.
+            m::connect_result("malformed");
+            m::dropped("malformed_packet");
+            tracing::debug!(%peer, client_id = %client_id, %refused, "CONNECT refused");
+            return None;
+        }
+    };
+
     let session_id: Arc<str> = accepted.principal.session_id(&client_id).into();
     let connection = broker.next_connection_id();
     let link = Arc::new(Link::new(connection, limits.mailbox, limits.queued));
     let parked = broker.router().connect(&session_id, connect.clean_session, link.clone()).await;
+    // Expired since it was parked, and not yet swept: the client starts afresh.
+    let parked = parked.and_then(|parked| {
+        if parked.expired(Instant::now()) {
+            m::limited("session_expired");
+            broker.router().discard(&session_id, parked);
+            return None;
+        }
+        Some(parked)
+    });
     let session_present = parked.is_some();
     // What was queued for a persistent client while it was away, on a device its account no
     // longer owns (SPEC §6), is not handed over on its return.
@@ -178,13 +213,6 @@ where
         parked
     });
 
-    let will = connect.last_will.map(|will| Message {
-        topic: will.topic.into(),
-        payload: will.message,
-        qos: will.qos as u8,
-        retain: will.retain,
-        origin: accepted.principal.origin(),
-    });
     // A device's downlink is subscribed from the start: its retained messages are due now.
     let downlink: Vec<(String, u8)> =
         accepted.principal.implicit_filters().into_iter().map(|f| (f, DOWNLINK_QOS)).collect();
@@ -196,7 +224,8 @@ where
         accepted.keep_alive,
         will,
         parked,
-    );
+    )
+    .with_budget(broker.router().budget().clone());
     // The platform keeps a device's subscriptions (SPEC §2): they are back before CONNACK
     // goes out, whatever the clean-session flag and wherever they were made.
     let restored = match session.principal().device().cloned() {
@@ -217,17 +246,11 @@ where
         &mut out,
     )
     .unwrap_or_default();
-    // Only what the implicit route carries: a retained message on the device's uplink topics
-    // (set by another client) is not downlink.
-    for delivery in broker.router().retained(&downlink) {
-        if acl::carries_downlink(&delivery.message.topic) {
-            deliver(broker, &mut session, delivery);
-        }
-    }
+    // Owed a page at a time like any subscription's; only what the implicit route carries.
+    let downlink = broker.router().retained_cursors(&downlink);
+    session.owe_retained(downlink.into_iter().map(RetainedCursor::for_downlink));
     // Restored like the downlink: subscribed from the start, so retained messages are due.
-    for delivery in broker.router().subscribe(&session_id, connection, &restored) {
-        deliver(broker, &mut session, delivery);
-    }
+    session.owe_retained(broker.router().subscribe_paced(&session_id, connection, &restored));
     broker.drain_events(&session_id, connection, &mut session, &mut Vec::new());
     if buffer.is_empty() {
         // CONNECT's bytes are consumed; keep no buffer for the next packet.
@@ -261,17 +284,24 @@ where
     let mut unblocked: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
     let mut blocked_until: Option<tokio::time::Instant> = None;
 
-    let ended = loop {
-        while let Some(packet) = session.poll_transmit() {
-            if let Packet::Publish(_) = packet {
-                broker.usage().message_out();
+    let ended = 'connection: loop {
+        // Written as it is encoded, a bounded batch at a time: what the session has to send
+        // is never all encoded at once.
+        loop {
+            while out.len() < WRITE_BATCH
+                && let Some(packet) = session.poll_transmit()
+            {
+                if let Packet::Publish(_) = packet {
+                    broker.usage().message_out();
+                }
+                m::packet_out(&packet);
+                if let Err(error) = codec::encode(&packet, &mut out) {
+                    tracing::warn!(?error, "could not encode an outgoing packet");
+                }
             }
-            m::packet_out(&packet);
-            if let Err(error) = codec::encode(&packet, &mut out) {
-                tracing::warn!(?error, "could not encode an outgoing packet");
+            if out.is_empty() {
+                break;
             }
-        }
-        if !out.is_empty() {
             m::bytes_out(out.len());
             // A client that stops reading blocks this write; a kick (slow consumer, takeover,
             // shutdown) must still get through, and deliveries arriving meanwhile must not
@@ -292,8 +322,8 @@ where
             };
             match written {
                 Ok(Ok(())) => {}
-                Ok(Err(error)) => break Ended::Io(error),
-                Err(kick) => break Ended::Kicked(kick),
+                Ok(Err(error)) => break 'connection Ended::Io(error),
+                Err(kick) => break 'connection Ended::Kicked(kick),
             }
             out.clear();
             if out.capacity() > KEEP_BUFFER {
@@ -332,6 +362,12 @@ where
                 (unblocked, blocked_until) = (None, None);
                 blocked.clear();
                 session.excuse_silence(Instant::now());
+            }
+            // Everything above is written: the next page of retained messages, if one is due.
+            // A branch of its own, so reads, kicks and the keepalive still take turns with a
+            // subscription owed a million of them.
+            () = std::future::ready(()), if session.retained_due().is_some() => {
+                send_retained(broker, &mut session);
             }
             () = woken_or_ready(&link, woken) => {
                 woken = false;
@@ -373,11 +409,13 @@ where
     let graceful =
         matches!(ended, Ended::Session(Close::Disconnect) | Ended::Kicked(Kick::Shutdown));
     let will = if graceful { None } else { session.take_will() };
+    // Kept for the will's check after the session is parked.
+    let principal = session.principal().clone();
     // Parked (or forgotten) before the last flush: the router closes the link as it parks, so
     // deliveries arriving while this task still flushes are queued for the session instead of
     // refused by a closed inbox.
     let filters: Vec<String> = session.filters().map(str::to_owned).collect();
-    broker.router().disconnect(&session_id, connection, session.park(), &filters);
+    broker.router().disconnect(&session_id, connection, session.park_at(Instant::now()), &filters);
     // Empty unless another connection had already replaced this one: then nothing will read
     // what waits, so its reservations are given back.
     for delivery in link.close() {
@@ -392,7 +430,14 @@ where
     })
     .await;
     if let Some(will) = will {
-        broker.publish(will);
+        // Checked at CONNECT, and again now: what a client may publish can change while it is
+        // connected (a device transferred away from an application's account, SPEC §6).
+        if principal.may_publish(&will.topic, broker.view()) {
+            broker.publish(will);
+        } else {
+            m::publish_denied();
+            tracing::debug!(%peer, session = %session_id, topic = %will.topic, "will no longer permitted: dropped");
+        }
     }
     drop(finish);
     m::connection_closed();
@@ -411,6 +456,36 @@ fn unbox<T>(boxed: Box<T>) -> T {
 async fn woken_or_ready(link: &Link, already: bool) {
     if !already {
         link.woken().await;
+    }
+}
+
+/// Hands the session the next page of retained messages it owes, through the queue budget like
+/// a live delivery: under memory pressure QoS 0 is shed first, then everything.
+fn send_retained(broker: &Broker, session: &mut Session) {
+    let room = session.room();
+    let Some(cursor) = session.retained_due() else { return };
+    let max = if cursor.qos == 0 { RETAINED_PAGE } else { RETAINED_PAGE.min(room) };
+    let downlink_only = cursor.downlink_only();
+    let (page, done) = broker.router().retained_page(cursor, max);
+    if done {
+        session.retained_done();
+    }
+    let budget = broker.router().budget();
+    for delivery in page {
+        // Only what the implicit route carries: a retained message on the device's uplink
+        // topics (set by another client) is not downlink.
+        if downlink_only && !acl::carries_downlink(&delivery.message.topic) {
+            continue;
+        }
+        let load = Load::of(&delivery);
+        if let Err(shed) = budget.reserve(load.bytes, delivery.qos, false) {
+            m::limited(shed.label());
+            m::dropped("retained_shed");
+            continue;
+        }
+        // What the session keeps is accounted as its `held` load, as for the inbox.
+        budget.release(load);
+        deliver(broker, session, delivery);
     }
 }
 
@@ -565,9 +640,8 @@ impl Broker {
                     self.publish_from(message, blocked);
                 }
                 Event::Subscribe(filters) => {
-                    for delivery in self.router().subscribe(session_id, connection, &filters) {
-                        deliver(self, session, delivery);
-                    }
+                    let cursors = self.router().subscribe_paced(session_id, connection, &filters);
+                    session.owe_retained(cursors);
                     self.keep_device_subscriptions(session);
                 }
                 Event::Unsubscribe(filters) => {

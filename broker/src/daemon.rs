@@ -16,8 +16,7 @@ use meridian_registry::clock::{Clock, SystemClock};
 use meridian_registry::ids::InstanceId;
 use meridian_registry::model::InstanceUsage;
 
-use crate::acl::Profile;
-use crate::auth::{ApplicationCredential, Authenticator, Secret};
+use crate::auth::{ApplicationCredential, Authenticator, Profiles, Secret};
 use crate::broker::Broker;
 use crate::config::BrokerConfig;
 use crate::tls::{self, TlsAcceptor, TlsError};
@@ -140,14 +139,13 @@ pub async fn start_with(
             (name.clone(), credential)
         })
         .collect();
-    let profile = Profile::standard(config.limits.max_packet, config.limits.max_subscriptions);
     let auth = Authenticator::new(
         config.instance.clone(),
         view.clone(),
         users,
         applications,
         config.allow_anonymous,
-        profile,
+        Profiles::from_limits(&config.limits),
     );
     let broker = Broker::new(auth, config.limits);
 
@@ -268,7 +266,7 @@ async fn sample_memory(broker: Arc<Broker>, stopped: watch::Receiver<bool>) {
         tokio::select! {
             _ = every.tick() => {
                 if let Some(rss) = crate::memory::resident_bytes() {
-                    budget.memory().sample(rss, budget.used().bytes);
+                    budget.memory().sample(rss, budget.tracked());
                     crate::metrics::resident(rss);
                 }
             }

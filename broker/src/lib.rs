@@ -24,7 +24,7 @@ pub mod kept;
 pub mod link;
 pub mod memory;
 mod metrics;
-mod retained;
+pub mod retained;
 pub mod router;
 pub mod session;
 pub mod tls;

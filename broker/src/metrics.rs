@@ -61,6 +61,11 @@ pub fn limited(limit: &'static str) {
     counter!("meridian_broker_limited_total", "limit" => limit).increment(1);
 }
 
+/// Parked persistent sessions forgotten because their expiry passed.
+pub fn expired_sessions(count: usize) {
+    counter!("meridian_broker_limited_total", "limit" => "session_expired").increment(count as u64);
+}
+
 /// The broker-wide queue budget's use.
 pub fn queued(messages: usize, bytes: usize) {
     gauge!("meridian_broker_queued_messages").set(messages as f64);

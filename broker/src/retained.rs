@@ -21,23 +21,66 @@ pub struct RetainedFull;
 
 #[derive(Debug)]
 pub struct Retained {
-    by_topic: BTreeMap<Arc<str>, Arc<Message>>,
+    by_topic: BTreeMap<Arc<str>, Entry>,
     /// Topic and payload bytes of every stored message.
     bytes: usize,
     max_messages: usize,
     max_bytes: usize,
+    /// Stamped on each stored message, so a [`RetainedCursor`] can tell what was stored after
+    /// its subscription was made.
+    sequence: u64,
 }
+
+#[derive(Debug)]
+struct Entry {
+    message: Arc<Message>,
+    sequence: u64,
+}
+
+/// Where the retained messages owed to one new subscription are read next: a filter and the
+/// last topic read, so a subscription owed a million messages costs two strings until they
+/// are sent, a page at a time, as its connection drains ([`Retained::page`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetainedCursor {
+    pub filter: String,
+    /// The subscription's granted QoS.
+    pub qos: u8,
+    /// The last topic read; `None` before the first page.
+    after: Option<Arc<str>>,
+    /// Messages stored after the subscription was made are not sent from here: the
+    /// subscription already received them as they were published.
+    upto: u64,
+    /// A device's implicit downlink: only messages it carries are sent (see
+    /// [`crate::acl::carries_downlink`]).
+    downlink_only: bool,
+}
+
+impl RetainedCursor {
+    /// The same cursor, for a device's implicit downlink.
+    pub fn for_downlink(self) -> RetainedCursor {
+        RetainedCursor { downlink_only: true, ..self }
+    }
+
+    /// Whether only the messages a device's implicit downlink carries are due.
+    pub fn downlink_only(&self) -> bool {
+        self.downlink_only
+    }
+}
+
+/// Topics one [`Retained::page`] looks at, matching or not, so a filter that matches little of
+/// a large store holds the store's lock for a bounded time per page.
+const SCAN: usize = 4096;
 
 impl Retained {
     pub fn new(max_messages: usize, max_bytes: usize) -> Retained {
-        Retained { by_topic: BTreeMap::new(), bytes: 0, max_messages, max_bytes }
+        Retained { by_topic: BTreeMap::new(), bytes: 0, max_messages, max_bytes, sequence: 0 }
     }
 
     /// Stores `message` as its topic's retained message, or deletes it when the payload is
     /// empty. A message that would take the store past either cap is refused; replacing a
     /// topic's message with one no larger always fits.
     pub fn update(&mut self, message: &Arc<Message>) -> Result<(), RetainedFull> {
-        let existing = self.by_topic.get(&message.topic).map(|old| size(old));
+        let existing = self.by_topic.get(&message.topic).map(|old| size(&old.message));
         if message.payload.is_empty() {
             if let Some(old) = existing {
                 self.by_topic.remove(&message.topic);
@@ -51,44 +94,107 @@ impl Retained {
         if messages > self.max_messages || bytes > self.max_bytes {
             return Err(RetainedFull);
         }
-        self.by_topic.insert(message.topic.clone(), message.clone());
+        self.sequence += 1;
+        let entry = Entry { message: message.clone(), sequence: self.sequence };
+        self.by_topic.insert(message.topic.clone(), entry);
         self.bytes = bytes;
         Ok(())
     }
 
-    /// Retained messages whose topic `filter` matches.
-    pub fn matching(&self, filter: &str) -> Vec<&Arc<Message>> {
+    /// A cursor over the messages `filter` matches now, for a subscription granted `qos`.
+    pub fn cursor(&self, filter: String, qos: u8) -> RetainedCursor {
+        RetainedCursor { filter, qos, after: None, upto: self.sequence, downlink_only: false }
+    }
+
+    /// The next messages for `cursor`: at most `max_messages`, adding up to at most
+    /// `max_bytes` of payload (but always at least one message when one is due), from at most
+    /// [`SCAN`] topics. Returns them and whether the cursor is done.
+    pub fn page(
+        &self,
+        cursor: &mut RetainedCursor,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> (Vec<Arc<Message>>, bool) {
+        let filter = cursor.filter.as_str();
         let levels: Vec<&str> = filter.split('/').collect();
         let Some(wildcard) = levels.iter().position(|level| *level == "+" || *level == "#") else {
-            return self.by_topic.get(filter).into_iter().collect();
+            // No wildcard: one topic, read once.
+            let found = match (&cursor.after, self.by_topic.get(filter)) {
+                (None, Some(entry)) if entry.sequence <= cursor.upto => {
+                    vec![entry.message.clone()]
+                }
+                _ => Vec::new(),
+            };
+            return (found, true);
         };
-        let mut found: Vec<&Arc<Message>> = if wildcard == 0 {
-            self.by_topic.values().collect()
+        // Literal levels before the first wildcard name a range: `status/+/temp` reads only
+        // topics under `status/`, and a device's downlink `/sys/{pk}/{dn}/#` only its own.
+        // `a/#` also matches `a` itself, which sorts before the `a/` range.
+        let (parent, prefix) = if wildcard == 0 {
+            (None, String::new())
         } else {
             let parent = levels[..wildcard].join("/");
-            // `a/#` also matches `a` itself, which sorts before the `a/` range.
-            let mut found: Vec<_> = self.by_topic.get(parent.as_str()).into_iter().collect();
-            let prefix = parent + "/";
-            found.extend(
-                self.by_topic
-                    .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
-                    .take_while(|(topic, _)| topic.starts_with(&prefix))
-                    .map(|(_, message)| message),
-            );
-            found
+            let prefix = format!("{parent}/");
+            (Some(parent), prefix)
         };
-        found.retain(|message| topic::matches(filter, &message.topic));
-        found
+        let mut found = Vec::new();
+        let mut bytes = 0;
+        if let (None, Some(parent)) = (&cursor.after, &parent) {
+            if let Some(entry) = self.by_topic.get(parent.as_str())
+                && entry.sequence <= cursor.upto
+                && topic::matches(filter, parent)
+            {
+                bytes += entry.message.payload.len();
+                found.push(entry.message.clone());
+            }
+            cursor.after = Some(parent.as_str().into());
+        }
+        let start = match &cursor.after {
+            Some(after) if **after >= *prefix => Bound::Excluded(after.as_ref()),
+            _ => Bound::Included(prefix.as_str()),
+        };
+        let mut range = self
+            .by_topic
+            .range::<str, _>((start, Bound::Unbounded))
+            .take_while(|(topic, _)| topic.starts_with(&prefix));
+        for _ in 0..SCAN {
+            if found.len() >= max_messages || (bytes >= max_bytes && !found.is_empty()) {
+                return (found, false);
+            }
+            let Some((topic, entry)) = range.next() else {
+                return (found, true);
+            };
+            cursor.after = Some(topic.clone());
+            if entry.sequence <= cursor.upto && topic::matches(filter, topic) {
+                bytes += entry.message.payload.len();
+                found.push(entry.message.clone());
+            }
+        }
+        (found, false)
+    }
+
+    /// Retained messages whose topic `filter` matches.
+    #[cfg(test)]
+    pub fn matching(&self, filter: &str) -> Vec<Arc<Message>> {
+        let mut cursor = self.cursor(filter.to_owned(), 0);
+        let mut all = Vec::new();
+        loop {
+            let (page, done) = self.page(&mut cursor, usize::MAX, usize::MAX);
+            all.extend(page);
+            if done {
+                return all;
+            }
+        }
     }
 
     /// Deletes every stored message `forget` picks; returns how many. Reads every topic, so it
     /// is for rare events (an ownership change), not per message.
     pub fn forget(&mut self, mut forget: impl FnMut(&Message) -> bool) -> usize {
         let (before, mut freed) = (self.by_topic.len(), 0);
-        self.by_topic.retain(|_, message| {
-            let keep = !forget(message);
+        self.by_topic.retain(|_, entry| {
+            let keep = !forget(&entry.message);
             if !keep {
-                freed += size(message);
+                freed += size(&entry.message);
             }
             keep
         });
@@ -159,6 +265,49 @@ mod tests {
         assert_eq!(topics(&retained, "$SYS/#"), ["$SYS/up"]);
         assert!(topics(&retained, "nothing/#").is_empty());
         assert!(topics(&retained, "a/b/c/d").is_empty());
+    }
+
+    /// A cursor resumes after the last topic it read, skips what was stored after it was made
+    /// (the subscription got those live), and looks at a bounded number of topics per page.
+    #[test]
+    fn cursors_page_from_a_snapshot_of_sequence_numbers() {
+        let mut retained = Retained::new(100_000, 1 << 30);
+        for n in 0..10 {
+            retained.update(&message(&format!("a/{n}"), "v")).unwrap();
+        }
+        retained.update(&message("a", "parent")).unwrap();
+        retained.update(&message("a!", "sibling")).unwrap();
+        let mut cursor = retained.cursor("a/#".into(), 1);
+        let (first, done) = retained.page(&mut cursor, 4, usize::MAX);
+        assert!(!done);
+        let topics = |page: &[Arc<Message>]| -> Vec<String> {
+            page.iter().map(|m| m.topic.to_string()).collect()
+        };
+        assert_eq!(topics(&first), ["a", "a/0", "a/1", "a/2"]);
+        // After the cursor was made: a new topic, a replaced one, a deleted one.
+        retained.update(&message("a/99", "new")).unwrap();
+        retained.update(&message("a/5", "replaced")).unwrap();
+        retained.update(&message("a/6", "")).unwrap();
+        let (rest, done) = retained.page(&mut cursor, 100, usize::MAX);
+        assert!(done);
+        assert_eq!(topics(&rest), ["a/3", "a/4", "a/7", "a/8", "a/9"]);
+
+        // The byte bound ends a page, but a page holds at least one message.
+        let mut cursor = retained.cursor("a/+".into(), 0);
+        let (page, _) = retained.page(&mut cursor, 100, 1);
+        assert_eq!(page.len(), 1);
+
+        // A filter matching nothing of a large store reads it a bounded slice at a time.
+        for n in 0..SCAN + 10 {
+            retained.update(&message(&format!("b/{n}"), "v")).unwrap();
+        }
+        let mut cursor = retained.cursor("+/none".into(), 0);
+        assert_eq!(retained.page(&mut cursor, 10, usize::MAX), (Vec::new(), false));
+        let (_, done) = retained.page(&mut cursor, 10, usize::MAX);
+        assert!(done);
+        // An exact filter is one look-up.
+        let mut cursor = retained.cursor("a/1".into(), 0);
+        assert_eq!(topics(&retained.page(&mut cursor, 10, usize::MAX).0), ["a/1"]);
     }
 
     #[test]

@@ -7,12 +7,12 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::acl::{DOWNLINK_QOS, Origin, downlink_session};
-use crate::budget::{Load, QueueBudget};
+use crate::budget::{Load, QueueBudget, parked_cost, subscription_cost};
 use crate::link::{Link, Refused};
-use crate::retained::Retained;
+use crate::retained::{Retained, RetainedCursor};
 use crate::session::{Delivery, Limits, Message, Parked};
 use crate::trie::SubscriptionIndex;
 
@@ -57,9 +57,14 @@ pub struct Router {
     /// Consecutive full-inbox drops after which a slow consumer is disconnected.
     slow_consumer_drops: u32,
     /// The broker-wide cap on queued deliveries: the router reserves for what it puts in a
-    /// connection's inbox or a parked session and releases parked state it drops.
-    budget: QueueBudget,
+    /// connection's inbox or a parked session and releases parked state it drops. Shared with
+    /// every session, which reserves its subscriptions' share of session state.
+    budget: Arc<QueueBudget>,
 }
+
+/// Payload bytes one page of retained messages holds (at least one message): what one
+/// connection encodes and writes before it reads the store again.
+pub const RETAINED_PAGE_BYTES: usize = 64 * 1024;
 
 /// How long a new connection waits for the one it takes over to finish before replacing it
 /// anyway.
@@ -73,13 +78,13 @@ impl Router {
             sessions: Mutex::new(HashMap::new()),
             limits,
             slow_consumer_drops,
-            budget: QueueBudget::unlimited(),
+            budget: Arc::new(QueueBudget::unlimited()),
         }
     }
 
     /// Caps what all sessions together may queue (see [`crate::budget`]).
     pub fn with_queue_budget(mut self, budget: QueueBudget) -> Router {
-        self.budget = budget;
+        self.budget = Arc::new(budget);
         self
     }
 
@@ -93,7 +98,7 @@ impl Router {
         &self.limits
     }
 
-    pub fn budget(&self) -> &QueueBudget {
+    pub fn budget(&self) -> &Arc<QueueBudget> {
         &self.budget
     }
 
@@ -126,7 +131,10 @@ impl Router {
                         );
                         drop(sessions);
                         let parked = match previous {
-                            Some(Slot::Offline(parked)) => Some(*parked),
+                            Some(Slot::Offline(parked)) => {
+                                self.budget.release_state(parked_cost(session_id));
+                                Some(*parked)
+                            }
                             // Replaced without its state: the wait ran out, or its task ended
                             // without `disconnect`. Its filters are known only to that task,
                             // and its later `disconnect` is stale, so whatever the index holds
@@ -135,7 +143,11 @@ impl Router {
                             // it never subscribed to. The old task can add no more: a stale
                             // connection's `subscribe` is ignored.
                             Some(Slot::Online { .. }) => {
-                                write(&self.index).remove_session(session_id);
+                                let (bytes, removed) =
+                                    write(&self.index).remove_session(session_id);
+                                self.budget.release_state(
+                                    bytes + removed * crate::budget::SUBSCRIPTION_COST,
+                                );
                                 None
                             }
                             None => None,
@@ -143,8 +155,7 @@ impl Router {
                         return match (clean, parked) {
                             (false, parked) => parked,
                             (true, Some(old)) => {
-                                self.budget.release(old.load());
-                                self.remove_subscriptions(session_id, old.subscriptions.keys());
+                                self.discard(session_id, old);
                                 None
                             }
                             (true, None) => None,
@@ -183,7 +194,18 @@ impl Router {
             return;
         }
         let waiting = link.close();
-        if *clean {
+        // A session parked for no time, or beyond the session-state budget, is forgotten like
+        // a clean one.
+        let kept = !*clean && parked.expires.is_none_or(|expires| expires > Instant::now());
+        let fits = kept
+            && match self.budget.reserve_state(parked_cost(session_id)) {
+                Ok(()) => true,
+                Err(shed) => {
+                    crate::metrics::limited(shed.label());
+                    false
+                }
+            };
+        if !fits {
             self.budget.release(parked.load());
             for delivery in &waiting {
                 self.budget.release(Load::of(delivery));
@@ -204,15 +226,49 @@ impl Router {
         sessions.insert(session_id.clone(), Slot::Offline(Box::new(parked)));
     }
 
-    /// Adds subscriptions of connection `connection` and returns the retained messages they
-    /// match. A connection that no longer holds the session (replaced by a takeover) changes
-    /// nothing and gets nothing.
-    pub fn subscribe(
+    /// Forgets the parked sessions whose expiry has passed at `now`, with their subscriptions
+    /// and queued messages. Returns how many. The broker calls it every few seconds; a client
+    /// returning in between finds its session expired at CONNECT ([`Parked::expired`]).
+    pub fn expire(&self, now: Instant) -> usize {
+        let mut expired = Vec::new();
+        lock(&self.sessions).retain(|session_id, slot| match slot {
+            Slot::Offline(parked) if parked.expired(now) => {
+                expired.push((session_id.clone(), std::mem::take(&mut **parked)));
+                false
+            }
+            _ => true,
+        });
+        let count = expired.len();
+        for (session_id, parked) in expired {
+            self.budget.release_state(parked_cost(&session_id));
+            self.discard(&session_id, parked);
+        }
+        count
+    }
+
+    /// Drops a parked session that will not be resumed (taken by a clean CONNECT, expired):
+    /// gives back what it held and removes its subscriptions.
+    pub fn discard(&self, session_id: &Arc<str>, parked: Parked) {
+        self.budget.release(parked.load());
+        self.remove_subscriptions(session_id, parked.subscriptions.keys());
+    }
+
+    /// Parked sessions, for tests and metrics.
+    pub fn parked_count(&self) -> usize {
+        lock(&self.sessions).values().filter(|slot| matches!(slot, Slot::Offline(_))).count()
+    }
+
+    /// Adds subscriptions of connection `connection` and returns, for each, a cursor over the
+    /// retained messages it matches: they are sent a page at a time
+    /// ([`Router::retained_page`]) as the connection drains, never all at once. A connection
+    /// that no longer holds the session (replaced by a takeover) changes nothing and gets
+    /// nothing.
+    pub fn subscribe_paced(
         &self,
         session_id: &Arc<str>,
         connection: u64,
         filters: &[(String, u8)],
-    ) -> Vec<Delivery> {
+    ) -> Vec<RetainedCursor> {
         {
             // The table's lock is held across the insert, so a takeover cannot clear the
             // session's entries between the check and the insert.
@@ -225,21 +281,68 @@ impl Router {
                 index.insert(filter, session_id.clone(), *qos);
             }
         }
-        self.retained(filters)
+        // Taken after the index holds the subscriptions: whatever is retained later reaches
+        // them as a live publish, and the cursor skips it.
+        self.retained_cursors(filters)
     }
 
-    /// The retained messages `filters` match, as deliveries at the lower of each message's and
-    /// the filter's QoS.
-    pub fn retained(&self, filters: &[(String, u8)]) -> Vec<Delivery> {
+    /// Cursors over the retained messages `filters` match now (a device's implicit downlink,
+    /// which is subscribed without the index).
+    pub fn retained_cursors(&self, filters: &[(String, u8)]) -> Vec<RetainedCursor> {
         let retained = read(&self.retained);
+        filters.iter().map(|(filter, qos)| retained.cursor(filter.clone(), *qos)).collect()
+    }
+
+    /// The next page of `cursor`'s retained messages (at most `max_messages`, and about
+    /// [`RETAINED_PAGE_BYTES`] of payload), as deliveries at the lower of each message's and
+    /// the subscription's QoS; and whether the cursor is done.
+    pub fn retained_page(
+        &self,
+        cursor: &mut RetainedCursor,
+        max_messages: usize,
+    ) -> (Vec<Delivery>, bool) {
+        let (messages, done) = read(&self.retained).page(cursor, max_messages, RETAINED_PAGE_BYTES);
+        let qos = cursor.qos;
+        let deliveries = messages
+            .into_iter()
+            .map(|message| Delivery { qos: message.qos.min(qos), message, retain: true })
+            .collect();
+        (deliveries, done)
+    }
+
+    /// Adds subscriptions and returns every retained message they match, all pages at once
+    /// (tests of what is matched, not of how it is paced).
+    #[cfg(test)]
+    pub fn subscribe(
+        &self,
+        session_id: &Arc<str>,
+        connection: u64,
+        filters: &[(String, u8)],
+    ) -> Vec<Delivery> {
         let mut deliveries = Vec::new();
-        for (filter, qos) in filters {
-            for message in retained.matching(filter) {
-                deliveries.push(Delivery {
-                    message: message.clone(),
-                    qos: message.qos.min(*qos),
-                    retain: true,
-                });
+        for mut cursor in self.subscribe_paced(session_id, connection, filters) {
+            loop {
+                let (page, done) = self.retained_page(&mut cursor, usize::MAX);
+                deliveries.extend(page);
+                if done {
+                    break;
+                }
+            }
+        }
+        deliveries
+    }
+
+    /// The retained messages `filters` match, all at once (tests).
+    #[cfg(test)]
+    pub fn retained(&self, filters: &[(String, u8)]) -> Vec<Delivery> {
+        let mut deliveries = Vec::new();
+        for mut cursor in self.retained_cursors(filters) {
+            loop {
+                let (page, done) = self.retained_page(&mut cursor, usize::MAX);
+                deliveries.extend(page);
+                if done {
+                    break;
+                }
             }
         }
         deliveries
@@ -260,6 +363,8 @@ impl Router {
         let mut index = write(&self.index);
         for filter in filters {
             index.remove(filter, session_id);
+            // Reserved by the session that subscribed (see `Session::with_budget`).
+            self.budget.release_state(subscription_cost(filter));
         }
     }
 
@@ -271,6 +376,8 @@ impl Router {
         let mut index = write(&self.index);
         for filter in filters {
             index.remove(filter, session_id);
+            // Reserved by the session that subscribed (see `Session::with_budget`).
+            self.budget.release_state(subscription_cost(filter));
         }
     }
 

@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mqttbytes::QoS;
 use mqttbytes::v4::{
-    Packet, PubAck, PubComp, PubRec, PubRel, Publish, SubAck, Subscribe, SubscribeReasonCode,
-    UnsubAck, Unsubscribe,
+    LastWill, Packet, PubAck, PubComp, PubRec, PubRel, Publish, SubAck, Subscribe,
+    SubscribeReasonCode, UnsubAck, Unsubscribe,
 };
 
 use crate::acl::{Origin, Principal, Profile};
-use crate::budget::Load;
+use crate::budget::{Load, QueueBudget, subscription_cost};
+use crate::retained::RetainedCursor;
 use crate::topic;
 use crate::view::RegistryView;
 
@@ -71,6 +72,57 @@ pub enum Close {
     ProtocolViolation(&'static str),
 }
 
+/// Why a CONNECT's will was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WillRefused {
+    /// The will breaks a rule a PUBLISH on its topic would break and close the connection for:
+    /// its topic is not a valid topic name (empty, a wildcard, U+0000) or is longer than the
+    /// client's profile allows, or its QoS or payload exceed the profile. MQTT-3.1.4-1: the
+    /// connection is closed without CONNACK.
+    #[error("malformed will: {0}")]
+    Malformed(&'static str),
+    /// The client may not publish on the will's topic (SPEC §3): CONNACK 5 "not authorized".
+    #[error("will topic not permitted")]
+    NotPermitted,
+}
+
+/// Checks a CONNECT's will exactly as a PUBLISH of it would be checked, at CONNECT, for every
+/// kind of client: a client must not leave behind a message it could not have sent itself (an
+/// application client's will on another account's device downlink, a device's on another
+/// device's topic). Returns the message to publish if the connection ends without DISCONNECT:
+/// `None` when the profile keeps no wills (devices, SPEC §3), and its retain flag cleared when
+/// the profile keeps no retained messages, as for a PUBLISH.
+pub fn check_will(
+    principal: &Principal,
+    profile: &Profile,
+    will: LastWill,
+    view: &RegistryView,
+) -> Result<Option<Message>, WillRefused> {
+    let qos = will.qos as u8;
+    if qos > profile.max_qos {
+        return Err(WillRefused::Malformed("will QoS above this client's profile"));
+    }
+    if will.message.len() > profile.max_payload {
+        return Err(WillRefused::Malformed("will payload above this client's limit"));
+    }
+    if topic::validate_name(&will.topic, profile.max_topic_len).is_err() {
+        return Err(WillRefused::Malformed("invalid will topic"));
+    }
+    if !principal.may_publish(&will.topic, view) {
+        return Err(WillRefused::NotPermitted);
+    }
+    if !profile.will {
+        return Ok(None);
+    }
+    Ok(Some(Message {
+        topic: will.topic.into(),
+        payload: will.message,
+        qos,
+        retain: will.retain && profile.retain,
+        origin: principal.origin(),
+    }))
+}
+
 /// Tunables shared by every session of a broker.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -92,6 +144,10 @@ pub struct Parked {
     pending: VecDeque<Delivery>,
     incoming_qos2: BTreeSet<u16>,
     next_pkid: u16,
+    /// Retained messages still owed to subscriptions made before the connection ended.
+    retained: VecDeque<RetainedCursor>,
+    /// When the session is forgotten if its client has not come back; `None`: never.
+    pub expires: Option<Instant>,
     /// Messages dropped while parked because the queue was full (or they were QoS 0).
     pub dropped: u64,
 }
@@ -117,6 +173,11 @@ impl Parked {
 
     pub fn queued(&self) -> usize {
         self.pending.len() + self.inflight.len()
+    }
+
+    /// Whether the session's expiry has passed at `now`.
+    pub fn expired(&self, now: Instant) -> bool {
+        self.expires.is_some_and(|expires| expires <= now)
     }
 
     /// Keeps the queued deliveries `keep` accepts and returns the others, so their share of
@@ -165,6 +226,12 @@ pub struct Session {
     will: Option<Box<Message>>,
     /// Filters the client subscribed to, with the granted QoS.
     subscriptions: HashMap<String, u8>,
+    /// Bytes of the filters in `subscriptions`, against the profile's
+    /// `max_subscription_bytes`.
+    subscription_bytes: usize,
+    /// Where each new subscription reserves its share of the broker's session state (the
+    /// router gives it back when it removes the subscription); `None` counts nothing (tests).
+    budget: Option<Arc<QueueBudget>>,
     next_pkid: u16,
     inflight: BTreeMap<u16, Inflight>,
     pending: VecDeque<Delivery>,
@@ -173,6 +240,10 @@ pub struct Session {
     incoming_qos2: BTreeSet<u16>,
     transmit: VecDeque<Packet>,
     events: VecDeque<Event>,
+    /// Retained messages owed to new subscriptions, oldest subscription first, one cursor per
+    /// filter: the driver reads them a page at a time while the client keeps up
+    /// ([`Session::retained_due`]), so what one SUBSCRIBE owes never sits in memory at once.
+    retained: VecDeque<RetainedCursor>,
     /// Messages dropped because the queue was full.
     dropped: u64,
 }
@@ -199,13 +270,16 @@ impl Session {
             keep_alive,
             deadline: None,
             will: if profile.will { will.map(Box::new) } else { None },
+            subscription_bytes: parked.subscriptions.keys().map(String::len).sum(),
             subscriptions: parked.subscriptions,
+            budget: None,
             next_pkid: parked.next_pkid,
             inflight: BTreeMap::new(),
             pending: parked.pending,
             incoming_qos2: parked.incoming_qos2,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
+            retained: parked.retained,
             dropped: parked.dropped,
         };
         session.touch(now);
@@ -226,6 +300,13 @@ impl Session {
         }
         session.fill_window();
         session
+    }
+
+    /// Reserves each new subscription's share of the broker's session state in `budget`; a
+    /// filter it has no room for gets SUBACK 0x80.
+    pub fn with_budget(mut self, budget: Arc<QueueBudget>) -> Session {
+        self.budget = Some(budget);
+        self
     }
 
     pub fn principal(&self) -> &Principal {
@@ -249,9 +330,9 @@ impl Session {
 
     /// Subscribes the client to `kept` without a SUBSCRIBE: a device's subscriptions restored
     /// by the platform (SPEC §2). Each filter passes the same checks a SUBSCRIBE would (valid,
-    /// not too deep, allowed by the ACL now, within the subscription limit), at most at the
-    /// profile's QoS; filters already held keep their grant. Returns the filters added, for
-    /// the router.
+    /// not too deep, allowed by the ACL now, within the subscription limit and subscription
+    /// bytes, room in the broker's session-state budget), at most at the profile's QoS;
+    /// filters already held keep their grant. Returns the filters added, for the router.
     pub fn restore<'a>(
         &mut self,
         kept: impl IntoIterator<Item = (&'a String, &'a u8)>,
@@ -263,11 +344,18 @@ impl Session {
                 || self.subscriptions.len() >= self.profile.max_subscriptions
                 || topic::validate_filter(filter, self.profile.max_topic_len).is_err()
                 || filter.split('/').count() > self.limits.max_topic_levels
+                || self.subscription_bytes + filter.len() > self.profile.max_subscription_bytes
                 || !self.principal.may_subscribe(filter, view)
             {
                 continue;
             }
+            if let Some(budget) = &self.budget
+                && budget.reserve_state(subscription_cost(filter)).is_err()
+            {
+                continue;
+            }
             let qos = (*qos).min(self.profile.max_qos);
+            self.subscription_bytes += filter.len();
             self.subscriptions.insert(filter.clone(), qos);
             added.push((filter.clone(), qos));
         }
@@ -403,14 +491,36 @@ impl Session {
             if deep {
                 self.events.push_back(Event::Limited("topic_levels"));
             }
-            if full || deep || !self.principal.may_subscribe(&filter.path, view) {
+            let heavy = fresh
+                && self.subscription_bytes + filter.path.len()
+                    > self.profile.max_subscription_bytes;
+            if heavy {
+                self.events.push_back(Event::Limited("subscription_bytes"));
+            }
+            if full || deep || heavy || !self.principal.may_subscribe(&filter.path, view) {
                 codes.push(SubscribeReasonCode::Failure);
                 continue;
+            }
+            if fresh
+                && let Some(budget) = &self.budget
+                && let Err(shed) = budget.reserve_state(subscription_cost(&filter.path))
+            {
+                self.events.push_back(Event::Limited(shed.label()));
+                codes.push(SubscribeReasonCode::Failure);
+                continue;
+            }
+            if fresh {
+                self.subscription_bytes += filter.path.len();
             }
             let qos = (filter.qos as u8).min(self.profile.max_qos);
             codes.push(SubscribeReasonCode::Success(qos_from(qos)));
             self.subscriptions.insert(filter.path.clone(), qos);
-            granted.push((filter.path, qos));
+            // A filter repeated in one SUBSCRIBE replaces its own subscription (MQTT-3.8.4-3):
+            // one subscription, one sending of its retained messages, at the last QoS asked.
+            match granted.iter_mut().find(|(path, _): &&mut (String, u8)| *path == filter.path) {
+                Some(repeated) => repeated.1 = qos,
+                None => granted.push((filter.path, qos)),
+            }
         }
         self.transmit.push_back(Packet::SubAck(SubAck::new(subscribe.pkid, codes)));
         if !granted.is_empty() {
@@ -433,11 +543,40 @@ impl Session {
             .into_iter()
             .filter(|filter| self.subscriptions.remove(filter).is_some())
             .collect();
+        self.subscription_bytes -= removed.iter().map(String::len).sum::<usize>();
+        self.retained.retain(|cursor| !removed.contains(&cursor.filter));
         self.transmit.push_back(Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)));
         if !removed.is_empty() {
             self.events.push_back(Event::Unsubscribe(removed));
         }
         Ok(())
+    }
+
+    /// Owes the retained messages of `cursors` (from the router, for the filters of an
+    /// [`Event::Subscribe`] or a device's implicit downlink). A cursor for a filter already
+    /// owed replaces it: a repeated subscription sends its retained messages once more
+    /// (MQTT-3.8.4-3), not once per repetition.
+    pub fn owe_retained(&mut self, cursors: impl IntoIterator<Item = RetainedCursor>) {
+        for cursor in cursors {
+            self.retained.retain(|owed| owed.filter != cursor.filter);
+            self.retained.push_back(cursor);
+        }
+    }
+
+    /// The cursor whose next page is due, if one is and the session has room for it: a QoS 0
+    /// subscription's pages are bounded by the driver's page size, a QoS 1/2 one's also by
+    /// [`Session::room`].
+    pub fn retained_due(&mut self) -> Option<&mut RetainedCursor> {
+        let room = self.room();
+        self.retained.front_mut().filter(|cursor| cursor.qos == 0 || room > 0)
+    }
+
+    /// The cursor [`Session::retained_due`] returned has nothing more to send.
+    pub fn retained_done(&mut self) {
+        self.retained.pop_front();
+        if self.retained.is_empty() {
+            self.retained = VecDeque::new();
+        }
     }
 
     /// QoS 1/2 deliveries [`Session::handle_delivery`] would take now without dropping: free
@@ -535,7 +674,14 @@ impl Session {
         self.will.take().map(|will| *will)
     }
 
-    /// The state to keep for a persistent session after its connection ends.
+    /// The state to keep for a persistent session whose connection ended at `now`: it expires
+    /// after the profile's `session_expiry`.
+    pub fn park_at(self, now: Instant) -> Parked {
+        let expires = now.checked_add(self.profile.session_expiry);
+        Parked { expires, ..self.park() }
+    }
+
+    /// The state to keep for a persistent session after its connection ends, for good.
     pub fn park(self) -> Parked {
         Parked {
             subscriptions: self.subscriptions,
@@ -543,6 +689,8 @@ impl Session {
             pending: self.pending,
             incoming_qos2: self.incoming_qos2,
             next_pkid: self.next_pkid,
+            retained: self.retained,
+            expires: None,
             dropped: self.dropped,
         }
     }

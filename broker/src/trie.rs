@@ -56,8 +56,11 @@ impl SubscriptionIndex {
     /// Removes every subscription of `session`, pruning branches left empty. It walks the
     /// whole trie, so it is for rare events only: a takeover that replaced a connection whose
     /// filters the router cannot ask for (see [`crate::router::Router::connect`]).
-    pub fn remove_session(&mut self, session: &str) {
-        self.filters -= remove_session_at(&mut self.root, session);
+    /// Returns the bytes of the filters removed, and how many.
+    pub fn remove_session(&mut self, session: &str) -> (usize, usize) {
+        let (removed, bytes) = remove_session_at(&mut self.root, session, None);
+        self.filters -= removed;
+        (bytes, removed)
     }
 
     /// Every session subscribed to a filter matching `topic`, each once, at the highest QoS
@@ -91,14 +94,27 @@ fn remove_at(node: &mut Node, levels: &[&str], session: &str) -> bool {
     }
 }
 
-fn remove_session_at(node: &mut Node, session: &str) -> usize {
-    let mut removed = usize::from(node.exact.remove(session).is_some())
-        + usize::from(node.multi.remove(session).is_some());
-    node.children.retain(|_, child| {
-        removed += remove_session_at(child, session);
+/// Removes `session` below `node`, whose filter prefix is `path_len` bytes long (`None` at the
+/// root); returns how many filters went and their bytes.
+fn remove_session_at(node: &mut Node, session: &str, path_len: Option<usize>) -> (usize, usize) {
+    let (mut removed, mut bytes) = (0, 0);
+    if node.exact.remove(session).is_some() {
+        removed += 1;
+        bytes += path_len.unwrap_or(0);
+    }
+    if node.multi.remove(session).is_some() {
+        // `{path}/#`, or `#` at the root.
+        removed += 1;
+        bytes += path_len.map_or(1, |len| len + 2);
+    }
+    node.children.retain(|level, child| {
+        let child_len = path_len.map_or(level.len(), |len| len + 1 + level.len());
+        let (r, b) = remove_session_at(child, session, Some(child_len));
+        removed += r;
+        bytes += b;
         !child.is_empty()
     });
-    removed
+    (removed, bytes)
 }
 
 fn collect(node: &Node, levels: &[&str], skip_wildcards: bool, found: &mut HashMap<Arc<str>, u8>) {

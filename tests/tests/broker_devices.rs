@@ -598,3 +598,87 @@ async fn a_device_deleted_while_the_feed_was_broken_is_refused_after_following_a
     assert_eq!(code("kept-1", "kept-secret-1").await, Code::Success, "the others stay");
     daemon.shutdown().await;
 }
+
+/// A CONNECT (keepalive 60 s) logging in as `login`, with a will of `qos` and `retain`.
+fn connect_with_will(
+    client_id: &str,
+    login: (&str, &str),
+    topic: &str,
+    qos: raw::QoS,
+    retain: bool,
+) -> Vec<u8> {
+    let mut connect = raw::connect(client_id, Some(login), 60);
+    connect.last_will = Some(mqttbytes::v4::LastWill::new(topic, "will", qos, retain));
+    raw::encode(&raw::Packet::Connect(connect))
+}
+
+/// A will is checked at CONNECT as a PUBLISH on its topic would be, for every kind of client.
+/// An application client may not leave a (retained) will on another tenant's device downlink,
+/// nor a device on another device's topics: CONNACK 5. A will topic that is no valid topic
+/// name closes the connection without CONNACK (MQTT-3.1.4-1). A permitted will still works.
+#[tokio::test]
+async fn wills_are_checked_like_publishes_at_connect() {
+    let registry = TestRegistry::new().await;
+    registry.device("lamp-1", "lamp-secret-1").await;
+    let broker = registry.broker(SHANGHAI, |_| {}).await;
+    let (mut watcher, _) =
+        Client::connect(meridian_tests::user_options(broker.addr, "watcher")).await.unwrap();
+    watcher.client.subscribe("#", QoS::AtLeastOnce).await.unwrap();
+    watcher.expect(|p| matches!(p, Packet::SubAck(_))).await;
+
+    // Another account's device downlink (the product is not the application's account's).
+    let foreign = "/sys/b13FN5TplKq/victim/thing/service/property/set";
+    let refused = [
+        connect_with_will("inject", APPLICATION, foreign, raw::QoS::AtLeastOnce, true),
+        connect_with_will(
+            "forge",
+            APPLICATION,
+            "/b13FN5TplKq/victim/user/update",
+            raw::QoS::AtMostOnce,
+            false,
+        ),
+        {
+            let signed = sign_connect(SdkShape::Python, PRODUCT, "lamp-1", "lamp-secret-1", None);
+            let other = format!("/sys/{PRODUCT}/lamp-2/thing/event/property/post");
+            let login = (signed.username.as_str(), signed.password.as_str());
+            connect_with_will(&signed.client_id, login, &other, raw::QoS::AtMostOnce, false)
+        },
+    ];
+    for (n, connect) in refused.iter().enumerate() {
+        let (mut stream, ack) = raw::open(broker.addr, connect).await;
+        assert_eq!(ack.code, Code::NotAuthorized, "will {n}");
+        let mut rest = Vec::new();
+        tokio::time::timeout(meridian_tests::HANG, stream.read_to_end(&mut rest))
+            .await
+            .expect("closed")
+            .unwrap();
+    }
+
+    // Not topic names: closed, no CONNACK.
+    for topic in ["", "/sys/+/victim/thing/service/property/set", "a/#"] {
+        let connect =
+            connect_with_will("bad", meridian_tests::USER, topic, raw::QoS::AtMostOnce, false);
+        let mut stream = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+        assert!(raw::handshake(&mut stream, &connect).await.is_err(), "{topic:?}: no CONNACK");
+    }
+
+    // The application's own device: its will is accepted and published on an abrupt close,
+    // and nothing the refused clients asked for was ever published or retained.
+    let own = format!("/{PRODUCT}/lamp-1/user/get");
+    let (stream, ack) = raw::open(
+        broker.addr,
+        &connect_with_will("backend", APPLICATION, &own, raw::QoS::AtLeastOnce, false),
+    )
+    .await;
+    assert_eq!(ack.code, Code::Success);
+    drop(stream);
+    let will = watcher.publish().await;
+    assert_eq!((will.topic.as_str(), will.payload.as_ref()), (own.as_str(), &b"will"[..]));
+
+    let (mut late, _) =
+        Client::connect(meridian_tests::user_options(broker.addr, "late")).await.unwrap();
+    late.client.subscribe("#", QoS::AtLeastOnce).await.unwrap();
+    late.expect(|p| matches!(p, Packet::SubAck(_))).await;
+    late.client.publish("marker", QoS::AtLeastOnce, false, "end").await.unwrap();
+    assert_eq!(late.publish().await.topic, "marker", "no retained will was left behind");
+}

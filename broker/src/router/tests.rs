@@ -723,3 +723,99 @@ async fn a_takeover_that_stops_waiting_drops_the_old_connections_subscriptions()
     router.publish(message("both", 1, "yes", false));
     assert_eq!(summary(&new.deliveries()), [("both".into(), "yes".into(), 1, false)]);
 }
+
+/// A parked session expires at its deadline, in virtual time: its subscriptions, its queued
+/// messages and its share of the budgets are given back; a session not yet due stays.
+#[tokio::test]
+async fn parked_sessions_expire_with_everything_they_held() {
+    let router = Router::new(LIMITS, 10).with_queue_budget(QueueBudget::unlimited());
+    let now = Instant::now();
+    let hour = Duration::from_secs(3600);
+    for (n, expiry) in [(1, hour), (2, 2 * hour)] {
+        let session_id = id(&format!("s{n}"));
+        let (link, _client) = handle(n, 16);
+        assert!(router.connect(&session_id, false, link).await.is_none());
+        let profile = crate::acl::Profile {
+            session_expiry: expiry,
+            ..crate::acl::Profile::standard(1024, 10)
+        };
+        let mut session = crate::session::Session::new(
+            now,
+            crate::acl::Principal::Standard { username: None },
+            profile,
+            LIMITS,
+            60,
+            None,
+            None,
+        )
+        .with_budget(router.budget().clone());
+        let subscribe =
+            mqttbytes::v4::Subscribe::new(format!("t/{n}"), mqttbytes::QoS::AtLeastOnce);
+        let mut subscribe = subscribe;
+        subscribe.pkid = 1;
+        let view = crate::view::RegistryView::default();
+        session.handle_packet(now, mqttbytes::v4::Packet::Subscribe(subscribe), &view).unwrap();
+        while let Some(event) = session.poll_event() {
+            if let crate::session::Event::Subscribe(filters) = event {
+                router.subscribe_paced(&session_id, n, &filters);
+            }
+        }
+        let filters: Vec<String> = session.filters().map(str::to_owned).collect();
+        router.disconnect(&session_id, n, session.park_at(now), &filters);
+        router.publish(message(&format!("t/{n}"), 1, "queued", false));
+    }
+    assert_eq!((router.parked_count(), router.subscription_count()), (2, 2));
+    let held = router.budget().state();
+    assert!(held > 0, "subscriptions and parked sessions count as session state");
+    assert_eq!(router.budget().used().messages, 2);
+
+    assert_eq!(router.expire(now + hour - Duration::from_millis(1)), 0, "none due yet");
+    assert_eq!(router.expire(now + hour), 1);
+    assert_eq!((router.parked_count(), router.subscription_count()), (1, 1));
+    assert_eq!(router.budget().used().messages, 1);
+    assert_eq!(router.budget().state(), held / 2, "one session's share given back");
+    assert_eq!(router.publish(message("t/1", 1, "late", false)), Routed::default());
+
+    assert_eq!(router.expire(now + 2 * hour), 1);
+    assert_eq!((router.parked_count(), router.subscription_count()), (0, 0));
+    assert_eq!(router.budget().used(), Load::default());
+    assert_eq!(router.budget().state(), 0);
+
+    // A persistent session with no expiry at all is forgotten at once, like a clean one.
+    let (link, _client) = handle(9, 16);
+    let gone = id("gone");
+    router.connect(&gone, false, link).await;
+    let mut parked = Parked::default();
+    parked.expires = Some(now);
+    router.disconnect(&gone, 9, parked, &[]);
+    assert_eq!(router.parked_count(), 0);
+}
+
+/// Retained messages are read a page at a time: a subscription owed many holds a cursor, not
+/// the messages.
+#[tokio::test]
+async fn retained_messages_are_paged() {
+    let router = Router::new(LIMITS, 10);
+    for n in 0..100 {
+        router.publish(message(&format!("r/{n:03}"), 0, "v", true));
+    }
+    let a = id("a");
+    let (link, _client) = handle(1, 16);
+    router.connect(&a, true, link).await;
+    let mut cursors = router.subscribe_paced(&a, 1, &filters(&[("r/#", 1)]));
+    assert_eq!(cursors.len(), 1);
+    let cursor = &mut cursors[0];
+    let (first, done) = router.retained_page(cursor, 30);
+    assert_eq!((first.len(), done), (30, false));
+    assert!(first.iter().all(|delivery| delivery.retain && delivery.qos == 0));
+    let mut seen: Vec<String> = first.iter().map(|d| d.message.topic.to_string()).collect();
+    loop {
+        let (page, done) = router.retained_page(cursor, 30);
+        seen.extend(page.iter().map(|d| d.message.topic.to_string()));
+        if done {
+            break;
+        }
+    }
+    let expected: Vec<String> = (0..100).map(|n| format!("r/{n:03}")).collect();
+    assert_eq!(seen, expected, "each once, in order");
+}

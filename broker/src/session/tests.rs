@@ -2,7 +2,7 @@
 //! from it. No sockets, no sleeping.
 
 use meridian_registry::ids::DeviceKey;
-use mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, SubscribeFilter};
+use mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, LastWill, SubscribeFilter};
 
 use super::*;
 
@@ -484,6 +484,119 @@ fn malformed_subscribe_and_unsubscribe_are_protocol_violations() {
     );
 }
 
+fn suback_codes(session: &mut Session) -> Vec<SubscribeReasonCode> {
+    match transmitted(session).as_slice() {
+        [Packet::SubAck(ack)] => ack.return_codes.clone(),
+        other => panic!("expected one SUBACK, got {other:?}"),
+    }
+}
+
+/// A filter repeated in one SUBSCRIBE is one subscription (the last QoS asked wins), asks the
+/// router once, and so is sent its retained messages once; it takes no second place under
+/// `max_subscriptions`.
+#[test]
+fn a_filter_repeated_in_one_subscribe_is_one_subscription() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let profile = Profile { max_subscriptions: 2, ..standard_profile() };
+    let mut session = Session::new(now, standard(), profile, limits(), 60, None, None);
+    let (q0, q1) = (QoS::AtMostOnce, QoS::AtLeastOnce);
+    let filters = [("r/#", q1), ("r/#", q1), ("b", q0), ("r/#", q0), ("c", q0), ("r/#", q1)];
+    session.handle_packet(now, subscribe(1, &filters), &view).unwrap();
+    let ok = |qos| SubscribeReasonCode::Success(qos);
+    assert_eq!(
+        suback_codes(&mut session),
+        [ok(q1), ok(q1), ok(q0), ok(q0), SubscribeReasonCode::Failure, ok(q1)],
+        "one code per filter; `c` is the third subscription"
+    );
+    assert_eq!(events(&mut session), [Event::Subscribe(vec![("r/#".into(), 1), ("b".into(), 0)])]);
+    assert_eq!(session.filters().count(), 2);
+}
+
+/// The bytes of a session's filters are bounded (`max_subscription_bytes`), and each new
+/// filter reserves its share of the broker's session state.
+#[test]
+fn subscription_memory_is_bounded_per_session_and_broker_wide() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let profile = Profile { max_subscription_bytes: 10, ..standard_profile() };
+    let mut session = Session::new(now, standard(), profile, limits(), 60, None, None);
+    let q0 = QoS::AtMostOnce;
+    let ok = SubscribeReasonCode::Success(q0);
+    session
+        .handle_packet(now, subscribe(1, &[("aaaaa", q0), ("bbbbb", q0), ("c", q0)]), &view)
+        .unwrap();
+    assert_eq!(suback_codes(&mut session), [ok, ok, SubscribeReasonCode::Failure]);
+    assert!(events(&mut session).contains(&Event::Limited("subscription_bytes")));
+    // Re-subscribing costs nothing more; unsubscribing frees its bytes.
+    session.handle_packet(now, subscribe(2, &[("aaaaa", q0)]), &view).unwrap();
+    assert_eq!(suback_codes(&mut session), [ok]);
+    session.handle_packet(now, unsubscribe(3, &["aaaaa"]), &view).unwrap();
+    session.handle_packet(now, subscribe(4, &[("c", q0)]), &view).unwrap();
+    transmitted(&mut session);
+    events(&mut session);
+
+    // Broker-wide: room for two filters' state only.
+    let cap = subscription_cost("x") + subscription_cost("y");
+    let budget = Arc::new(QueueBudget::unlimited().with_state_cap(cap));
+    let mut session = standard_session(now).with_budget(budget.clone());
+    session
+        .handle_packet(now, subscribe(1, &[("x", q0), ("y", q0), ("z", q0), ("x", q0)]), &view)
+        .unwrap();
+    assert_eq!(suback_codes(&mut session), [ok, ok, SubscribeReasonCode::Failure, ok]);
+    assert!(events(&mut session).contains(&Event::Limited("session_state_full")));
+    assert_eq!(budget.state(), cap);
+}
+
+/// A parked session carries its expiry: the profile's `session_expiry` after it was parked.
+#[test]
+fn parked_sessions_carry_their_expiry() {
+    let now = Instant::now();
+    let hour = Duration::from_secs(3600);
+    let profile = Profile { session_expiry: hour, ..standard_profile() };
+    let parked = Session::new(now, standard(), profile, limits(), 60, None, None).park_at(now);
+    assert_eq!(parked.expires, Some(now + hour));
+    assert!(!parked.expired(now + hour - Duration::from_millis(1)));
+    assert!(parked.expired(now + hour));
+    let forever = Profile { session_expiry: Duration::MAX, ..standard_profile() };
+    let parked = Session::new(now, standard(), forever, limits(), 60, None, None).park_at(now);
+    assert_eq!(parked.expires, None, "an expiry past the clock's range is none");
+    assert!(!parked.expired(now + hour * 1_000_000));
+}
+
+/// Retained messages owed to subscriptions wait as cursors: one per filter (a repeated
+/// subscription restarts its own), dropped on unsubscribe, and a QoS 1 one is due only while
+/// the session has room.
+#[test]
+fn retained_cursors_are_owed_per_filter() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let store = crate::retained::Retained::new(10, 1_000);
+    let mut session = standard_session(now);
+    session.owe_retained([store.cursor("a/#".into(), 1), store.cursor("b".into(), 0)]);
+    session.owe_retained([store.cursor("a/#".into(), 0)]);
+    assert_eq!(session.retained_due().map(|cursor| cursor.filter.clone()), Some("b".into()));
+    session.handle_packet(now, unsubscribe(1, &["b"]), &view).unwrap();
+    // `b` was not subscribed in this session, so it is still owed; a subscribed one goes.
+    session.retained_done();
+    assert_eq!(session.retained_due().map(|cursor| cursor.qos), Some(0));
+    session.retained_done();
+    assert!(session.retained_due().is_none());
+
+    // QoS 1: due only while there is room (inflight 2 + queued 3 in these limits).
+    session.owe_retained([store.cursor("q".into(), 1)]);
+    for n in 0..5 {
+        assert!(session.handle_delivery(delivery("q", 1, &n.to_string())));
+    }
+    assert_eq!(session.room(), 0);
+    assert!(session.retained_due().is_none(), "no room: not due");
+    session.handle_packet(now, Packet::PubAck(PubAck::new(1)), &view).unwrap();
+    assert!(session.retained_due().is_some());
+    session.handle_packet(now, subscribe(2, &[("q", QoS::AtLeastOnce)]), &view).unwrap();
+    session.handle_packet(now, unsubscribe(3, &["q"]), &view).unwrap();
+    assert!(session.retained_due().is_none(), "unsubscribed: no longer owed");
+}
+
 #[test]
 fn subscription_limit_refuses_the_extra_filters() {
     let now = Instant::now();
@@ -892,6 +1005,77 @@ fn device_profile_never_keeps_a_will() {
         Session::new(now, device(), Profile::DEVICE, limits(), 60, Some(will()), None);
     assert_eq!(session.handle_timeout(now + Duration::from_secs(90)), Err(Close::KeepaliveExpired));
     assert_eq!(session.take_will(), None);
+}
+
+/// A will is checked at CONNECT as a PUBLISH on its topic would be, for every kind of client.
+#[test]
+fn wills_are_checked_like_publishes() {
+    let view = RegistryView::default();
+    let last_will = |topic: &str, qos: QoS, retain: bool| LastWill::new(topic, "bye", qos, retain);
+    let standard_profile = standard_profile();
+    let check = |principal: &Principal, profile: &Profile, will| {
+        check_will(principal, profile, will, &view)
+    };
+
+    // A standard client may leave a retained will anywhere valid.
+    assert_eq!(
+        check(&standard(), &standard_profile, last_will("clients/gone", QoS::AtLeastOnce, true)),
+        Ok(Some(will()))
+    );
+    // Malformed topics close the connection, whoever sends them.
+    for topic in ["", "a/+", "a/#", "a\0b"] {
+        let refused =
+            check(&standard(), &standard_profile, last_will(topic, QoS::AtMostOnce, false));
+        assert!(matches!(refused, Err(WillRefused::Malformed(_))), "{topic:?}: {refused:?}");
+    }
+    let long = format!("/{PK}/{DN}/user/{}", "x".repeat(128));
+    assert!(matches!(
+        check(&device(), &Profile::DEVICE, last_will(&long, QoS::AtMostOnce, false)),
+        Err(WillRefused::Malformed(_))
+    ));
+    assert!(
+        matches!(
+            check(
+                &device(),
+                &Profile::DEVICE,
+                last_will(&device_topic("user/x"), QoS::ExactlyOnce, false)
+            ),
+            Err(WillRefused::Malformed(_))
+        ),
+        "QoS 2 from a device"
+    );
+
+    // A device may not leave a will on another device's topic; on its own it is accepted and
+    // (no wills for devices, SPEC §3) kept nowhere.
+    assert_eq!(
+        check(
+            &device(),
+            &Profile::DEVICE,
+            last_will(&format!("/{PK}/other/user/x"), QoS::AtMostOnce, false)
+        ),
+        Err(WillRefused::NotPermitted)
+    );
+    assert_eq!(
+        check(
+            &device(),
+            &Profile::DEVICE,
+            last_will(&device_topic("user/x"), QoS::AtLeastOnce, true)
+        ),
+        Ok(None)
+    );
+
+    // An application client of an account that owns nothing may not touch a device downlink.
+    let application = Principal::Application { account: "acme".parse().unwrap() };
+    let downlink = format!("/sys/{PK}/{DN}/thing/service/property/set");
+    assert_eq!(
+        check(&application, &standard_profile, last_will(&downlink, QoS::AtLeastOnce, true)),
+        Err(WillRefused::NotPermitted)
+    );
+
+    // A profile without retained messages clears the flag, as it does for a PUBLISH.
+    let no_retain = Profile { retain: false, ..standard_profile };
+    let kept = check(&standard(), &no_retain, last_will("clients/gone", QoS::AtLeastOnce, true));
+    assert_eq!(kept, Ok(Some(Message { retain: false, ..will() })));
 }
 
 #[test]
