@@ -192,7 +192,17 @@ impl Flood {
 
     /// One QoS 1 PUBLISH.
     pub async fn publish(&mut self, topic: &str, payload: Vec<u8>) {
+        self.send(topic, payload, false).await;
+    }
+
+    /// One retained QoS 1 PUBLISH.
+    pub async fn publish_retained(&mut self, topic: &str, payload: Vec<u8>) {
+        self.send(topic, payload, true).await;
+    }
+
+    async fn send(&mut self, topic: &str, payload: Vec<u8>, retain: bool) {
         let mut publish = mqttbytes::v4::Publish::new(topic, QoS::AtLeastOnce, payload);
+        publish.retain = retain;
         publish.pkid = u16::try_from(self.sent % 65_535 + 1).expect("a packet id");
         self.sent += 1;
         self.writer.write_all(&encode(&Packet::Publish(publish))).await.expect("PUBLISH");

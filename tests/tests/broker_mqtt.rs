@@ -503,3 +503,114 @@ async fn a_persistent_subscriber_reconnecting_under_load_loses_nothing() {
     assert_eq!(reconnects, RECONNECTS, "every reconnect happened while messages flowed");
     tokio::time::timeout(HANG, publishing).await.unwrap().unwrap();
 }
+
+/// A filter repeated in one SUBSCRIBE is one subscription: it takes one place under
+/// `max_subscriptions` and its retained messages are sent once (MQTT-3.8.4-3: a repeated
+/// filter replaces the subscription). A later SUBSCRIBE of it sends them once more.
+#[tokio::test]
+async fn a_repeated_filter_is_one_subscription_sent_its_retained_messages_once() {
+    let registry = TestRegistry::new().await;
+    let broker = registry.broker(SHANGHAI, |config| config.limits.max_subscriptions = 3).await;
+    let (mut publisher, _) = Client::connect(user_options(broker.addr, "pub")).await.unwrap();
+    for n in 0..50 {
+        publisher.client.publish(format!("r/{n}"), QoS::AtLeastOnce, true, "v").await.unwrap();
+    }
+    for _ in 0..50 {
+        publisher.expect(|p| matches!(p, Packet::PubAck(_))).await;
+    }
+
+    let (mut sub, _) = Client::connect(user_options(broker.addr, "sub")).await.unwrap();
+    let mut filters: Vec<_> =
+        (0..20).map(|_| rumqttc::SubscribeFilter::new("r/#".into(), QoS::AtMostOnce)).collect();
+    for filter in ["a", "b", "c"] {
+        filters.push(rumqttc::SubscribeFilter::new(filter.into(), QoS::AtLeastOnce));
+    }
+    sub.client.subscribe_many(filters).await.unwrap();
+    let Packet::SubAck(ack) = sub.expect(|p| matches!(p, Packet::SubAck(_))).await else {
+        unreachable!()
+    };
+    use rumqttc::SubscribeReasonCode as Code;
+    let mut expected = vec![Code::Success(QoS::AtMostOnce); 20];
+    expected.extend([Code::Success(QoS::AtLeastOnce); 2]);
+    expected.push(Code::Failure);
+    assert_eq!(ack.return_codes, expected, "`c` would be the fourth subscription");
+    assert_eq!(broker.daemon.broker.router().subscription_count(), 3, "r/#, a and b");
+
+    let retained_once = async |sub: &mut Client| {
+        let mut seen = std::collections::BTreeSet::new();
+        while seen.len() < 50 {
+            let publish = sub.publish().await;
+            assert!(publish.retain && publish.topic.starts_with("r/"), "{publish:?}");
+            assert!(seen.insert(publish.topic.clone()), "{} sent twice", publish.topic);
+        }
+        // Nothing more of them before a message published after.
+        publisher_marker(sub).await;
+    };
+    async fn publisher_marker(sub: &mut Client) {
+        sub.client.publish("a", QoS::AtLeastOnce, false, "marker").await.unwrap();
+        let publish = sub.publish().await;
+        assert_eq!((publish.topic.as_str(), publish.retain), ("a", false), "{publish:?}");
+    }
+    retained_once(&mut sub).await;
+
+    // Subscribing again, even when full, replaces the subscription and re-sends them once.
+    sub.client.subscribe("r/#", QoS::AtLeastOnce).await.unwrap();
+    sub.expect(|p| matches!(p, Packet::SubAck(_))).await;
+    retained_once(&mut sub).await;
+    assert_eq!(broker.daemon.broker.router().subscription_count(), 3);
+}
+
+/// A persistent session is kept only for its kind's `session_expiry`: configured at zero for
+/// standard users here, a client that comes back finds no session (session present 0), and
+/// what was subscribed and queued for it is gone.
+#[tokio::test]
+async fn persistent_sessions_expire() {
+    let registry = TestRegistry::new().await;
+    let broker = registry
+        .broker(SHANGHAI, |config| config.limits.standard.session_expiry = Duration::ZERO)
+        .await;
+    raw::park_subscriber(broker.addr, "away", USER, "queued/#").await;
+    let (publisher, _) = Client::connect(user_options(broker.addr, "pub")).await.unwrap();
+    publisher.client.publish("queued/x", QoS::AtLeastOnce, false, "lost").await.unwrap();
+
+    let mut options = user_options(broker.addr, "away");
+    options.set_clean_session(false);
+    let (_back, present) = Client::connect(options).await.unwrap();
+    assert!(!present, "the session expired");
+    let router = broker.daemon.broker.router();
+    assert_eq!((router.parked_count(), router.subscription_count()), (0, 0));
+    assert_eq!(router.budget().used().messages, 0);
+}
+
+/// Application clients have their own, tighter bounds on topic length and subscription bytes
+/// (`[broker.limits.application]`): a filter longer than `max_topic_len` is malformed for them
+/// and closes the connection; filters beyond `max_subscription_bytes` get SUBACK 0x80.
+#[tokio::test]
+async fn application_clients_have_bounded_subscription_memory() {
+    let registry = TestRegistry::new().await;
+    let broker = registry
+        .broker(SHANGHAI, |config| {
+            config.limits.application.max_topic_len = 64;
+            config.limits.application.max_subscription_bytes = 100;
+        })
+        .await;
+    let mut options = MqttOptions::new("backend", "127.0.0.1", broker.addr.port());
+    options.set_credentials(meridian_tests::APPLICATION.0, meridian_tests::APPLICATION.1);
+    let (mut app, _) = Client::connect(options).await.unwrap();
+    let product = meridian_tests::PRODUCT;
+    // 30 bytes each: three fit in 100, the fourth does not.
+    let filters: Vec<String> = (0..4).map(|n| format!("/{product}/+/user/{n:010}")).collect();
+    assert!(filters.iter().all(|f| f.len() == 30));
+    let filters = filters.into_iter().map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce));
+    app.client.subscribe_many(filters).await.unwrap();
+    let Packet::SubAck(ack) = app.expect(|p| matches!(p, Packet::SubAck(_))).await else {
+        unreachable!()
+    };
+    use rumqttc::SubscribeReasonCode as Code;
+    let ok = Code::Success(QoS::AtLeastOnce);
+    assert_eq!(ack.return_codes, [ok, ok, ok, Code::Failure]);
+
+    let long = format!("/{product}/+/user/{}", "x".repeat(64));
+    app.client.subscribe(long, QoS::AtLeastOnce).await.unwrap();
+    app.closed().await;
+}
