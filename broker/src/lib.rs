@@ -24,7 +24,7 @@ pub mod kept;
 pub mod link;
 pub mod memory;
 mod metrics;
-pub mod retained;
+mod retained;
 pub mod router;
 pub mod session;
 pub mod tls;
@@ -35,4 +35,5 @@ pub mod view;
 pub mod websocket;
 
 pub use broker::{Broker, ForcedOffline};
+pub use retained::RetainedCursor;
 pub use usage::Usage;

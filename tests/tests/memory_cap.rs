@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use meridian_broker::memory::resident_bytes_of as resident;
 use meridian_tests::{Client, HANG, USER, raw, user_options};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use rumqttc::QoS;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The broker process's cap.
 const CAP: usize = 64 * 1024 * 1024;
@@ -150,7 +150,8 @@ async fn retained_messages_for_repeated_filters_stay_under_the_memory_cap() {
     flood.finish().await;
 
     // The attacker: 64 × `#` per SUBSCRIBE (the most one SUBSCRIBE may hold), four times.
-    let (mut attacker, _) = raw::open(addr, &raw::connect_packet("attacker", Some(USER), 600)).await;
+    let (mut attacker, _) =
+        raw::open(addr, &raw::connect_packet("attacker", Some(USER), 600)).await;
     let filters = [("#", raw::QoS::AtMostOnce); 64];
     attacker.write_all(&raw::subscribe_packet(1, &filters)).await.unwrap();
     let mut suback = [0u8; 68];
