@@ -62,11 +62,11 @@ impl Profile {
         max_payload: 256 * 1024,
         max_topic_len: 128,
         max_subscriptions: 100,
-        max_subscription_bytes: 8 * 1024,
+        max_subscription_bytes: ClientLimits::DEVICE.max_subscription_bytes,
         max_qos: 1,
         retain: false,
         will: false,
-        session_expiry: Duration::from_secs(7 * 24 * 3600),
+        session_expiry: ClientLimits::DEVICE.session_expiry,
     };
 
     /// Standard clients get the whole protocol, bounded by the broker's packet size; topics

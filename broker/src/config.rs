@@ -77,10 +77,13 @@ pub struct LimitsConfig {
     pub max_subscriptions: usize,
     /// Devices' persistent sessions and subscription memory (`[broker.limits.device]`); their
     /// topics are at most 128 bytes (SPEC §3).
+    #[serde(deserialize_with = "device_limits")]
     pub device: ClientLimits,
     /// Standard users' (`[broker.limits.standard]`).
+    #[serde(deserialize_with = "standard_limits")]
     pub standard: ClientLimits,
     /// Application clients' (`[broker.limits.application]`).
+    #[serde(deserialize_with = "application_limits")]
     pub application: ClientLimits,
     /// Bytes of subscriptions (each filter plus its bookkeeping) and parked persistent
     /// sessions, broker-wide. Beyond it a new subscription gets SUBACK 0x80 and a persistent
@@ -160,21 +163,9 @@ impl Default for LimitsConfig {
             slow_consumer_drops: 1000,
             backpressure_wait: Duration::from_secs(5),
             max_subscriptions: 1000,
-            device: ClientLimits {
-                session_expiry: Duration::from_secs(7 * 24 * 3600),
-                max_topic_len: 128,
-                max_subscription_bytes: 8 * 1024,
-            },
-            standard: ClientLimits {
-                session_expiry: Duration::from_secs(24 * 3600),
-                max_topic_len: 4096,
-                max_subscription_bytes: 256 * 1024,
-            },
-            application: ClientLimits {
-                session_expiry: Duration::from_secs(24 * 3600),
-                max_topic_len: 256,
-                max_subscription_bytes: 64 * 1024,
-            },
+            device: ClientLimits::DEVICE,
+            standard: ClientLimits::STANDARD,
+            application: ClientLimits::APPLICATION,
             max_session_state_bytes: 256 * 1024 * 1024,
             connect_timeout: Duration::from_secs(10),
             notify_rate: 5_000,
@@ -197,14 +188,13 @@ impl Default for LimitsConfig {
     }
 }
 
-/// What one kind of client may keep in the broker's memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// What one kind of client may keep in the broker's memory. A key left out of its table keeps
+/// that kind's default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientLimits {
     /// How long a persistent session (clean session 0) is kept after its connection ends,
     /// with its subscriptions and queued messages; a client that returns later starts afresh
     /// (CONNACK session present 0). `0s` keeps none.
-    #[serde(with = "humantime_serde")]
     pub session_expiry: Duration,
     /// Longest topic name or subscription filter, bytes (a PUBLISH or will beyond it closes
     /// the connection; a SUBSCRIBE beyond it is malformed and closes it too).
@@ -214,6 +204,69 @@ pub struct ClientLimits {
     pub max_subscription_bytes: usize,
 }
 
+impl ClientLimits {
+    /// Devices reconnect with clean session set (SPEC §2), so few keep a session; a week
+    /// covers one offline for days. Topics are at most 128 bytes (SPEC §3), and 100
+    /// subscriptions of typical device topics take a few KiB.
+    pub const DEVICE: ClientLimits = ClientLimits {
+        session_expiry: Duration::from_secs(7 * 24 * 3600),
+        max_topic_len: 128,
+        max_subscription_bytes: 8 * 1024,
+    };
+    /// Configured users: a day away keeps the session; topics far longer than any device's.
+    pub const STANDARD: ClientLimits = ClientLimits {
+        session_expiry: Duration::from_secs(24 * 3600),
+        max_topic_len: 4096,
+        max_subscription_bytes: 256 * 1024,
+    };
+    /// Tenants' server-side clients reach device topics only, which are short; any tenant can
+    /// open many, so each is kept small.
+    pub const APPLICATION: ClientLimits = ClientLimits {
+        session_expiry: Duration::from_secs(24 * 3600),
+        max_topic_len: 256,
+        max_subscription_bytes: 64 * 1024,
+    };
+}
+
+/// A `[broker.limits.<kind>]` table as written: each key optional.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientLimitsTable {
+    #[serde(default, with = "humantime_serde")]
+    session_expiry: Option<Duration>,
+    #[serde(default)]
+    max_topic_len: Option<usize>,
+    #[serde(default)]
+    max_subscription_bytes: Option<usize>,
+}
+
+impl ClientLimitsTable {
+    fn over(self, defaults: ClientLimits) -> ClientLimits {
+        ClientLimits {
+            session_expiry: self.session_expiry.unwrap_or(defaults.session_expiry),
+            max_topic_len: self.max_topic_len.unwrap_or(defaults.max_topic_len),
+            max_subscription_bytes: self
+                .max_subscription_bytes
+                .unwrap_or(defaults.max_subscription_bytes),
+        }
+    }
+}
+
+fn device_limits<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ClientLimits, D::Error> {
+    ClientLimitsTable::deserialize(d).map(|table| table.over(ClientLimits::DEVICE))
+}
+
+fn standard_limits<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ClientLimits, D::Error> {
+    ClientLimitsTable::deserialize(d).map(|table| table.over(ClientLimits::STANDARD))
+}
+
+fn application_limits<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ClientLimits, D::Error> {
+    ClientLimitsTable::deserialize(d).map(|table| table.over(ClientLimits::APPLICATION))
+}
+
 fn default_notify_reply_wait() -> Duration {
     Duration::from_secs(2)
 }
+
+#[cfg(test)]
+mod tests;
