@@ -208,7 +208,8 @@ mod tests {
         index.insert("a/#", "s".into(), 1);
         index.insert("#", "s".into(), 1);
         index.insert("a/+", "t".into(), 0);
-        index.remove_session("s");
+        // Their bytes too, for the session-state budget: "a/b/c", "a/#", "#".
+        assert_eq!(index.remove_session("s"), (5 + 3 + 1, 3));
         assert_eq!(index.len(), 1);
         assert!(!index.root.children["a"].children.contains_key("b"), "empty branch pruned");
         assert_eq!(ids(index.matches("a/b")), vec![("t".into(), 0)]);
