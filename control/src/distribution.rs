@@ -255,8 +255,8 @@ impl ControlPlane {
         task.failure = None;
         task.attempts += 1;
         task.updated_at = self.now();
-        self.save_task(&task, revision).await?;
-        self.audit(caller, "task.retried", id).await;
+        let audit = self.audit_op(caller, "task.retried", id)?;
+        self.save_task_with(&task, revision, vec![audit]).await?;
         self.wake.notify_one();
         Ok(task)
     }
@@ -460,8 +460,15 @@ impl ControlPlane {
     }
 
     async fn save_task(&self, task: &Task, revision: Revision) -> Result<()> {
-        let op = Op::put(task_key(&task.id), encode(task)?).expecting(Expect::Revision(revision));
-        self.commit(vec![op]).await
+        self.save_task_with(task, revision, Vec::new()).await
+    }
+
+    /// Rewrites the task if it is still at `revision`, committing `also` in the same batch.
+    async fn save_task_with(&self, task: &Task, revision: Revision, also: Vec<Op>) -> Result<()> {
+        let mut ops =
+            vec![Op::put(task_key(&task.id), encode(task)?).expecting(Expect::Revision(revision))];
+        ops.extend(also);
+        self.commit(ops).await
     }
 
     /// The destination account's default public instance: its oldest public instance.

@@ -310,9 +310,8 @@ impl ControlPlane {
             expires_at: now
                 .after(Duration::from_secs(new.lifetime_days.max(1).saturating_mul(86_400))),
         };
-        let instance = self.registry.create_instance(instance).await?;
-        self.audit(caller, "instance.created", instance.id.as_str()).await;
-        Ok(instance)
+        let audit = self.audit_op(caller, "instance.created", instance.id.as_str())?;
+        Ok(self.registry.create_instance_with(instance, vec![audit]).await?)
     }
 
     pub async fn create_product(&self, caller: &AccountId, new: NewProduct) -> Result<Product> {
@@ -337,9 +336,8 @@ impl ControlPlane {
             parsing_script: new.parsing_script,
             created_at: self.now(),
         };
-        let product = self.registry.create_product(product).await?;
-        self.audit(caller, "product.created", product.key.as_str()).await;
-        Ok(product)
+        let audit = self.audit_op(caller, "product.created", product.key.as_str())?;
+        Ok(self.registry.create_product_with(product, vec![audit]).await?)
     }
 
     /// A product the caller owns.
@@ -401,12 +399,11 @@ impl ControlPlane {
         if let Some(script) = patch.parsing_script {
             product.parsing_script = Some(script);
         }
-        let write = self
-            .registry
-            .store()
-            .compare_and_swap(&entry.key, Expect::Revision(entry.revision), Some(encode(&product)?))
-            .await;
-        match write {
+        let ops = vec![
+            Op::put(entry.key, encode(&product)?).expecting(Expect::Revision(entry.revision)),
+            self.audit_op(caller, "product.updated", key.as_str())?,
+        ];
+        match self.registry.store().batch(ops).await {
             Ok(_) => {}
             Err(StoreError::Conflict { .. }) => {
                 return Err(ControlError::Conflict {
@@ -416,7 +413,6 @@ impl ControlPlane {
             }
             Err(other) => return Err(other.into()),
         }
-        self.audit(caller, "product.updated", key.as_str()).await;
         Ok(product)
     }
 
@@ -441,10 +437,10 @@ impl ControlPlane {
         names: Vec<(DeviceName, Option<DeviceSecret>)>,
     ) -> Result<Vec<CreatedDevice>> {
         self.product(caller, product).await?;
+        let audit =
+            self.audit_op(caller, "devices.created", &format!("{product} x{}", names.len()))?;
         let new = names.into_iter().map(|(name, secret)| NewDevice { name, secret }).collect();
-        let created = self.registry.create_devices_for(caller, product, new).await?;
-        self.audit(caller, "devices.created", &format!("{product} x{}", created.len())).await;
-        Ok(created)
+        Ok(self.registry.create_devices_for_with(caller, product, new, vec![audit]).await?)
     }
 
     /// Creates devices from a CSV with a `deviceName` column (and an optional `deviceSecret`).
@@ -482,17 +478,14 @@ impl ControlPlane {
         enabled: bool,
     ) -> Result<Device> {
         self.device(caller, key).await?;
-        let device = self.set_own_device_enabled(caller, key, enabled).await?;
-        let action = if enabled { "device.enabled" } else { "device.disabled" };
-        self.audit(caller, action, &key.to_string()).await;
-        Ok(device)
+        self.set_own_device_enabled(caller, key, enabled, &key.to_string()).await
     }
 
     /// Deletes a device at its source. A distributed device must first be distributed back
     /// (SPEC §5); its runtime data at other instances stays where it is.
     pub async fn delete_device(&self, caller: &AccountId, key: &DeviceKey) -> Result<()> {
         self.device(caller, key).await?;
-        self.delete_own_device(caller, key, |device| {
+        self.delete_own_device(caller, key, &key.to_string(), |device| {
             if device.placement != Placement::Home {
                 return Err(ControlError::Rule(format!(
                     "device {key} is distributed; distribute it back to its source before \
@@ -501,45 +494,45 @@ impl ControlPlane {
             }
             Ok(())
         })
-        .await?;
-        self.audit(caller, "device.deleted", &key.to_string()).await;
-        Ok(())
+        .await
     }
 
-    /// Disables or enables one of `caller`'s devices. The owner is checked inside the
-    /// compare-and-swap that writes the status, so a device that changes owner meanwhile (a
-    /// transfer accepted, an instance transfer confirmed) is never touched by its former
-    /// owner: it is not found.
+    /// Disables or enables one of `caller`'s devices, with its audit entry (naming the device
+    /// as `target`) in the same batch. The owner is checked inside the compare-and-swap that
+    /// writes the status, so a device that changes owner meanwhile (a transfer accepted, an
+    /// instance transfer confirmed) is never touched by its former owner: it is not found.
     pub(crate) async fn set_own_device_enabled(
         &self,
         caller: &AccountId,
         key: &DeviceKey,
         enabled: bool,
+        target: &str,
     ) -> Result<Device> {
-        let device = self
-            .registry
-            .update_device(key, |device| {
-                if &device.owner != caller {
-                    return Err(RegistryError::NotFound { kind: "device", id: key.to_string() });
-                }
-                // The transitions of `Registry::set_device_enabled`.
-                device.status = match (enabled, device.status) {
-                    (false, _) => DeviceStatus::Disabled,
-                    (true, DeviceStatus::Disabled) => DeviceStatus::Offline,
-                    (true, status) => status,
-                };
-                Ok(())
-            })
-            .await?;
-        Ok(device)
+        let action = if enabled { "device.enabled" } else { "device.disabled" };
+        let audit = self.audit_op(caller, action, target)?;
+        let edit = |device: &mut Device| {
+            if &device.owner != caller {
+                return Err(RegistryError::NotFound { kind: "device", id: key.to_string() });
+            }
+            // The transitions of `Registry::set_device_enabled`.
+            device.status = match (enabled, device.status) {
+                (false, _) => DeviceStatus::Disabled,
+                (true, DeviceStatus::Disabled) => DeviceStatus::Offline,
+                (true, status) => status,
+            };
+            Ok(())
+        };
+        Ok(self.registry.update_device_with(key, edit, vec![audit]).await?)
     }
 
     /// Deletes one of `caller`'s devices if `check` allows, on the very revision whose owner
-    /// was checked (see [`ControlPlane::set_own_device_enabled`]).
+    /// was checked (see [`ControlPlane::set_own_device_enabled`]), with its audit entry naming
+    /// the device as `target` in the same batch.
     pub(crate) async fn delete_own_device(
         &self,
         caller: &AccountId,
         key: &DeviceKey,
+        target: &str,
         check: impl FnOnce(&Device) -> Result<()>,
     ) -> Result<()> {
         let store = self.registry.store();
@@ -550,10 +543,12 @@ impl ControlPlane {
             return Err(not_found("device", &key.to_string()));
         }
         check(&device)?;
-        // Its kept subscriptions (SPEC §2) go with it, in the same batch.
+        // Its kept subscriptions (SPEC §2) go with it, in the same batch, and so does its
+        // audit entry.
         let ops = vec![
             Op::delete(entry.key.clone()).expecting(Expect::Revision(entry.revision)),
             Op::delete(keys::subscriptions(key)),
+            self.audit_op(caller, "device.deleted", target)?,
         ];
         match store.batch(ops).await {
             Ok(_) => Ok(()),
@@ -578,8 +573,9 @@ impl ControlPlane {
             expires_at: now.after(CODE_VALIDITY),
         };
         let key = format!("{CODES}{caller}/{}", &record.hash[..16]);
-        self.registry.store().put(&key, encode(&record)?).await?;
-        self.audit(caller, "code.requested", "").await;
+        let ops =
+            vec![Op::put(key, encode(&record)?), self.audit_op(caller, "code.requested", "")?];
+        self.registry.store().batch(ops).await?;
         Ok(code)
     }
 
