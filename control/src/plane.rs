@@ -22,6 +22,7 @@ use meridian_registry::{CreatedDevice, NewDevice, Registry, RegistryError, decod
 
 use crate::device_list::DeviceCsv;
 use crate::error::ControlError;
+use crate::listing::{self, Kind, Listing};
 use crate::model::{ApiKey, AuditEntry, CodeAttempts, VerificationCode};
 
 pub type Result<T, E = ControlError> = std::result::Result<T, E>;
@@ -41,6 +42,11 @@ pub const CODE_MAX_ATTEMPTS: u32 = 5;
 const ATTEMPT_RETRIES: usize = 16;
 /// Most rows a device CSV may hold (SPEC §5 for distribution; the same bound for imports).
 pub const MAX_CSV_ROWS: usize = 1_000;
+/// Deepest nesting of arrays and objects a product's TSL model may have. Records wrap the TSL
+/// (a product copy holds the product, which holds the TSL), and the store's JSON decoder stops
+/// at 128 levels, so a TSL as deep as a request can carry would make its copies undecodable.
+/// Half the decoder's limit leaves room for any wrapping; real TSL models nest about ten.
+pub const MAX_TSL_DEPTH: usize = 64;
 
 /// A new account, created by the operator.
 #[derive(Clone, Debug, Deserialize)]
@@ -325,6 +331,7 @@ impl ControlPlane {
                 random_token(11)?.parse().map_err(|e| ControlError::Internal(format!("{e}")))?
             }
         };
+        check_tsl(&new.tsl)?;
         let product = Product {
             key,
             name: new.name,
@@ -350,16 +357,17 @@ impl ControlPlane {
         Ok(product)
     }
 
-    pub async fn products(&self, caller: &AccountId) -> Result<Vec<Product>> {
+    /// The caller's products; one whose record does not decode is reported, not fatal.
+    pub async fn products(&self, caller: &AccountId) -> Result<Listing<Product>> {
         let snapshot = self.registry.store().scan_prefix(keys::PRODUCTS).await?;
-        let mut products = Vec::new();
-        for entry in snapshot.entries {
-            let product: Product = decode(&entry.key, &entry.value)?;
-            if &product.owner == caller {
-                products.push(product);
-            }
-        }
-        Ok(products)
+        let mine = |product: &Product| &product.owner == caller;
+        let kind = Kind {
+            name: "product",
+            prefix: keys::PRODUCTS,
+            mine: &mine,
+            owner: &listing::owner_field,
+        };
+        Ok(listing::decode_all(caller, snapshot.entries, kind))
     }
 
     pub async fn update_product(
@@ -371,6 +379,9 @@ impl ControlPlane {
         self.product(caller, key).await?;
         if patch.name.as_ref().is_some_and(|name| name.trim().is_empty() || name.len() > 64) {
             return Err(ControlError::Invalid("product name must be 1-64 characters".into()));
+        }
+        if let Some(tsl) = &patch.tsl {
+            check_tsl(tsl)?;
         }
         // Read, check the owner and write back on that same revision: a product whose
         // instance was transferred meanwhile is not edited by its former owner.
@@ -417,16 +428,17 @@ impl ControlPlane {
     }
 
     /// Read-only copies of other products distributed to the caller's instances (SPEC §5).
-    pub async fn product_copies(&self, caller: &AccountId) -> Result<Vec<ProductCopy>> {
+    /// A copy whose record does not decode is reported, never fatal to the list.
+    pub async fn product_copies(&self, caller: &AccountId) -> Result<Listing<ProductCopy>> {
         let snapshot = self.registry.store().scan_prefix(keys::PRODUCT_COPIES).await?;
-        let mut copies = Vec::new();
-        for entry in snapshot.entries {
-            let copy: ProductCopy = decode(&entry.key, &entry.value)?;
-            if &copy.holder == caller {
-                copies.push(copy);
-            }
-        }
-        Ok(copies)
+        let mine = |copy: &ProductCopy| &copy.holder == caller;
+        let kind = Kind {
+            name: "product copy",
+            prefix: keys::PRODUCT_COPIES,
+            mine: &mine,
+            owner: &listing::holder_field,
+        };
+        Ok(listing::decode_all(caller, snapshot.entries, kind))
     }
 
     /// Creates devices (all or none); their secrets are returned this once.
@@ -767,6 +779,38 @@ pub fn parse_devices_csv(csv_text: &str) -> Result<Vec<(DeviceName, Option<Devic
         return Err(ControlError::Invalid("CSV holds no devices".into()));
     }
     Ok(names)
+}
+
+/// Refuses a TSL model nested deeper than [`MAX_TSL_DEPTH`].
+fn check_tsl(tsl: &serde_json::Value) -> Result<()> {
+    if json_depth(tsl, MAX_TSL_DEPTH) > MAX_TSL_DEPTH {
+        return Err(ControlError::Invalid(format!(
+            "tsl nests arrays and objects deeper than the limit of {MAX_TSL_DEPTH} levels"
+        )));
+    }
+    Ok(())
+}
+
+/// How deeply `value` nests arrays and objects (a scalar is 0, `[]` is 1), counting no further
+/// than `limit + 1`. Iterative, so the check itself has no depth limit.
+pub(crate) fn json_depth(value: &serde_json::Value, limit: usize) -> usize {
+    use serde_json::Value;
+    let mut deepest = 0;
+    let mut stack = vec![(value, 0usize)];
+    while let Some((value, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(fields) => Box::new(fields.values()),
+            _ => continue,
+        };
+        let depth = depth + 1;
+        deepest = deepest.max(depth);
+        if deepest > limit {
+            return deepest;
+        }
+        stack.extend(children.map(|child| (child, depth)));
+    }
+    deepest
 }
 
 fn invalid_code() -> ControlError {
