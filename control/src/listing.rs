@@ -7,6 +7,9 @@
 //! counted in `meridian_control_broken_records_total{kind}`, and, when the fields naming its
 //! owner still decode, shown to that owner as broken.
 
+use std::collections::BTreeSet;
+use std::sync::{Mutex, PoisonError};
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -69,9 +72,25 @@ pub(crate) fn decode_all<T: DeserializeOwned>(
 }
 
 /// Logs and counts a record that does not decode. The log names the key and where decoding
-/// stopped, not serde's message, which can quote the record's content.
+/// stopped, not serde's message, which can quote the record's content. The counter counts
+/// every time a record is skipped; the log says so once per record and failure (the executor
+/// and every list would otherwise repeat it on each pass).
 pub(crate) fn report(kind: &'static str, key: &str, error: &serde_json::Error) {
+    /// Failures already logged; bounded, and forgotten when full (they are logged again).
+    static LOGGED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    const LOGGED_MAX: usize = 10_000;
+
     metrics::counter!("meridian_control_broken_records_total", "kind" => kind).increment(1);
+    let failure = format!("{key} {:?} {}:{}", error.classify(), error.line(), error.column());
+    {
+        let mut logged = LOGGED.lock().unwrap_or_else(PoisonError::into_inner);
+        if logged.len() >= LOGGED_MAX {
+            logged.clear();
+        }
+        if !logged.insert(failure) {
+            return;
+        }
+    }
     tracing::error!(
         kind,
         key,

@@ -145,16 +145,31 @@ pub struct ControlPlane {
     /// Devices a distribution task moves per atomic commit; see
     /// [`ControlPlane::with_task_batch`].
     pub(crate) task_batch: usize,
+    /// See [`ControlPlane::with_task_limits`].
+    pub(crate) task_limits: crate::distribution::TaskLimits,
+    /// Each account's submission rate under `task_limits`; shared by clones, so every request
+    /// of this process counts against one bucket per account.
+    pub(crate) submission_rate: Arc<crate::distribution::SubmissionRate>,
+    /// Set once the pending-task index is known complete, so the executor stops checking.
+    pub(crate) task_index_built: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ControlPlane {
     /// `operator_token` authorises account creation (the operator, not a tenant).
     pub fn new(registry: Registry, operator_token: &str) -> ControlPlane {
+        let task_limits = crate::distribution::TaskLimits::default();
+        let submission_rate = Arc::new(crate::distribution::SubmissionRate::new(
+            &task_limits,
+            registry.clock().clone(),
+        ));
         ControlPlane {
             registry,
             operator_token_hash: Arc::new(sha256(operator_token.as_bytes())),
             wake: Arc::new(Notify::new()),
             task_batch: crate::distribution::TASK_BATCH,
+            task_limits,
+            submission_rate,
+            task_index_built: Arc::default(),
         }
     }
 
