@@ -418,15 +418,12 @@ impl ControlPlane {
             // One broken task must not hold up the others; it stays unsettled (retryable) and
             // is tried again on the next pass.
             match self.drive(&id).await {
-                // A slot left behind (its task gone, or settled without giving it up) frees
-                // itself; the precondition leaves a slot taken meanwhile alone.
-                Ok(task)
-                    if task.slot.is_none_or(|slot| pending_key(&task.owner, slot) != entry.key) =>
-                {
+                // Settled, so its slot is normally gone with the batch that settled it. One left
+                // behind (its task deleted, or settled by a version that knew no slots) goes
+                // now; the precondition leaves a slot taken again meanwhile alone.
+                Ok(_) | Err(ControlError::NotFound { kind: "task", .. }) => {
                     self.drop_slot(&entry).await;
                 }
-                Ok(_) => {}
-                Err(ControlError::NotFound { kind: "task", .. }) => self.drop_slot(&entry).await,
                 // Reported where it was read.
                 Err(ControlError::Unreadable { .. }) => {}
                 Err(error) => {
