@@ -254,3 +254,51 @@ async fn tasks_stored_before_the_pending_index_existed_still_run() {
     assert!(store.scan_prefix("pending-tasks/").await.unwrap().entries.is_empty());
     assert!(store.get("task-index").await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn racing_submissions_never_pass_the_cap() {
+    let api = TestApi::start().await;
+    let limit = TaskLimits::default().max_active_per_account as usize;
+    let alpha = api.tenant_with_product("alpha", "a1Product01").await;
+    api.devices(&alpha, "a1Product01", &["lamp-1"]).await;
+
+    let submissions = (0..2 * limit)
+        .map(|_| api.post("/v1/distribution-tasks", &alpha.key, one_device("alpha-fra")));
+    let replies = futures::future::join_all(submissions).await;
+    let created = replies.iter().filter(|reply| reply.status == StatusCode::CREATED).count();
+    assert_eq!(created, limit, "{:?}", replies.iter().map(|r| r.status).collect::<Vec<_>>());
+    for reply in replies.iter().filter(|reply| reply.status != StatusCode::CREATED) {
+        reply.error(StatusCode::CONFLICT);
+    }
+    let listed = api.get("/v1/distribution-tasks", &alpha.key).await.json();
+    assert_eq!(listed["tasks"].as_array().unwrap().len(), limit);
+}
+
+#[tokio::test]
+async fn a_failed_task_gives_up_its_place_and_needs_one_to_be_retried() {
+    let api = TestApi::start().await;
+    let limit = TaskLimits::default().max_active_per_account;
+    let alpha = api.tenant_with_product("alpha", "a1Product01").await;
+    let other = json!({ "key": "a1Product02", "name": "Plug", "home_instance": "alpha-sh" });
+    assert_eq!(api.post("/v1/products", &alpha.key, other).await.status, StatusCode::CREATED);
+    api.devices(&alpha, "a1Product01", &["lamp-1"]).await;
+    api.devices(&alpha, "a1Product02", &["plug-1"]).await;
+
+    // The task fails: its product is gone by the time the executor runs it.
+    let failed = api.task(&alpha, one_device("alpha-fra")).await;
+    api.plane.registry().store().delete("products/a1Product01").await.unwrap();
+    api.plane.run_pending().await.unwrap();
+    assert_eq!(state(&api, &alpha, &failed).await, "Failed");
+
+    // Its place is free again: the account fills its cap with other tasks.
+    let body = json!({ "product": "a1Product02", "devices": ["plug-1"],
+        "policy": { "kind": "specified", "instance": "alpha-fra" } });
+    for _ in 0..limit {
+        api.task(&alpha, body.clone()).await;
+    }
+    // A retry would make the failed task active again, beyond the cap.
+    let reply = api.post_empty(&format!("/v1/distribution-tasks/{failed}/retry"), &alpha.key).await;
+    let message = reply.error(StatusCode::CONFLICT);
+    assert!(message.contains(&format!("already has {limit} unsettled")), "{message}");
+    assert_eq!(state(&api, &alpha, &failed).await, "Failed", "the refused retry changed nothing");
+}
