@@ -137,6 +137,7 @@ impl ControlPlane {
     pub async fn submit_task(&self, caller: &AccountId, request: TaskRequest) -> Result<Task> {
         // Counted first, refused or not: checking a request is work too.
         if let Err(retry_after) = self.submission_rate.check(caller) {
+            limited("task_submission_rate");
             return Err(ControlError::RateLimited { what: "task submissions", retry_after });
         }
         let product = self.product(caller, &request.product).await?;
@@ -354,6 +355,7 @@ impl ControlPlane {
         let taken = self.registry.store().scan_prefix(&pending_prefix(owner)).await?.entries;
         let limit = self.task_limits.max_active_per_account;
         if capped && taken.len() >= limit as usize {
+            limited("active_tasks");
             return Err(ControlError::TooManyActiveTasks { limit });
         }
         let used: BTreeSet<u32> =
@@ -768,6 +770,11 @@ fn task_writes(task: &mut Task, revision: Revision) -> Result<Vec<Op>> {
     }
     ops.push(Op::put(task_key(&task.id), encode(task)?).expecting(Expect::Revision(revision)));
     Ok(ops)
+}
+
+/// Counts a request refused by a per-account limit; the label is fixed, never the account.
+fn limited(limit: &'static str) {
+    metrics::counter!("meridian_control_limited_total", "limit" => limit).increment(1);
 }
 
 fn contended(caller: &AccountId) -> ControlError {
