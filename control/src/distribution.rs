@@ -407,7 +407,10 @@ impl ControlPlane {
     /// the settled tasks; a task whose record does not decode is reported and skipped, and
     /// the others go on.
     pub async fn run_pending(&self) -> Result<()> {
-        self.build_task_index().await?;
+        // Tasks that already hold slots run meanwhile; the rest wait for the next pass.
+        if let Err(error) = self.build_task_index().await {
+            tracing::warn!(%error, "pending distribution tasks not indexed yet");
+        }
         let snapshot = self.registry.store().scan_prefix(PENDING_TASKS).await?;
         for entry in snapshot.entries {
             let id = match serde_json::from_slice::<PendingSlot>(&entry.value) {
