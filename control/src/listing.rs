@@ -4,8 +4,9 @@
 //! that no longer decodes (written by an incompatible version, damaged, or nested deeper than
 //! the decoder's depth limit) must not turn that list into a 500 for every account: it is
 //! skipped, logged for the operator (its key and where decoding failed, never its content),
-//! counted in `meridian_control_broken_records_total{kind}`, and, when the fields naming its
-//! owner still decode, shown to that owner as broken.
+//! counted in `meridian_control_broken_records_total{kind}` (`task`, `pending_task`, `product`,
+//! `product_copy`), and, when the fields naming its owner still decode, shown to that owner as
+//! broken.
 
 use std::collections::BTreeSet;
 use std::sync::{Mutex, PoisonError};
@@ -80,7 +81,8 @@ pub(crate) fn report(kind: &'static str, key: &str, error: &serde_json::Error) {
     static LOGGED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
     const LOGGED_MAX: usize = 10_000;
 
-    metrics::counter!("meridian_control_broken_records_total", "kind" => kind).increment(1);
+    let label = kind.replace(' ', "_");
+    metrics::counter!("meridian_control_broken_records_total", "kind" => label).increment(1);
     let failure = format!("{key} {:?} {}:{}", error.classify(), error.line(), error.column());
     {
         let mut logged = LOGGED.lock().unwrap_or_else(PoisonError::into_inner);
