@@ -215,14 +215,22 @@ impl ControlPlane {
             organisation_admin: false,
             created_at: self.now(),
         };
-        let account = self.registry.create_account(account).await?;
-        let key = self.create_api_key(&account.id).await?;
-        self.audit(&account.id, "account.created", account.id.as_str()).await;
+        // One batch: a crash cannot leave an account without its key or its audit entry.
+        let (key, key_op) = self.api_key_op(&account.id)?;
+        let audit = self.audit_op(&account.id, "account.created", account.id.as_str())?;
+        let account = self.registry.create_account_with(account, vec![key_op, audit]).await?;
         Ok((account, key))
     }
 
     /// A new API key `{id}.{secret}` for `account`; only its hash is stored.
     pub async fn create_api_key(&self, account: &AccountId) -> Result<String> {
+        let (key, op) = self.api_key_op(account)?;
+        self.registry.store().batch(vec![op]).await?;
+        Ok(key)
+    }
+
+    /// A new API key for `account` and the write that stores its hash.
+    fn api_key_op(&self, account: &AccountId) -> Result<(String, Op)> {
         let id = random_token(12)?;
         let secret = random_token(32)?;
         let record = ApiKey {
@@ -231,12 +239,8 @@ impl ControlPlane {
             hash: hex::encode(sha256(secret.as_bytes())),
             created_at: self.now(),
         };
-        let key = format!("{API_KEYS}{id}");
-        self.registry
-            .store()
-            .compare_and_swap(&key, Expect::Absent, Some(encode(&record)?))
-            .await?;
-        Ok(format!("{id}.{secret}"))
+        let op = Op::put(format!("{API_KEYS}{id}"), encode(&record)?).expecting(Expect::Absent);
+        Ok((format!("{id}.{secret}"), op))
     }
 
     /// The account an API key belongs to. Unknown keys and wrong secrets look the same.
@@ -739,21 +743,9 @@ impl ControlPlane {
         }
     }
 
-    /// Records a control-plane change for the account that owns the resource. Best effort:
-    /// a failed audit write is logged, never turned into a failed request after the fact.
-    pub(crate) async fn audit(&self, account: &AccountId, action: &str, target: &str) {
-        let written = match self.audit_op(account, action, target) {
-            Ok(op) => self.registry.store().batch(vec![op]).await.map(drop).map_err(Into::into),
-            Err(error) => Err(error),
-        };
-        if let Err(error) = written {
-            tracing::warn!(%error, action, "audit entry not recorded");
-        }
-    }
-
-    /// The write that records `action` in `account`'s audit log. Changes committed in one
-    /// batch carry their audit entries in the same batch, so a crash between the change and
-    /// its record cannot lose the record (SPEC §9).
+    /// The write that records `action` in `account`'s audit log. Every change commits its
+    /// audit entries in its own batch, so a crash between the change and its record cannot
+    /// lose the record (SPEC §9), and a failed audit write fails the change with it.
     pub(crate) fn audit_op(&self, account: &AccountId, action: &str, target: &str) -> Result<Op> {
         let entry = AuditEntry {
             at: self.now(),

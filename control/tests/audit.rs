@@ -122,6 +122,19 @@ fn json_call(method: Method, path: &str, body: Value) -> (Method, String, Body<'
 #[tokio::test]
 async fn every_change_commits_its_audit_entry_with_it() {
     let (api, store) = start().await;
+
+    // The account, its first key and its audit entry: one batch.
+    let body = json!({ "id": "early", "name": "Early Ltd", "kind": "individual" });
+    store.arm();
+    let reply = api
+        .request(Method::POST, "/v1/accounts", Some(support::OPERATOR_TOKEN), Body::Json(body))
+        .await;
+    store.revive();
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    let early = Tenant { key: reply.json()["api_key"].as_str().unwrap().to_owned() };
+    let audit = api.get("/v1/audit", &early.key).await.json();
+    assert_eq!(audit["entries"][0]["action"], "account.created", "{audit}");
+
     let acme = api.tenant_with_product("acme", "a1Product01").await;
 
     let instance = json!({ "id": "acme-extra", "region": "cn-shanghai",

@@ -94,8 +94,14 @@ impl Registry {
     }
 
     pub async fn create_account(&self, account: Account) -> Result<Account> {
-        self.create(keys::account(&account.id), "account", account.id.to_string(), &account)
-            .await?;
+        self.create_account_with(account, Vec::new()).await
+    }
+
+    /// [`Registry::create_account`], committing `also` in the same atomic batch (the account's
+    /// first API key and audit entry, so a crash cannot leave an account nobody can use).
+    pub async fn create_account_with(&self, account: Account, also: Vec<Op>) -> Result<Account> {
+        let key = keys::account(&account.id);
+        self.create_with(key, "account", account.id.to_string(), &account, also).await?;
         Ok(account)
     }
 
@@ -445,16 +451,6 @@ impl Registry {
     async fn list<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>> {
         let snapshot = self.store.scan_prefix(prefix).await?;
         snapshot.entries.iter().map(|entry| decode(&entry.key, &entry.value)).collect()
-    }
-
-    async fn create<T: Serialize>(
-        &self,
-        key: String,
-        kind: &'static str,
-        id: String,
-        record: &T,
-    ) -> Result<Revision> {
-        self.create_with(key, kind, id, record, Vec::new()).await
     }
 
     /// Creates `record` at `key` and commits `also` in the same batch.
