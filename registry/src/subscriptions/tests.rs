@@ -36,6 +36,7 @@ async fn registry() -> (tempfile::TempDir, Registry) {
             latitude: 31.0,
             longitude: 121.0,
             bias_km: 0.0,
+            public_endpoint: None,
         })
         .await
         .unwrap();
