@@ -141,6 +141,15 @@ impl ControlPlane {
             return Err(ControlError::RateLimited { what: "task submissions", retry_after });
         }
         let product = self.product(caller, &request.product).await?;
+        // A product stored before TSL depth was checked: its copies would not decode.
+        if crate::plane::tsl_too_deep(&product.tsl) {
+            return Err(ControlError::Rule(format!(
+                "product {}'s TSL nests deeper than the limit of {} levels, so its copies could \
+                 not be read; patch its tsl before distributing it",
+                product.key,
+                crate::plane::MAX_TSL_DEPTH
+            )));
+        }
         let devices = task_devices(&request)?;
         if devices.len() > MAX_TASK_DEVICES {
             return Err(ControlError::Invalid(format!(

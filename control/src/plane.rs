@@ -790,7 +790,7 @@ pub fn parse_devices_csv(csv_text: &str) -> Result<Vec<(DeviceName, Option<Devic
 
 /// Refuses a TSL model nested deeper than [`MAX_TSL_DEPTH`].
 fn check_tsl(tsl: &serde_json::Value) -> Result<()> {
-    if json_depth(tsl, MAX_TSL_DEPTH) > MAX_TSL_DEPTH {
+    if tsl_too_deep(tsl) {
         return Err(ControlError::Invalid(format!(
             "tsl nests arrays and objects deeper than the limit of {MAX_TSL_DEPTH} levels"
         )));
@@ -798,9 +798,14 @@ fn check_tsl(tsl: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
+/// Whether a TSL model nests deeper than [`MAX_TSL_DEPTH`].
+pub(crate) fn tsl_too_deep(tsl: &serde_json::Value) -> bool {
+    json_depth(tsl, MAX_TSL_DEPTH) > MAX_TSL_DEPTH
+}
+
 /// How deeply `value` nests arrays and objects (a scalar is 0, `[]` is 1), counting no further
 /// than `limit + 1`. Iterative, so the check itself has no depth limit.
-pub(crate) fn json_depth(value: &serde_json::Value, limit: usize) -> usize {
+fn json_depth(value: &serde_json::Value, limit: usize) -> usize {
     use serde_json::Value;
     let mut deepest = 0;
     let mut stack = vec![(value, 0usize)];

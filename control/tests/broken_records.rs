@@ -123,3 +123,24 @@ async fn a_product_copy_that_does_not_decode_breaks_no_list() {
     assert_eq!(products.status, StatusCode::OK, "{}", products.text());
     assert_eq!(products.json()["products"][0]["key"], "b1Product01");
 }
+
+#[tokio::test]
+async fn a_product_stored_too_deep_before_the_check_is_not_distributed() {
+    let api = TestApi::start().await;
+    let acme = api.tenant_with_product("acme", "a1Product01").await;
+    // As an earlier version let it in: the product decodes, a copy of it would not.
+    let store = api.plane.registry().store();
+    let entry = store.get("products/a1Product01").await.unwrap().unwrap();
+    let mut product: Value = serde_json::from_slice(&entry.value).unwrap();
+    product["tsl"] = Value::Null;
+    let text = product.to_string().replace("\"tsl\":null", &format!("\"tsl\":{}", nested(126)));
+    store.put("products/a1Product01", Bytes::from(text)).await.unwrap();
+
+    let body = json!({ "product": "a1Product01",
+        "policy": { "kind": "specified", "instance": "acme-fra" } });
+    let reply = api.post("/v1/distribution-tasks", &acme.key, body).await;
+    let message = reply.error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(message.contains(&format!("limit of {MAX_TSL_DEPTH} levels")), "{message}");
+    let tasks = api.get("/v1/distribution-tasks", &acme.key).await.json();
+    assert_eq!(tasks["tasks"], json!([]), "nothing stored");
+}
