@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use meridian_broker::daemon::{self, Daemon, Listeners};
+use meridian_control::distribution::TaskLimits;
 use meridian_control::{ControlPlane, MAX_TASK_DEVICES, PolicyRequest, TaskRequest};
 use meridian_edge::{Edge, EdgeConfig, RoutingTable};
 use meridian_geo::{Locator, LocatorOptions};
@@ -35,7 +36,15 @@ pub async fn serve_world(args: WorldArgs) -> Result<()> {
     let (destination, destination_addr) =
         broker(&fleet, fleet::DESTINATION, args.notify_rate).await?;
 
-    let plane = ControlPlane::new(fleet.registry.clone(), "bench-operator-token");
+    // The whole fleet moves at once, one task per 10,000 devices: the per-account limits that
+    // keep tenants from burying the executor would hold the bench back.
+    let limits = TaskLimits {
+        max_active_per_account: u32::MAX,
+        submissions_per_minute: 0,
+        submission_burst: 0,
+    };
+    let plane =
+        ControlPlane::new(fleet.registry.clone(), "bench-operator-token").with_task_limits(limits);
     tokio::spawn(plane.clone().run_executor(std::future::pending()));
 
     // The edge without GeoIP: every device here has a home or specified placement.

@@ -63,6 +63,9 @@ pub struct ControlConfig {
     /// Where the demo account's API key is written on first start (mode 0600).
     #[serde(default = "default_demo_key_file")]
     pub demo_api_key_file: PathBuf,
+    /// Limits on each account's distribution tasks (`[control.tasks]`).
+    #[serde(default)]
+    pub tasks: meridian_control::distribution::TaskLimits,
 }
 
 impl Default for ControlConfig {
@@ -73,6 +76,7 @@ impl Default for ControlConfig {
             operator_token_file: default_operator_token_file(),
             node_token_file: default_node_token_file(),
             demo_api_key_file: default_demo_key_file(),
+            tasks: Default::default(),
         }
     }
 }
@@ -249,6 +253,9 @@ impl Config {
             bail!("instance {} is configured twice", pair[0]);
         }
         self.edge.check().context("in [edge]")?;
+        if self.control.tasks.max_active_per_account == 0 {
+            bail!("control.tasks.max_active_per_account must be at least 1");
+        }
         Ok(())
     }
 }
@@ -334,6 +341,8 @@ mod tests {
             let endpoint = config.public_endpoint(region).expect("a public endpoint");
             assert_eq!(endpoint.host, "127.0.0.1", "{}", region.id);
         }
+        // The file documents the built-in defaults, not other values.
+        assert_eq!(config.control.tasks, meridian_control::distribution::TaskLimits::default());
     }
 
     #[test]

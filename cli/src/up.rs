@@ -188,7 +188,7 @@ async fn start_control(config: &Config, registry: &Registry) -> anyhow::Result<C
     let settings = &config.control;
     let operator = read_or_create_token(OPERATOR_TOKEN_ENV, &settings.operator_token_file)?;
     let node = read_or_create_token(NODE_TOKEN_ENV, &settings.node_token_file)?;
-    let plane = ControlPlane::new(registry.clone(), &operator);
+    let plane = ControlPlane::new(registry.clone(), &operator).with_task_limits(settings.tasks);
     if let Some(demo) = &config.demo
         && !settings.demo_api_key_file.exists()
     {

@@ -738,3 +738,16 @@ async fn the_api_key_never_appears_in_any_output_or_error() {
     let run = api.ctl(Some(&other), &["products", "show", PK]).await;
     assert!(run.fails().contains("not found (HTTP 404)"), "{}", run.stderr);
 }
+
+#[tokio::test]
+async fn a_task_whose_record_does_not_decode_is_listed_as_unreadable() {
+    let api = Api::start().await;
+    let key = api.tenant("acme", PK).await;
+    let damaged = br#"{"owner":"acme","state":"Exploded"}"#.to_vec();
+    api.plane.registry().store().put("tasks/dt-broken000001", damaged.into()).await.expect("put");
+
+    let run = api.ctl(Some(&key), &["tasks", "list"]).await;
+    let stdout = run.ok();
+    assert!(stdout.contains("dt-broken000001") && stdout.contains("unreadable"), "{stdout}");
+    assert!(run.stderr.contains("does not decode"), "{}", run.stderr);
+}

@@ -6,8 +6,26 @@
 //! compare-and-swap on every record it read. A crash before the commit leaves nothing applied; a
 //! crash after leaves the cursor past those devices. A restart (or a retry) resumes at the
 //! cursor, so no device is moved twice by one task.
+//!
+//! Records:
+//!
+//! | key | what |
+//! |---|---|
+//! | `tasks/{id}` | the task, its device list and per-device records; kept once settled, for the owner to read |
+//! | `pending-tasks/{owner}/{slot}` | one per unsettled task, naming it: all the executor reads to find work, so settled tasks cost it nothing |
+//! | `task-index` | present once every unsettled task has its slot; the first executor pass on a store written before slots existed gives them out |
+//!
+//! Slots `0..` make the per-account cap on unsettled tasks ([`TaskLimits`]) a store
+//! precondition: a submission (or the retry of a `Failed` task) creates the lowest free slot
+//! with "absent" in the batch that stores the task, so two racing for the last slot cannot both
+//! win. The batch that settles a task deletes its slot.
 
-use serde::Deserialize;
+mod limits;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Serialize};
 
 use meridian_registry::ids::{AccountId, DeviceKey, InstanceId, ProductKey};
 use meridian_registry::model::{
@@ -18,10 +36,20 @@ use meridian_registry::{decode, encode, keys};
 
 use crate::device_list::{DeviceCsv, unique_names};
 use crate::error::ControlError;
+use crate::listing::{self, Kind, Listing};
 use crate::model::{DeviceRecord, Policy, RecordResult, Task, TaskState};
 use crate::plane::{ControlPlane, Result, not_found, random_token};
 
+pub(crate) use limits::SubmissionRate;
+pub use limits::{DEFAULT_MAX_ACTIVE_TASKS, TaskLimits};
+
 pub(crate) const TASKS: &str = "tasks/";
+/// `pending-tasks/{owner}/{slot}`: a [`PendingSlot`], one per unsettled task.
+pub(crate) const PENDING_TASKS: &str = "pending-tasks/";
+/// Present once every unsettled task holds a slot.
+pub(crate) const TASK_INDEX: &str = "task-index";
+/// Compare-and-swap rounds a submission or retry is given to find a free slot under contention.
+const SLOT_RETRIES: usize = 16;
 
 /// Most devices one task may list (SPEC §5).
 pub const MAX_TASK_DEVICES: usize = 10_000;
@@ -71,6 +99,19 @@ pub struct CrossAccount {
 /// The CSV template users download for device lists.
 pub const CSV_TEMPLATE: &str = "productKey,deviceName\n";
 
+/// The value of a `pending-tasks/{owner}/{slot}` key.
+#[derive(Serialize, Deserialize)]
+struct PendingSlot {
+    task: String,
+}
+
+/// The value of the [`TASK_INDEX`] key.
+#[derive(Serialize, Deserialize)]
+struct IndexBuilt {
+    version: u32,
+    at: meridian_registry::clock::Timestamp,
+}
+
 impl ControlPlane {
     /// Sets how many devices a task moves per atomic commit (at least one; default
     /// [`TASK_BATCH`]). Smaller batches show progress in more steps and hold the store's write
@@ -81,10 +122,34 @@ impl ControlPlane {
         self
     }
 
+    /// Sets the limits on each account's tasks (default [`TaskLimits::default`]).
+    pub fn with_task_limits(mut self, limits: TaskLimits) -> ControlPlane {
+        let limits =
+            TaskLimits { max_active_per_account: limits.max_active_per_account.max(1), ..limits };
+        self.submission_rate =
+            std::sync::Arc::new(SubmissionRate::new(&limits, self.registry.clock().clone()));
+        self.task_limits = limits;
+        self
+    }
+
     /// Checks a task request against every SPEC §5 rule and stores it as `Initializing`; the
     /// executor takes it from there. Nothing is stored when a rule fails.
     pub async fn submit_task(&self, caller: &AccountId, request: TaskRequest) -> Result<Task> {
+        // Counted first, refused or not: checking a request is work too.
+        if let Err(retry_after) = self.submission_rate.check(caller) {
+            limited("task_submission_rate");
+            return Err(ControlError::RateLimited { what: "task submissions", retry_after });
+        }
         let product = self.product(caller, &request.product).await?;
+        // A product stored before TSL depth was checked: its copies would not decode.
+        if crate::plane::tsl_too_deep(&product.tsl) {
+            return Err(ControlError::Rule(format!(
+                "product {}'s TSL nests deeper than the limit of {} levels, so its copies could \
+                 not be read; patch its tsl before distributing it",
+                product.key,
+                crate::plane::MAX_TSL_DEPTH
+            )));
+        }
         let devices = task_devices(&request)?;
         if devices.len() > MAX_TASK_DEVICES {
             return Err(ControlError::Invalid(format!(
@@ -184,7 +249,7 @@ impl ControlPlane {
         }
 
         let now = self.now();
-        let task = Task {
+        let mut task = Task {
             id: format!("dt-{}", random_token(16)?),
             owner: caller.clone(),
             product: product.key,
@@ -196,69 +261,115 @@ impl ControlPlane {
             records: Vec::new(),
             failure: None,
             attempts: 0,
+            slot: None,
             created_at: now,
             updated_at: now,
         };
-        let mut ops = vec![Op::put(task_key(&task.id), encode(&task)?).expecting(Expect::Absent)];
-        ops.extend(consume_code);
-        ops.push(self.audit_op(caller, "task.started", &task.id)?);
-        match self.registry.store().batch(ops).await {
-            Ok(_) => {}
-            Err(StoreError::Conflict { .. }) => {
-                return Err(ControlError::Rule("verification code is invalid or expired".into()));
+        let audit = self.audit_op(caller, "task.started", &task.id)?;
+        for _ in 0..SLOT_RETRIES {
+            let slot = self.free_slot(caller, true).await?;
+            task.slot = Some(slot);
+            let mut ops =
+                vec![Op::put(task_key(&task.id), encode(&task)?).expecting(Expect::Absent)];
+            ops.push(slot_op(&task, slot)?);
+            ops.extend(consume_code.clone());
+            ops.push(audit.clone());
+            match self.registry.store().batch(ops).await {
+                Ok(_) => {
+                    self.wake.notify_one();
+                    return Ok(task);
+                }
+                // Another submission of this account took the slot: look again.
+                Err(StoreError::Conflict { key, .. }) if key == pending_key(caller, slot) => {}
+                Err(StoreError::Conflict { .. }) => {
+                    return Err(ControlError::Rule(
+                        "verification code is invalid or expired".into(),
+                    ));
+                }
+                Err(other) => return Err(other.into()),
             }
-            Err(other) => return Err(other.into()),
         }
-        self.wake.notify_one();
-        Ok(task)
+        Err(contended(caller))
     }
 
     pub async fn task(&self, caller: &AccountId, id: &str) -> Result<Task> {
-        let (task, _) = self.load_task(id).await?;
-        if &task.owner != caller {
-            return Err(not_found("task", id));
-        }
+        let (task, _) = self.load_own_task(caller, id).await?;
         Ok(task)
     }
 
-    pub async fn tasks(&self, caller: &AccountId) -> Result<Vec<Task>> {
+    /// The caller's tasks; one whose record does not decode is listed as broken, not fatal.
+    pub async fn tasks(&self, caller: &AccountId) -> Result<Listing<Task>> {
         let snapshot = self.registry.store().scan_prefix(TASKS).await?;
-        let mut tasks = Vec::new();
-        for entry in snapshot.entries {
-            let task: Task = decode(&entry.key, &entry.value)?;
-            if &task.owner == caller {
-                tasks.push(task);
-            }
-        }
-        Ok(tasks)
+        let mine = |task: &Task| &task.owner == caller;
+        let kind = Kind { name: "task", prefix: TASKS, mine: &mine, owner: &listing::owner_field };
+        Ok(listing::decode_all(caller, snapshot.entries, kind))
     }
 
     /// Retries a task stuck in `Distributing` or `Failed`: it resumes at its cursor, so devices
-    /// already handled are not handled again. A task cannot be cancelled.
+    /// already handled are not handled again. A task cannot be cancelled. A `Failed` task
+    /// becomes active again, so it needs a free place under the account's cap.
     pub async fn retry_task(&self, caller: &AccountId, id: &str) -> Result<Task> {
-        let (mut task, revision) = self.load_task(id).await?;
-        if &task.owner != caller {
-            return Err(not_found("task", id));
-        }
-        match task.state {
-            TaskState::Failed | TaskState::Distributing => {}
-            other => {
-                return Err(ControlError::Rule(format!(
-                    "a task in state {other:?} cannot be retried"
-                )));
+        for _ in 0..SLOT_RETRIES {
+            let (mut task, revision) = self.load_own_task(caller, id).await?;
+            match task.state {
+                TaskState::Failed | TaskState::Distributing => {}
+                other => {
+                    return Err(ControlError::Rule(format!(
+                        "a task in state {other:?} cannot be retried"
+                    )));
+                }
+            }
+            let was_settled = task.state.settled();
+            if task.cursor < task.devices.len() || task.devices.is_empty() {
+                task.state = if task.cursor == 0 {
+                    TaskState::Initializing
+                } else {
+                    TaskState::Distributing
+                };
+            }
+            task.failure = None;
+            task.attempts += 1;
+            task.updated_at = self.now();
+            let mut also = vec![self.audit_op(caller, "task.retried", id)?];
+            let mut new_slot = None;
+            if !task.state.settled() && task.slot.is_none() {
+                // A task still Distributing is active already (one stored before slots
+                // existed): it gets a slot whatever the cap.
+                let slot = self.free_slot(caller, was_settled).await?;
+                task.slot = Some(slot);
+                also.push(slot_op(&task, slot)?);
+                new_slot = Some(pending_key(caller, slot));
+            }
+            let mut ops = task_writes(&mut task, revision)?;
+            ops.extend(also);
+            match self.registry.store().batch(ops).await {
+                Ok(_) => {
+                    self.wake.notify_one();
+                    return Ok(task);
+                }
+                Err(StoreError::Conflict { key, .. }) if Some(&key) == new_slot.as_ref() => {}
+                Err(StoreError::Conflict { key, .. }) => {
+                    return Err(ControlError::Conflict { kind: "record", id: key });
+                }
+                Err(other) => return Err(other.into()),
             }
         }
-        if task.cursor < task.devices.len() || task.devices.is_empty() {
-            task.state =
-                if task.cursor == 0 { TaskState::Initializing } else { TaskState::Distributing };
+        Err(contended(caller))
+    }
+
+    /// The lowest slot number free among `owner`'s pending tasks; with `capped`, refused when
+    /// the owner already holds as many as [`TaskLimits::max_active_per_account`]. Below the
+    /// cap a free number below it exists, since fewer slots than that are taken.
+    async fn free_slot(&self, owner: &AccountId, capped: bool) -> Result<u32> {
+        let taken = self.registry.store().scan_prefix(&pending_prefix(owner)).await?.entries;
+        let limit = self.task_limits.max_active_per_account;
+        if capped && taken.len() >= limit as usize {
+            limited("active_tasks");
+            return Err(ControlError::TooManyActiveTasks { limit });
         }
-        task.failure = None;
-        task.attempts += 1;
-        task.updated_at = self.now();
-        self.save_task(&task, revision).await?;
-        self.audit(caller, "task.retried", id).await;
-        self.wake.notify_one();
-        Ok(task)
+        let used: BTreeSet<u32> =
+            taken.iter().filter_map(|entry| slot_number(&entry.key)).collect();
+        Ok((0..=u32::MAX).find(|n| !used.contains(n)).unwrap_or(u32::MAX))
     }
 
     /// The per-device record as CSV: `productKey,deviceName,result,reason`.
@@ -301,21 +412,110 @@ impl ControlPlane {
         }
     }
 
-    /// Drives every unsettled task to a settled state.
+    /// Drives every unsettled task to a settled state. Reads the pending index only, never
+    /// the settled tasks; a task whose record does not decode is reported and skipped, and
+    /// the others go on.
     pub async fn run_pending(&self) -> Result<()> {
-        let snapshot = self.registry.store().scan_prefix(TASKS).await?;
+        // Tasks that already hold slots run meanwhile; the rest wait for the next pass.
+        if let Err(error) = self.build_task_index().await {
+            tracing::warn!(%error, "pending distribution tasks not indexed yet");
+        }
+        let snapshot = self.registry.store().scan_prefix(PENDING_TASKS).await?;
         for entry in snapshot.entries {
-            let task: Task = decode(&entry.key, &entry.value)?;
-            if task.state.settled() {
-                continue;
-            }
+            let id = match serde_json::from_slice::<PendingSlot>(&entry.value) {
+                Ok(slot) => slot.task,
+                Err(error) => {
+                    listing::report("pending task", &entry.key, &error);
+                    continue;
+                }
+            };
             // One broken task must not hold up the others; it stays unsettled (retryable) and
             // is tried again on the next pass.
-            if let Err(error) = self.drive(&task.id).await {
-                tracing::warn!(task = %task.id, %error, "distribution task step failed");
+            match self.drive(&id).await {
+                // Settled, so its slot is normally gone with the batch that settled it. One left
+                // behind (its task deleted, or settled by a version that knew no slots) goes
+                // now; the precondition leaves a slot taken again meanwhile alone.
+                Ok(_) | Err(ControlError::NotFound { kind: "task", .. }) => {
+                    self.drop_slot(&entry).await;
+                }
+                // Reported where it was read.
+                Err(ControlError::Unreadable { .. }) => {}
+                Err(error) => {
+                    tracing::warn!(task = %id, %error, "distribution task step failed");
+                }
             }
         }
         Ok(())
+    }
+
+    async fn drop_slot(&self, entry: &Entry) {
+        let op = Op::delete(entry.key.clone()).expecting(Expect::Revision(entry.revision));
+        if let Err(error) = self.registry.store().batch(vec![op]).await {
+            tracing::debug!(key = entry.key, %error, "stale task slot not dropped");
+        }
+    }
+
+    /// Gives a slot to every unsettled task stored before slots existed, then marks the index
+    /// complete; a no-op once marked. One batch, expecting every task as read, so a task
+    /// changing meanwhile makes it start over rather than index a stale state.
+    async fn build_task_index(&self) -> Result<()> {
+        if self.task_index_built.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let store = self.registry.store();
+        for _ in 0..SLOT_RETRIES {
+            if store.get(TASK_INDEX).await?.is_some() {
+                self.task_index_built.store(true, Ordering::Release);
+                return Ok(());
+            }
+            let tasks = store.scan_prefix(TASKS).await?;
+            let pending = store.scan_prefix(PENDING_TASKS).await?;
+            let mut used: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
+            for entry in &pending.entries {
+                let Some((owner, _)) = entry.key[PENDING_TASKS.len()..].split_once('/') else {
+                    continue;
+                };
+                used.entry(owner.to_owned()).or_default().extend(slot_number(&entry.key));
+            }
+            let mut ops = Vec::new();
+            for entry in tasks.entries {
+                let mut task = match serde_json::from_slice::<Task>(&entry.value) {
+                    Ok(task) => task,
+                    Err(error) => {
+                        listing::report("task", &entry.key, &error);
+                        continue;
+                    }
+                };
+                if task.state.settled() || task.slot.is_some() {
+                    continue;
+                }
+                let taken = used.entry(task.owner.to_string()).or_default();
+                let slot = (0..=u32::MAX).find(|n| !taken.contains(n)).unwrap_or(u32::MAX);
+                taken.insert(slot);
+                task.slot = Some(slot);
+                ops.push(
+                    Op::put(entry.key, encode(&task)?).expecting(Expect::Revision(entry.revision)),
+                );
+                ops.push(slot_op(&task, slot)?);
+            }
+            let indexed = ops.len() / 2;
+            let built = IndexBuilt { version: 1, at: self.now() };
+            ops.push(Op::put(TASK_INDEX, encode(&built)?).expecting(Expect::Absent));
+            match store.batch(ops).await {
+                Ok(_) => {
+                    tracing::info!(tasks = indexed, "pending distribution tasks indexed");
+                    self.task_index_built.store(true, Ordering::Release);
+                    return Ok(());
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Err(ControlError::Conflict {
+            kind: "task index",
+            id: "(tasks changed during every attempt to build it; retrying on the next pass)"
+                .into(),
+        })
     }
 
     /// Steps one task until it settles.
@@ -340,7 +540,7 @@ impl ControlPlane {
                 task.state = TaskState::Failed;
                 task.failure = Some(format!("product {product} no longer exists"));
                 task.updated_at = self.now();
-                self.save_task(&task, revision).await?;
+                self.commit(task_writes(&mut task, revision)?).await?;
                 Ok(Some(task))
             }
             Err(error) => Err(error),
@@ -362,7 +562,7 @@ impl ControlPlane {
                     task.failure =
                         Some(format!("product {} no longer belongs to this account", task.product));
                     task.updated_at = self.now();
-                    self.save_task(&task, revision).await?;
+                    self.commit(task_writes(&mut task, revision)?).await?;
                     return Ok(Some(task));
                 }
                 let holder = task.destination_account.clone().unwrap_or_else(|| task.owner.clone());
@@ -385,10 +585,7 @@ impl ControlPlane {
                     TaskState::Distributing
                 };
                 task.updated_at = self.now();
-                ops.push(
-                    Op::put(task_key(&task.id), encode(&task)?)
-                        .expecting(Expect::Revision(revision)),
-                );
+                ops.extend(task_writes(&mut task, revision)?);
                 self.commit(ops).await?;
                 Ok(task.state.settled().then_some(task))
             }
@@ -420,10 +617,7 @@ impl ControlPlane {
                     task.state = TaskState::Distributed;
                 }
                 task.updated_at = self.now();
-                ops.push(
-                    Op::put(task_key(&task.id), encode(&task)?)
-                        .expecting(Expect::Revision(revision)),
-                );
+                ops.extend(task_writes(&mut task, revision)?);
                 self.commit(ops).await?;
                 Ok(task.state.settled().then_some(task))
             }
@@ -450,18 +644,33 @@ impl ControlPlane {
         }
     }
 
+    /// A task, whoever owns it. One that does not decode is reported (log and metric) and
+    /// answered as [`ControlError::Unreadable`].
     async fn load_task(&self, id: &str) -> Result<(Task, Revision)> {
         if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return Err(not_found("task", id));
         }
         let entry =
             self.registry.store().get(&task_key(id)).await?.ok_or_else(|| not_found("task", id))?;
-        Ok((decode(&entry.key, &entry.value)?, entry.revision))
+        match serde_json::from_slice(&entry.value) {
+            Ok(task) => Ok((task, entry.revision)),
+            Err(error) => {
+                listing::report("task", &entry.key, &error);
+                let owner = listing::owner_field(&entry.value);
+                Err(ControlError::Unreadable { kind: "task", id: id.to_owned(), owner })
+            }
+        }
     }
 
-    async fn save_task(&self, task: &Task, revision: Revision) -> Result<()> {
-        let op = Op::put(task_key(&task.id), encode(task)?).expecting(Expect::Revision(revision));
-        self.commit(vec![op]).await
+    /// One of `caller`'s tasks: another account's is not found, readable or not.
+    async fn load_own_task(&self, caller: &AccountId, id: &str) -> Result<(Task, Revision)> {
+        match self.load_task(id).await {
+            Ok((task, _)) if &task.owner != caller => Err(not_found("task", id)),
+            Err(ControlError::Unreadable { owner, .. }) if owner.as_ref() != Some(caller) => {
+                Err(not_found("task", id))
+            }
+            other => other,
+        }
     }
 
     /// The destination account's default public instance: its oldest public instance.
@@ -541,6 +750,50 @@ fn record(key: &DeviceKey, result: RecordResult, reason: &str) -> DeviceRecord {
 
 fn task_key(id: &str) -> String {
     format!("{TASKS}{id}")
+}
+
+fn pending_prefix(owner: &AccountId) -> String {
+    format!("{PENDING_TASKS}{owner}/")
+}
+
+fn pending_key(owner: &AccountId, slot: u32) -> String {
+    format!("{PENDING_TASKS}{owner}/{slot}")
+}
+
+/// The slot number a `pending-tasks/{owner}/{slot}` key ends in.
+fn slot_number(key: &str) -> Option<u32> {
+    key.rsplit('/').next()?.parse().ok()
+}
+
+/// Takes `slot` for `task`: it must be free.
+fn slot_op(task: &Task, slot: u32) -> Result<Op> {
+    let value = encode(&PendingSlot { task: task.id.clone() })?;
+    Ok(Op::put(pending_key(&task.owner, slot), value).expecting(Expect::Absent))
+}
+
+/// The writes that store `task` over `revision`. A task that settles gives up its slot in the
+/// same batch, so the index never names a settled task and never loses an unsettled one.
+fn task_writes(task: &mut Task, revision: Revision) -> Result<Vec<Op>> {
+    let mut ops = Vec::with_capacity(2);
+    if task.state.settled()
+        && let Some(slot) = task.slot.take()
+    {
+        ops.push(Op::delete(pending_key(&task.owner, slot)));
+    }
+    ops.push(Op::put(task_key(&task.id), encode(task)?).expecting(Expect::Revision(revision)));
+    Ok(ops)
+}
+
+/// Counts a request refused by a per-account limit; the label is fixed, never the account.
+fn limited(limit: &'static str) {
+    metrics::counter!("meridian_control_limited_total", "limit" => limit).increment(1);
+}
+
+fn contended(caller: &AccountId) -> ControlError {
+    ControlError::Conflict {
+        kind: "distribution task",
+        id: format!("of {caller} (too many submissions at once; retry)"),
+    }
 }
 
 fn destinations(policy: &Policy) -> Vec<InstanceId> {

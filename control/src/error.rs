@@ -1,6 +1,9 @@
 //! Control-plane errors, each with the HTTP status the admin API answers with.
 
+use std::time::Duration;
+
 use meridian_registry::RegistryError;
+use meridian_registry::ids::AccountId;
 use meridian_registry::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +27,20 @@ pub enum ControlError {
     /// Too many attempts (verification codes).
     #[error("{0}")]
     TooManyAttempts(String),
+    /// The caller makes requests of this kind faster than its rate allows.
+    #[error("too many {what} from this account; retry in {} s", retry_after_secs(*retry_after))]
+    RateLimited { what: &'static str, retry_after: Duration },
+    /// The caller already has as many unsettled distribution tasks as one account may have.
+    #[error(
+        "this account already has {limit} unsettled distribution tasks, the most one account \
+         may have at once; submit again once one is Distributed or Failed"
+    )]
+    TooManyActiveTasks { limit: u32 },
+    /// A stored record does not decode (written by an incompatible version, or damaged). The
+    /// operator is alerted (log and metric); `owner` is whom the record names, when that much
+    /// of it decodes, and the only account told more than "not found".
+    #[error("the stored record of {kind} {id} does not decode; the operator has been alerted")]
+    Unreadable { kind: &'static str, id: String, owner: Option<AccountId> },
     /// Storage failed; nothing was changed.
     #[error("storage failure: {0}")]
     Internal(String),
@@ -39,9 +56,17 @@ impl ControlError {
             ControlError::Rule(_) => 422,
             ControlError::Conflict { .. } => 409,
             ControlError::TooManyAttempts(_) => 429,
+            ControlError::RateLimited { .. } => 429,
+            ControlError::TooManyActiveTasks { .. } => 409,
+            ControlError::Unreadable { .. } => 500,
             ControlError::Internal(_) => 500,
         }
     }
+}
+
+/// Whole seconds to wait, rounded up, at least one: what `Retry-After` says.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    wait.as_secs().saturating_add(u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 impl From<RegistryError> for ControlError {

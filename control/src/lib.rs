@@ -14,6 +14,7 @@ mod device_list;
 pub mod distribution;
 pub mod error;
 pub mod internal;
+pub mod listing;
 pub mod model;
 pub mod plane;
 pub mod remote;

@@ -65,6 +65,11 @@ pub struct Task {
     /// How many times the task was retried.
     #[serde(default)]
     pub attempts: u32,
+    /// While the task is unsettled: its slot among its owner's pending tasks (see
+    /// `distribution.rs`), given up in the batch that settles it. `None` once settled, and on
+    /// tasks stored before the index existed until the executor's first pass gives them one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u32>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }

@@ -22,6 +22,7 @@ use meridian_registry::{CreatedDevice, NewDevice, Registry, RegistryError, decod
 
 use crate::device_list::DeviceCsv;
 use crate::error::ControlError;
+use crate::listing::{self, Kind, Listing};
 use crate::model::{ApiKey, AuditEntry, CodeAttempts, VerificationCode};
 
 pub type Result<T, E = ControlError> = std::result::Result<T, E>;
@@ -41,6 +42,11 @@ pub const CODE_MAX_ATTEMPTS: u32 = 5;
 const ATTEMPT_RETRIES: usize = 16;
 /// Most rows a device CSV may hold (SPEC §5 for distribution; the same bound for imports).
 pub const MAX_CSV_ROWS: usize = 1_000;
+/// Deepest nesting of arrays and objects a product's TSL model may have. Records wrap the TSL
+/// (a product copy holds the product, which holds the TSL), and the store's JSON decoder stops
+/// at 128 levels, so a TSL as deep as a request can carry would make its copies undecodable.
+/// Half the decoder's limit leaves room for any wrapping; real TSL models nest about ten.
+pub const MAX_TSL_DEPTH: usize = 64;
 
 /// A new account, created by the operator.
 #[derive(Clone, Debug, Deserialize)]
@@ -139,16 +145,31 @@ pub struct ControlPlane {
     /// Devices a distribution task moves per atomic commit; see
     /// [`ControlPlane::with_task_batch`].
     pub(crate) task_batch: usize,
+    /// See [`ControlPlane::with_task_limits`].
+    pub(crate) task_limits: crate::distribution::TaskLimits,
+    /// Each account's submission rate under `task_limits`; shared by clones, so every request
+    /// of this process counts against one bucket per account.
+    pub(crate) submission_rate: Arc<crate::distribution::SubmissionRate>,
+    /// Set once the pending-task index is known complete, so the executor stops checking.
+    pub(crate) task_index_built: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ControlPlane {
     /// `operator_token` authorises account creation (the operator, not a tenant).
     pub fn new(registry: Registry, operator_token: &str) -> ControlPlane {
+        let task_limits = crate::distribution::TaskLimits::default();
+        let submission_rate = Arc::new(crate::distribution::SubmissionRate::new(
+            &task_limits,
+            registry.clock().clone(),
+        ));
         ControlPlane {
             registry,
             operator_token_hash: Arc::new(sha256(operator_token.as_bytes())),
             wake: Arc::new(Notify::new()),
             task_batch: crate::distribution::TASK_BATCH,
+            task_limits,
+            submission_rate,
+            task_index_built: Arc::default(),
         }
     }
 
@@ -194,14 +215,22 @@ impl ControlPlane {
             organisation_admin: false,
             created_at: self.now(),
         };
-        let account = self.registry.create_account(account).await?;
-        let key = self.create_api_key(&account.id).await?;
-        self.audit(&account.id, "account.created", account.id.as_str()).await;
+        // One batch: a crash cannot leave an account without its key or its audit entry.
+        let (key, key_op) = self.api_key_op(&account.id)?;
+        let audit = self.audit_op(&account.id, "account.created", account.id.as_str())?;
+        let account = self.registry.create_account_with(account, vec![key_op, audit]).await?;
         Ok((account, key))
     }
 
     /// A new API key `{id}.{secret}` for `account`; only its hash is stored.
     pub async fn create_api_key(&self, account: &AccountId) -> Result<String> {
+        let (key, op) = self.api_key_op(account)?;
+        self.registry.store().batch(vec![op]).await?;
+        Ok(key)
+    }
+
+    /// A new API key for `account` and the write that stores its hash.
+    fn api_key_op(&self, account: &AccountId) -> Result<(String, Op)> {
         let id = random_token(12)?;
         let secret = random_token(32)?;
         let record = ApiKey {
@@ -210,12 +239,8 @@ impl ControlPlane {
             hash: hex::encode(sha256(secret.as_bytes())),
             created_at: self.now(),
         };
-        let key = format!("{API_KEYS}{id}");
-        self.registry
-            .store()
-            .compare_and_swap(&key, Expect::Absent, Some(encode(&record)?))
-            .await?;
-        Ok(format!("{id}.{secret}"))
+        let op = Op::put(format!("{API_KEYS}{id}"), encode(&record)?).expecting(Expect::Absent);
+        Ok((format!("{id}.{secret}"), op))
     }
 
     /// The account an API key belongs to. Unknown keys and wrong secrets look the same.
@@ -310,9 +335,8 @@ impl ControlPlane {
             expires_at: now
                 .after(Duration::from_secs(new.lifetime_days.max(1).saturating_mul(86_400))),
         };
-        let instance = self.registry.create_instance(instance).await?;
-        self.audit(caller, "instance.created", instance.id.as_str()).await;
-        Ok(instance)
+        let audit = self.audit_op(caller, "instance.created", instance.id.as_str())?;
+        Ok(self.registry.create_instance_with(instance, vec![audit]).await?)
     }
 
     pub async fn create_product(&self, caller: &AccountId, new: NewProduct) -> Result<Product> {
@@ -326,6 +350,7 @@ impl ControlPlane {
                 random_token(11)?.parse().map_err(|e| ControlError::Internal(format!("{e}")))?
             }
         };
+        check_tsl(&new.tsl)?;
         let product = Product {
             key,
             name: new.name,
@@ -337,9 +362,8 @@ impl ControlPlane {
             parsing_script: new.parsing_script,
             created_at: self.now(),
         };
-        let product = self.registry.create_product(product).await?;
-        self.audit(caller, "product.created", product.key.as_str()).await;
-        Ok(product)
+        let audit = self.audit_op(caller, "product.created", product.key.as_str())?;
+        Ok(self.registry.create_product_with(product, vec![audit]).await?)
     }
 
     /// A product the caller owns.
@@ -352,16 +376,17 @@ impl ControlPlane {
         Ok(product)
     }
 
-    pub async fn products(&self, caller: &AccountId) -> Result<Vec<Product>> {
+    /// The caller's products; one whose record does not decode is reported, not fatal.
+    pub async fn products(&self, caller: &AccountId) -> Result<Listing<Product>> {
         let snapshot = self.registry.store().scan_prefix(keys::PRODUCTS).await?;
-        let mut products = Vec::new();
-        for entry in snapshot.entries {
-            let product: Product = decode(&entry.key, &entry.value)?;
-            if &product.owner == caller {
-                products.push(product);
-            }
-        }
-        Ok(products)
+        let mine = |product: &Product| &product.owner == caller;
+        let kind = Kind {
+            name: "product",
+            prefix: keys::PRODUCTS,
+            mine: &mine,
+            owner: &listing::owner_field,
+        };
+        Ok(listing::decode_all(caller, snapshot.entries, kind))
     }
 
     pub async fn update_product(
@@ -373,6 +398,9 @@ impl ControlPlane {
         self.product(caller, key).await?;
         if patch.name.as_ref().is_some_and(|name| name.trim().is_empty() || name.len() > 64) {
             return Err(ControlError::Invalid("product name must be 1-64 characters".into()));
+        }
+        if let Some(tsl) = &patch.tsl {
+            check_tsl(tsl)?;
         }
         // Read, check the owner and write back on that same revision: a product whose
         // instance was transferred meanwhile is not edited by its former owner.
@@ -401,12 +429,11 @@ impl ControlPlane {
         if let Some(script) = patch.parsing_script {
             product.parsing_script = Some(script);
         }
-        let write = self
-            .registry
-            .store()
-            .compare_and_swap(&entry.key, Expect::Revision(entry.revision), Some(encode(&product)?))
-            .await;
-        match write {
+        let ops = vec![
+            Op::put(entry.key, encode(&product)?).expecting(Expect::Revision(entry.revision)),
+            self.audit_op(caller, "product.updated", key.as_str())?,
+        ];
+        match self.registry.store().batch(ops).await {
             Ok(_) => {}
             Err(StoreError::Conflict { .. }) => {
                 return Err(ControlError::Conflict {
@@ -416,21 +443,21 @@ impl ControlPlane {
             }
             Err(other) => return Err(other.into()),
         }
-        self.audit(caller, "product.updated", key.as_str()).await;
         Ok(product)
     }
 
     /// Read-only copies of other products distributed to the caller's instances (SPEC §5).
-    pub async fn product_copies(&self, caller: &AccountId) -> Result<Vec<ProductCopy>> {
+    /// A copy whose record does not decode is reported, never fatal to the list.
+    pub async fn product_copies(&self, caller: &AccountId) -> Result<Listing<ProductCopy>> {
         let snapshot = self.registry.store().scan_prefix(keys::PRODUCT_COPIES).await?;
-        let mut copies = Vec::new();
-        for entry in snapshot.entries {
-            let copy: ProductCopy = decode(&entry.key, &entry.value)?;
-            if &copy.holder == caller {
-                copies.push(copy);
-            }
-        }
-        Ok(copies)
+        let mine = |copy: &ProductCopy| &copy.holder == caller;
+        let kind = Kind {
+            name: "product copy",
+            prefix: keys::PRODUCT_COPIES,
+            mine: &mine,
+            owner: &listing::holder_field,
+        };
+        Ok(listing::decode_all(caller, snapshot.entries, kind))
     }
 
     /// Creates devices (all or none); their secrets are returned this once.
@@ -441,10 +468,10 @@ impl ControlPlane {
         names: Vec<(DeviceName, Option<DeviceSecret>)>,
     ) -> Result<Vec<CreatedDevice>> {
         self.product(caller, product).await?;
+        let audit =
+            self.audit_op(caller, "devices.created", &format!("{product} x{}", names.len()))?;
         let new = names.into_iter().map(|(name, secret)| NewDevice { name, secret }).collect();
-        let created = self.registry.create_devices_for(caller, product, new).await?;
-        self.audit(caller, "devices.created", &format!("{product} x{}", created.len())).await;
-        Ok(created)
+        Ok(self.registry.create_devices_for_with(caller, product, new, vec![audit]).await?)
     }
 
     /// Creates devices from a CSV with a `deviceName` column (and an optional `deviceSecret`).
@@ -482,17 +509,14 @@ impl ControlPlane {
         enabled: bool,
     ) -> Result<Device> {
         self.device(caller, key).await?;
-        let device = self.set_own_device_enabled(caller, key, enabled).await?;
-        let action = if enabled { "device.enabled" } else { "device.disabled" };
-        self.audit(caller, action, &key.to_string()).await;
-        Ok(device)
+        self.set_own_device_enabled(caller, key, enabled, &key.to_string()).await
     }
 
     /// Deletes a device at its source. A distributed device must first be distributed back
     /// (SPEC §5); its runtime data at other instances stays where it is.
     pub async fn delete_device(&self, caller: &AccountId, key: &DeviceKey) -> Result<()> {
         self.device(caller, key).await?;
-        self.delete_own_device(caller, key, |device| {
+        self.delete_own_device(caller, key, &key.to_string(), |device| {
             if device.placement != Placement::Home {
                 return Err(ControlError::Rule(format!(
                     "device {key} is distributed; distribute it back to its source before \
@@ -501,45 +525,45 @@ impl ControlPlane {
             }
             Ok(())
         })
-        .await?;
-        self.audit(caller, "device.deleted", &key.to_string()).await;
-        Ok(())
+        .await
     }
 
-    /// Disables or enables one of `caller`'s devices. The owner is checked inside the
-    /// compare-and-swap that writes the status, so a device that changes owner meanwhile (a
-    /// transfer accepted, an instance transfer confirmed) is never touched by its former
-    /// owner: it is not found.
+    /// Disables or enables one of `caller`'s devices, with its audit entry (naming the device
+    /// as `target`) in the same batch. The owner is checked inside the compare-and-swap that
+    /// writes the status, so a device that changes owner meanwhile (a transfer accepted, an
+    /// instance transfer confirmed) is never touched by its former owner: it is not found.
     pub(crate) async fn set_own_device_enabled(
         &self,
         caller: &AccountId,
         key: &DeviceKey,
         enabled: bool,
+        target: &str,
     ) -> Result<Device> {
-        let device = self
-            .registry
-            .update_device(key, |device| {
-                if &device.owner != caller {
-                    return Err(RegistryError::NotFound { kind: "device", id: key.to_string() });
-                }
-                // The transitions of `Registry::set_device_enabled`.
-                device.status = match (enabled, device.status) {
-                    (false, _) => DeviceStatus::Disabled,
-                    (true, DeviceStatus::Disabled) => DeviceStatus::Offline,
-                    (true, status) => status,
-                };
-                Ok(())
-            })
-            .await?;
-        Ok(device)
+        let action = if enabled { "device.enabled" } else { "device.disabled" };
+        let audit = self.audit_op(caller, action, target)?;
+        let edit = |device: &mut Device| {
+            if &device.owner != caller {
+                return Err(RegistryError::NotFound { kind: "device", id: key.to_string() });
+            }
+            // The transitions of `Registry::set_device_enabled`.
+            device.status = match (enabled, device.status) {
+                (false, _) => DeviceStatus::Disabled,
+                (true, DeviceStatus::Disabled) => DeviceStatus::Offline,
+                (true, status) => status,
+            };
+            Ok(())
+        };
+        Ok(self.registry.update_device_with(key, edit, vec![audit]).await?)
     }
 
     /// Deletes one of `caller`'s devices if `check` allows, on the very revision whose owner
-    /// was checked (see [`ControlPlane::set_own_device_enabled`]).
+    /// was checked (see [`ControlPlane::set_own_device_enabled`]), with its audit entry naming
+    /// the device as `target` in the same batch.
     pub(crate) async fn delete_own_device(
         &self,
         caller: &AccountId,
         key: &DeviceKey,
+        target: &str,
         check: impl FnOnce(&Device) -> Result<()>,
     ) -> Result<()> {
         let store = self.registry.store();
@@ -550,10 +574,12 @@ impl ControlPlane {
             return Err(not_found("device", &key.to_string()));
         }
         check(&device)?;
-        // Its kept subscriptions (SPEC §2) go with it, in the same batch.
+        // Its kept subscriptions (SPEC §2) go with it, in the same batch, and so does its
+        // audit entry.
         let ops = vec![
             Op::delete(entry.key.clone()).expecting(Expect::Revision(entry.revision)),
             Op::delete(keys::subscriptions(key)),
+            self.audit_op(caller, "device.deleted", target)?,
         ];
         match store.batch(ops).await {
             Ok(_) => Ok(()),
@@ -578,8 +604,9 @@ impl ControlPlane {
             expires_at: now.after(CODE_VALIDITY),
         };
         let key = format!("{CODES}{caller}/{}", &record.hash[..16]);
-        self.registry.store().put(&key, encode(&record)?).await?;
-        self.audit(caller, "code.requested", "").await;
+        let ops =
+            vec![Op::put(key, encode(&record)?), self.audit_op(caller, "code.requested", "")?];
+        self.registry.store().batch(ops).await?;
         Ok(code)
     }
 
@@ -716,21 +743,9 @@ impl ControlPlane {
         }
     }
 
-    /// Records a control-plane change for the account that owns the resource. Best effort:
-    /// a failed audit write is logged, never turned into a failed request after the fact.
-    pub(crate) async fn audit(&self, account: &AccountId, action: &str, target: &str) {
-        let written = match self.audit_op(account, action, target) {
-            Ok(op) => self.registry.store().batch(vec![op]).await.map(drop).map_err(Into::into),
-            Err(error) => Err(error),
-        };
-        if let Err(error) = written {
-            tracing::warn!(%error, action, "audit entry not recorded");
-        }
-    }
-
-    /// The write that records `action` in `account`'s audit log. Changes committed in one
-    /// batch carry their audit entries in the same batch, so a crash between the change and
-    /// its record cannot lose the record (SPEC §9).
+    /// The write that records `action` in `account`'s audit log. Every change commits its
+    /// audit entries in its own batch, so a crash between the change and its record cannot
+    /// lose the record (SPEC §9), and a failed audit write fails the change with it.
     pub(crate) fn audit_op(&self, account: &AccountId, action: &str, target: &str) -> Result<Op> {
         let entry = AuditEntry {
             at: self.now(),
@@ -771,6 +786,43 @@ pub fn parse_devices_csv(csv_text: &str) -> Result<Vec<(DeviceName, Option<Devic
         return Err(ControlError::Invalid("CSV holds no devices".into()));
     }
     Ok(names)
+}
+
+/// Refuses a TSL model nested deeper than [`MAX_TSL_DEPTH`].
+fn check_tsl(tsl: &serde_json::Value) -> Result<()> {
+    if tsl_too_deep(tsl) {
+        return Err(ControlError::Invalid(format!(
+            "tsl nests arrays and objects deeper than the limit of {MAX_TSL_DEPTH} levels"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a TSL model nests deeper than [`MAX_TSL_DEPTH`].
+pub(crate) fn tsl_too_deep(tsl: &serde_json::Value) -> bool {
+    json_depth(tsl, MAX_TSL_DEPTH) > MAX_TSL_DEPTH
+}
+
+/// How deeply `value` nests arrays and objects (a scalar is 0, `[]` is 1), counting no further
+/// than `limit + 1`. Iterative, so the check itself has no depth limit.
+fn json_depth(value: &serde_json::Value, limit: usize) -> usize {
+    use serde_json::Value;
+    let mut deepest = 0;
+    let mut stack = vec![(value, 0usize)];
+    while let Some((value, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(fields) => Box::new(fields.values()),
+            _ => continue,
+        };
+        let depth = depth + 1;
+        deepest = deepest.max(depth);
+        if deepest > limit {
+            return deepest;
+        }
+        stack.extend(children.map(|child| (child, depth)));
+    }
+    deepest
 }
 
 fn invalid_code() -> ControlError {

@@ -303,6 +303,7 @@ impl ControlPlane {
         ops.push(
             Op::put(entry.key, encode(&instance)?).expecting(Expect::Revision(entry.revision)),
         );
+        ops.push(self.audit_op(caller, "instance.renewed", &format!("{id} +{days}d"))?);
         match self.registry.store().batch(ops).await {
             Ok(_) => {}
             Err(StoreError::Conflict { .. }) => {
@@ -313,7 +314,6 @@ impl ControlPlane {
             }
             Err(other) => return Err(other.into()),
         }
-        self.audit(caller, "instance.renewed", &format!("{id} +{days}d")).await;
         Ok(instance)
     }
 
@@ -339,12 +339,11 @@ impl ControlPlane {
         let mut record: Account = decode(&entry.key, &entry.value)?;
         record.organisation = organisation;
         record.organisation_admin = admin;
-        match self
-            .registry
-            .store()
-            .compare_and_swap(&key, Expect::Revision(entry.revision), Some(encode(&record)?))
-            .await
-        {
+        let ops = vec![
+            Op::put(key, encode(&record)?).expecting(Expect::Revision(entry.revision)),
+            self.audit_op(account, "account.organisation-set", account.as_str())?,
+        ];
+        match self.registry.store().batch(ops).await {
             Ok(_) => {}
             Err(StoreError::Conflict { .. }) => {
                 return Err(ControlError::Conflict {
@@ -354,7 +353,6 @@ impl ControlPlane {
             }
             Err(other) => return Err(other.into()),
         }
-        self.audit(account, "account.organisation-set", account.as_str()).await;
         Ok(record)
     }
 

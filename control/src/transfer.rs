@@ -177,8 +177,11 @@ impl ControlPlane {
     pub async fn allow_transfers(&self, account: &AccountId) -> Result<AllowListEntry> {
         self.registry.account(account).await?;
         let entry = AllowListEntry { account: account.clone(), added_at: self.now() };
-        self.registry.store().put(&allow_key(account), encode(&entry)?).await?;
-        self.audit(account, "transfer-allow-list.added", account.as_str()).await;
+        let ops = vec![
+            Op::put(allow_key(account), encode(&entry)?),
+            self.audit_op(account, "transfer-allow-list.added", account.as_str())?,
+        ];
+        self.registry.store().batch(ops).await?;
         Ok(entry)
     }
 
@@ -187,8 +190,11 @@ impl ControlPlane {
         if self.registry.store().get(&allow_key(account)).await?.is_none() {
             return Err(not_found("allow-list entry", account.as_str()));
         }
-        self.registry.store().delete(&allow_key(account)).await?;
-        self.audit(account, "transfer-allow-list.removed", account.as_str()).await;
+        let ops = vec![
+            Op::delete(allow_key(account)),
+            self.audit_op(account, "transfer-allow-list.removed", account.as_str())?,
+        ];
+        self.registry.store().batch(ops).await?;
         Ok(())
     }
 
@@ -450,13 +456,9 @@ impl ControlPlane {
         enabled: bool,
     ) -> Result<Device> {
         let device = self.view_device(caller, view, name).await?;
-        let device = self
-            .set_own_device_enabled(caller, &device.key, enabled)
+        self.set_own_device_enabled(caller, &device.key, enabled, &format!("{view}/{name}"))
             .await
-            .map_err(|error| hide_key(error, name))?;
-        let action = if enabled { "device.enabled" } else { "device.disabled" };
-        self.audit(caller, action, &format!("{view}/{name}")).await;
-        Ok(device)
+            .map_err(|error| hide_key(error, name))
     }
 
     /// Deletes a transferred device: the destination's right as its owner.
@@ -467,11 +469,9 @@ impl ControlPlane {
         name: &DeviceName,
     ) -> Result<()> {
         let device = self.view_device(caller, view, name).await?;
-        self.delete_own_device(caller, &device.key, |_| Ok(()))
+        self.delete_own_device(caller, &device.key, &format!("{view}/{name}"), |_| Ok(()))
             .await
-            .map_err(|error| hide_key(error, name))?;
-        self.audit(caller, "device.deleted", &format!("{view}/{name}")).await;
-        Ok(())
+            .map_err(|error| hide_key(error, name))
     }
 
     /// Devices of `product` in pending transfers, with the order each is in.

@@ -94,8 +94,14 @@ impl Registry {
     }
 
     pub async fn create_account(&self, account: Account) -> Result<Account> {
-        self.create(keys::account(&account.id), "account", account.id.to_string(), &account)
-            .await?;
+        self.create_account_with(account, Vec::new()).await
+    }
+
+    /// [`Registry::create_account`], committing `also` in the same atomic batch (the account's
+    /// first API key and audit entry, so a crash cannot leave an account nobody can use).
+    pub async fn create_account_with(&self, account: Account, also: Vec<Op>) -> Result<Account> {
+        let key = keys::account(&account.id);
+        self.create_with(key, "account", account.id.to_string(), &account, also).await?;
         Ok(account)
     }
 
@@ -130,6 +136,16 @@ impl Registry {
 
     /// Creates an instance in an existing region, owned by an existing account.
     pub async fn create_instance(&self, instance: Instance) -> Result<Instance> {
+        self.create_instance_with(instance, Vec::new()).await
+    }
+
+    /// [`Registry::create_instance`], committing `also` in the same atomic batch (the control
+    /// plane's audit entry, so a crash cannot keep the instance and lose its record).
+    pub async fn create_instance_with(
+        &self,
+        instance: Instance,
+        also: Vec<Op>,
+    ) -> Result<Instance> {
         if let Some(problem) = instance.endpoint.problem() {
             return Err(RegistryError::Rule(format!("instance {}: {problem}", instance.id)));
         }
@@ -141,8 +157,14 @@ impl Registry {
                 instance.id
             )));
         }
-        self.create(keys::instance(&instance.id), "instance", instance.id.to_string(), &instance)
-            .await?;
+        self.create_with(
+            keys::instance(&instance.id),
+            "instance",
+            instance.id.to_string(),
+            &instance,
+            also,
+        )
+        .await?;
         Ok(instance)
     }
 
@@ -159,6 +181,11 @@ impl Registry {
     /// owner meanwhile (a transfer confirmed at that moment) fails the call instead of homing a
     /// product on another account's instance.
     pub async fn create_product(&self, product: Product) -> Result<Product> {
+        self.create_product_with(product, Vec::new()).await
+    }
+
+    /// [`Registry::create_product`], committing `also` in the same atomic batch.
+    pub async fn create_product_with(&self, product: Product, also: Vec<Op>) -> Result<Product> {
         let id = &product.home_instance;
         let (home, revision) =
             self.read_required::<Instance>(keys::instance(id), "instance", id.as_str()).await?;
@@ -166,10 +193,11 @@ impl Registry {
             return Err(RegistryError::NotFound { kind: "instance", id: home.id.to_string() });
         }
         let product_key = keys::product(&product.key);
-        let ops = vec![
+        let mut ops = vec![
             Op::put(keys::instance(id), encode(&home)?).expecting(Expect::Revision(revision)),
             Op::put(product_key.clone(), encode(&product)?).expecting(Expect::Absent),
         ];
+        ops.extend(also);
         match self.store.batch(ops).await {
             Ok(_) => Ok(product),
             Err(StoreError::Conflict { key, .. }) if key == product_key => {
@@ -212,7 +240,7 @@ impl Registry {
         product: &ProductKey,
         new: Vec<NewDevice>,
     ) -> Result<Vec<CreatedDevice>> {
-        self.create_devices_as(None, product, new).await
+        self.create_devices_as(None, product, new, Vec::new()).await
     }
 
     /// [`Registry::create_devices`] for `owner` only: a product of another account is not
@@ -225,7 +253,18 @@ impl Registry {
         product: &ProductKey,
         new: Vec<NewDevice>,
     ) -> Result<Vec<CreatedDevice>> {
-        self.create_devices_as(Some(owner), product, new).await
+        self.create_devices_as(Some(owner), product, new, Vec::new()).await
+    }
+
+    /// [`Registry::create_devices_for`], committing `also` in the same atomic batch.
+    pub async fn create_devices_for_with(
+        &self,
+        owner: &AccountId,
+        product: &ProductKey,
+        new: Vec<NewDevice>,
+        also: Vec<Op>,
+    ) -> Result<Vec<CreatedDevice>> {
+        self.create_devices_as(Some(owner), product, new, also).await
     }
 
     async fn create_devices_as(
@@ -233,6 +272,7 @@ impl Registry {
         expected_owner: Option<&AccountId>,
         product: &ProductKey,
         new: Vec<NewDevice>,
+        also: Vec<Op>,
     ) -> Result<Vec<CreatedDevice>> {
         if new.is_empty() || new.len() > MAX_DEVICES_PER_BATCH {
             return Err(RegistryError::Rule(format!(
@@ -278,6 +318,7 @@ impl Registry {
             ops.push(Op::delete(keys::subscriptions(&device.key)));
             created.push(CreatedDevice { device, secret });
         }
+        ops.extend(also);
         match self.store.batch(ops).await {
             Ok(_) => Ok(created),
             Err(StoreError::Conflict { key, .. }) if key == product_key => {
@@ -328,12 +369,22 @@ impl Registry {
         key: &DeviceKey,
         edit: impl FnOnce(&mut Device) -> Result<()>,
     ) -> Result<Device> {
+        self.update_device_with(key, edit, Vec::new()).await
+    }
+
+    /// [`Registry::update_device`], committing `also` in the same atomic batch.
+    pub async fn update_device_with(
+        &self,
+        key: &DeviceKey,
+        edit: impl FnOnce(&mut Device) -> Result<()>,
+        also: Vec<Op>,
+    ) -> Result<Device> {
         let id = key.to_string();
         let (mut device, revision) =
             self.read_required::<Device>(keys::device(key), "device", &id).await?;
         edit(&mut device)?;
         device.key = key.clone();
-        self.swap(keys::device(key), "device", &id, revision, &device).await?;
+        self.swap_with(keys::device(key), "device", &id, revision, &device, also).await?;
         Ok(device)
     }
 
@@ -402,16 +453,23 @@ impl Registry {
         snapshot.entries.iter().map(|entry| decode(&entry.key, &entry.value)).collect()
     }
 
-    async fn create<T: Serialize>(
+    /// Creates `record` at `key` and commits `also` in the same batch.
+    async fn create_with<T: Serialize>(
         &self,
         key: String,
         kind: &'static str,
         id: String,
         record: &T,
+        also: Vec<Op>,
     ) -> Result<Revision> {
-        match self.store.compare_and_swap(&key, Expect::Absent, Some(encode(record)?)).await {
+        let mut ops = vec![Op::put(key.clone(), encode(record)?).expecting(Expect::Absent)];
+        ops.extend(also);
+        match self.store.batch(ops).await {
             Ok(revision) => Ok(revision),
-            Err(StoreError::Conflict { .. }) => Err(RegistryError::AlreadyExists { kind, id }),
+            Err(StoreError::Conflict { key: conflict, .. }) if conflict == key => {
+                Err(RegistryError::AlreadyExists { kind, id })
+            }
+            Err(StoreError::Conflict { .. }) => Err(RegistryError::Concurrent { kind, id }),
             Err(other) => Err(other.into()),
         }
     }
@@ -424,11 +482,23 @@ impl Registry {
         revision: Revision,
         record: &T,
     ) -> Result<Revision> {
-        match self
-            .store
-            .compare_and_swap(&key, Expect::Revision(revision), Some(encode(record)?))
-            .await
-        {
+        self.swap_with(key, kind, id, revision, record, Vec::new()).await
+    }
+
+    /// Rewrites `record` at `key` if it is still at `revision`, and commits `also` in the same
+    /// batch.
+    async fn swap_with<T: Serialize>(
+        &self,
+        key: String,
+        kind: &'static str,
+        id: &str,
+        revision: Revision,
+        record: &T,
+        also: Vec<Op>,
+    ) -> Result<Revision> {
+        let mut ops = vec![Op::put(key, encode(record)?).expecting(Expect::Revision(revision))];
+        ops.extend(also);
+        match self.store.batch(ops).await {
             Ok(revision) => Ok(revision),
             Err(StoreError::Conflict { .. }) => {
                 Err(RegistryError::Concurrent { kind, id: id.to_owned() })

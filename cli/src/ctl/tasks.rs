@@ -100,6 +100,15 @@ impl Task {
 #[derive(Deserialize)]
 struct List {
     tasks: Vec<Task>,
+    /// Tasks whose stored records no longer decode; the API names them and says why.
+    #[serde(default)]
+    broken: Vec<Broken>,
+}
+
+#[derive(Deserialize)]
+struct Broken {
+    id: String,
+    message: String,
 }
 
 pub(super) async fn run(ctl: &Ctl, command: Command) -> anyhow::Result<()> {
@@ -128,6 +137,12 @@ pub(super) async fn run(ctl: &Ctl, command: Command) -> anyhow::Result<()> {
                         task.failed.to_string(),
                         output::time(task.created_at),
                     ]);
+                }
+                let dash = || "-".to_owned();
+                for broken in list.broken {
+                    eprintln!("warning: {}", broken.message);
+                    let state = "unreadable".to_owned();
+                    table.row([broken.id, dash(), dash(), state, dash(), dash(), dash(), dash()]);
                 }
                 table.print("no distribution tasks")
             })

@@ -8,6 +8,7 @@ use meridian_registry::model::{Product, ProductCopy};
 
 use super::request::ApiRequest;
 use super::response::{self, Result};
+use crate::listing::BrokenRecord;
 use crate::plane::{ControlPlane, NewProduct, ProductPatch};
 
 /// `GET /v1/products`
@@ -15,8 +16,12 @@ pub(super) async fn list(plane: &ControlPlane, caller: &AccountId) -> Result {
     #[derive(Serialize)]
     struct List {
         products: Vec<Product>,
+        /// The caller's products whose stored records do not decode (absent when none).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        broken: Vec<BrokenRecord>,
     }
-    response::json(StatusCode::OK, &List { products: plane.products(caller).await? })
+    let listing = plane.products(caller).await?;
+    response::json(StatusCode::OK, &List { products: listing.items, broken: listing.broken })
 }
 
 /// `POST /v1/products`
@@ -53,6 +58,10 @@ pub(super) async fn copies(plane: &ControlPlane, caller: &AccountId) -> Result {
     #[derive(Serialize)]
     struct List {
         product_copies: Vec<ProductCopy>,
+        /// The caller's copies whose stored records do not decode (absent when none).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        broken: Vec<BrokenRecord>,
     }
-    response::json(StatusCode::OK, &List { product_copies: plane.product_copies(caller).await? })
+    let listing = plane.product_copies(caller).await?;
+    response::json(StatusCode::OK, &List { product_copies: listing.items, broken: listing.broken })
 }

@@ -22,11 +22,13 @@ pub(crate) struct ApiError {
     message: String,
     /// For 405: the methods the path takes.
     allow: Option<String>,
+    /// For 429 from a rate: whole seconds until a retry may succeed.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into(), allow: None }
+        ApiError { status, message: message.into(), allow: None, retry_after: None }
     }
 
     pub(crate) fn no_route(path: &str) -> ApiError {
@@ -36,7 +38,12 @@ impl ApiError {
     pub(crate) fn method_not_allowed(method: &Method, allowed: &[Method]) -> ApiError {
         let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
         let message = format!("method {} not allowed here; use {allow}", echo(method.as_str()));
-        ApiError { status: StatusCode::METHOD_NOT_ALLOWED, message, allow: Some(allow) }
+        ApiError {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            message,
+            allow: Some(allow),
+            retry_after: None,
+        }
     }
 
     pub(crate) fn internal() -> ApiError {
@@ -59,6 +66,9 @@ impl ApiError {
         if let Some(allow) = self.allow.and_then(|allow| HeaderValue::from_str(&allow).ok()) {
             headers.insert(header::ALLOW, allow);
         }
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
@@ -70,6 +80,17 @@ impl From<ControlError> for ApiError {
     fn from(error: ControlError) -> ApiError {
         let status =
             StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        match &error {
+            ControlError::RateLimited { retry_after, .. } => {
+                let seconds = crate::error::retry_after_secs(*retry_after);
+                let mut api = ApiError::new(status, error.to_string());
+                api.retry_after = Some(seconds);
+                return api;
+            }
+            // Names only what the caller asked for; the operator has the details logged.
+            ControlError::Unreadable { .. } => return ApiError::new(status, error.to_string()),
+            _ => {}
+        }
         if status.is_server_error() {
             // Storage details are for the operator's log, not for the caller.
             tracing::error!(%error, "admin API request failed");

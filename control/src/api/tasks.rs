@@ -12,6 +12,7 @@ use meridian_registry::ids::{AccountId, ProductKey};
 use super::request::{ApiRequest, strip_bom};
 use super::response::{self, Result};
 use crate::distribution::{CSV_TEMPLATE, TaskRequest};
+use crate::listing::BrokenRecord;
 use crate::model::{Policy, RecordResult, Task, TaskState};
 use crate::plane::ControlPlane;
 
@@ -32,9 +33,13 @@ pub(super) async fn list(plane: &ControlPlane, caller: &AccountId) -> Result {
     #[derive(Serialize)]
     struct List<'a> {
         tasks: Vec<TaskView<'a>>,
+        /// The caller's tasks whose stored records do not decode (absent when none).
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
+        broken: &'a [BrokenRecord],
     }
-    let tasks = plane.tasks(caller).await?;
-    response::json(StatusCode::OK, &List { tasks: tasks.iter().map(TaskView::from).collect() })
+    let listing = plane.tasks(caller).await?;
+    let tasks = listing.items.iter().map(TaskView::from).collect();
+    response::json(StatusCode::OK, &List { tasks, broken: &listing.broken })
 }
 
 /// `GET /v1/distribution-tasks/{id}`

@@ -59,10 +59,16 @@ pub enum Body<'a> {
 
 impl TestApi {
     pub async fn start() -> TestApi {
+        TestApi::start_with_store(|store| store).await
+    }
+
+    /// [`TestApi::start`] on the store `wrap` makes of the temporary redb store: a test's
+    /// interposer that records, fails or "crashes" writes.
+    pub async fn start_with_store(wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>) -> TestApi {
         let dir = tempfile::tempdir().expect("tempdir");
         let sealer = SecretKey::from_hex(&SecretKey::generate_hex().expect("key")).expect("key");
         let clock = ManualClock::new(Timestamp(1_700_000_000_000));
-        TestApi::open(dir, sealer, clock).await
+        TestApi::open(dir, sealer, clock, wrap).await
     }
 
     /// Stops the server, closes the store, and starts a new control plane on the same store
@@ -74,12 +80,18 @@ impl TestApi {
         let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().expect("tempdir"));
         // Drops the plane, the last handle on the store, which closes the redb file.
         drop(self);
-        TestApi::open(dir, sealer, clock).await
+        TestApi::open(dir, sealer, clock, |store| store).await
     }
 
-    async fn open(dir: tempfile::TempDir, sealer: SecretKey, clock: ManualClock) -> TestApi {
+    async fn open(
+        dir: tempfile::TempDir,
+        sealer: SecretKey,
+        clock: ManualClock,
+        wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
+    ) -> TestApi {
         let store: Arc<dyn Store> =
             Arc::new(RedbStore::open(dir.path().join("registry.redb")).expect("open store"));
+        let store = wrap(store);
         let registry = Registry::new(store, sealer.clone(), Arc::new(clock.clone()));
         for (id, latitude, longitude) in REGIONS {
             registry

@@ -39,7 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if registry.account(&owner).await.is_err() {
         setup(&plane, count).await?;
     }
-    if plane.tasks(&owner).await?.is_empty() {
+    if plane.tasks(&owner).await?.items.is_empty() {
         let request = TaskRequest {
             product: "crashProduct1".parse()?,
             devices: (0..count).map(|n| format!("dev-{n:05}")).collect(),
@@ -52,7 +52,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut stdout = std::io::stdout();
     loop {
-        let tasks = plane.tasks(&owner).await?;
+        let tasks = plane.tasks(&owner).await?.items;
         let task = &tasks[0];
         if task.state.settled() {
             writeln!(stdout, "settled")?;
