@@ -44,8 +44,20 @@ def main():
         auto_reconnect_min_sec=1,
         auto_reconnect_max_sec=2,
     )
-    lk.on_connect = lambda session_flag, rc, userdata: emit(
-        event="connected", rc=rc, session=bool(session_flag)
+    # The SDK calls on_connect before it marks its thing layer enabled (on its handler thread),
+    # and refuses thing_post_property until then: a post sent on on_connect alone can be
+    # refused with rc 1. So a successful connect is reported once the thing layer is enabled.
+    connect = {}
+
+    def on_connect(session_flag, rc, userdata):
+        if rc != 0:
+            emit(event="connected", rc=rc, session=bool(session_flag))
+        else:
+            connect["session"] = bool(session_flag)
+
+    lk.on_connect = on_connect
+    lk.on_thing_enable = lambda userdata: emit(
+        event="connected", rc=0, session=connect.get("session", False)
     )
     lk.on_disconnect = lambda rc, userdata: emit(event="disconnected", rc=rc)
     lk.on_subscribe_topic = lambda mid, granted_qos, userdata: emit(

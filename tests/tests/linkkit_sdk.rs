@@ -148,6 +148,8 @@ async fn the_vendor_python_sdk_as_a_device() {
 
     // Properties posted reach the application.
     sdk.command(r#"post {"temperature":21.5}"#).await;
+    let posted = sdk.event("posted").await;
+    assert_eq!(posted["rc"], 0, "{posted}");
     let post = app.publish().await;
     assert_eq!(post.topic, format!("/sys/{PRODUCT}/{LAMP}/thing/event/property/post"));
     let body: Value = serde_json::from_slice(&post.payload).unwrap();
