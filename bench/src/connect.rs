@@ -1,6 +1,6 @@
 //! The `connect` scenario: N clients connect, as fast as the broker lets them (with at most
 //! `concurrency` handshakes in flight) or on an open-loop schedule at a target rate, and stay
-//! connected until all have been tried. Against Meridian every client is a device with a SPEC §2
+//! connected until all have been tried. Against Meridian every client is a device with a PROTOCOL §2
 //! signature; against the peers an anonymous client.
 //!
 //! Latency is from the start of the TCP connect to the accepting CONNACK; at a target rate it is

@@ -40,7 +40,7 @@ pub fn device_secret(n: usize) -> String {
     format!("bench-secret-{n:07}-x")
 }
 
-/// The signed SPEC §2 login of device `n`, as the C SDK builds it.
+/// The signed PROTOCOL §2 login of device `n`, as the C SDK builds it.
 pub fn device_login(n: usize) -> Login {
     let signed = sign_connect(SdkShape::CSdk, PRODUCT, &device_name(n), &device_secret(n), None);
     Login::Device {

@@ -8,7 +8,7 @@
 //! executor, the bootstrap edge and both brokers, all real servers on `127.0.0.1:0`; the
 //! devices run in this process. A device behaves like the vendor's C SDK (the logic of
 //! `tests/src/device.rs`): it bootstraps over HTTP from its own `127.x` source address,
-//! connects with its SPEC §2 signature, answers `…/thing/bootstrap/notify` on `…/notify_reply`,
+//! connects with its PROTOCOL §2 signature, answers `…/thing/bootstrap/notify` on `…/notify_reply`,
 //! and when the broker drops it, waits 50 ms, bootstraps again and connects where it is told.
 //!
 //! The clock starts when this process tells the world to submit the task(s).

@@ -27,7 +27,7 @@ pub enum Login {
     Anonymous,
     /// A standard MQTT user.
     User { username: String, password: String },
-    /// A SPEC §2 signed device login (already signed).
+    /// A PROTOCOL §2 signed device login (already signed).
     Device { client_id: String, username: String, password: String },
 }
 

@@ -1,5 +1,5 @@
 //! Which address a request comes from: the socket peer, unless that peer is a trusted proxy
-//! that says who it is forwarding for (SPEC §4).
+//! that says who it is forwarding for (PROTOCOL §4).
 //!
 //! The answer decides a device's region and its rate-limit bucket, so only configured proxies
 //! are believed: a client that sends its own `X-Forwarded-For` straight to the edge is located

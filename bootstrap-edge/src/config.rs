@@ -41,7 +41,7 @@ pub struct EdgeConfig {
     /// Open connections beyond this wait in the kernel's accept queue. Keep it below the
     /// process's file descriptor limit.
     pub max_connections: usize,
-    /// Per-client-address rate limit (SPEC §9: the endpoint is unauthenticated).
+    /// Per-client-address rate limit (PROTOCOL §9: the endpoint is unauthenticated).
     pub rate_limit: RateLimitConfig,
     /// `GET /auth/bootstrap/regionId/{n}` answers with the public endpoint the operator
     /// configured for the region at position `n` of this list (never an instance's endpoint).

@@ -1,5 +1,5 @@
 //! Meridian's bootstrap edge: the one address burned into every device, answering "where do I
-//! connect?" exactly as the vendor's devices expect (SPEC §4).
+//! connect?" exactly as the vendor's devices expect (PROTOCOL §4).
 //!
 //! - [`run`] serves `POST /auth/bootstrap` and `GET /auth/bootstrap/regionId/{n}` over
 //!   HTTP/1.1 (hyper) on a listener the caller bound, until a shutdown future resolves.
@@ -22,7 +22,7 @@
 //! region `n` is entry `n` of [`EdgeConfig::region_numbers`] (default: the vendor's enum order,
 //! so unchanged firmware keeps working). It never answers with an instance's endpoint: any
 //! account may own instances in a region, and a region's devices must not be sent to one of
-//! them (SPEC §4). An unnumbered region, or one without a configured endpoint, is
+//! them (PROTOCOL §4). An unnumbered region, or one without a configured endpoint, is
 //! `404 unknown region`; anything but a decimal number is `400`.
 //!
 //! [`Region::public_endpoint`]: meridian_registry::model::Region::public_endpoint

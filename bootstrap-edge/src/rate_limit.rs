@@ -1,4 +1,4 @@
-//! Per-client-address rate limiting (SPEC §9): the bootstrap endpoint is unauthenticated, so
+//! Per-client-address rate limiting (PROTOCOL §9): the bootstrap endpoint is unauthenticated, so
 //! this is what slows down anyone enumerating devices. The GCRA token bucket is `governor`'s.
 
 use std::net::{IpAddr, Ipv6Addr};

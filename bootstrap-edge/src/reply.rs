@@ -1,7 +1,7 @@
 //! What the edge answers: the success body devices parse, and one typed rejection per failure.
 //!
 //! The vendor C SDK finds `"host"`, `"port"` and `"ip"` by key search in compact JSON and cannot
-//! read chunked bodies (SPEC §4), so every answer is compact JSON with a `Content-Length`, no
+//! read chunked bodies (PROTOCOL §4), so every answer is compact JSON with a `Content-Length`, no
 //! other key is named `host`, `port` or `ip`, and every header line stays well under 128 bytes.
 
 use std::time::Duration;
@@ -59,7 +59,7 @@ pub(crate) fn endpoint(endpoint: &MqttEndpoint) -> Bytes {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
     /// The device does not exist, or exists without a usable placement (indistinguishable on
-    /// purpose, SPEC §9).
+    /// purpose, PROTOCOL §9).
     #[error("device not found")]
     UnknownDevice,
     /// `regionId/{n}` names no region with a configured public endpoint.
@@ -199,7 +199,7 @@ impl Rejection {
     }
 
     /// The whole response on the wire, for the answers written in hyper's place when it could
-    /// not parse the request ([`crate::socket`]): the head as hyper writes the others (SPEC §4:
+    /// not parse the request ([`crate::socket`]): the head as hyper writes the others (PROTOCOL §4:
     /// `HTTP/1.1 `, the SDK's header case), then the body; the connection closes after it.
     pub(crate) fn into_wire(self) -> Vec<u8> {
         let status = self.status();

@@ -19,7 +19,7 @@ pub struct ProductNo(pub u32);
 
 impl ProductNo {
     /// Stands in for a ProductKey the table does not know, so that a lookup for an unknown
-    /// product does the same work as one for a known product (SPEC §9: no timing oracle). No
+    /// product does the same work as one for a known product (PROTOCOL §9: no timing oracle). No
     /// real product gets this number.
     pub const UNKNOWN: ProductNo = ProductNo(u32::MAX);
 }
@@ -48,7 +48,7 @@ impl fmt::Debug for RouteKey {
     }
 }
 
-/// Where one device is placed (SPEC §5), with instance ids and candidate sets shared between
+/// Where one device is placed (PROTOCOL §5), with instance ids and candidate sets shared between
 /// every device that has the same placement: a 10,000-device distribution task adds one
 /// candidate set, not 10,000 copies. 16 bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -45,7 +45,7 @@ pub struct RoutingTable {
     /// Devices in the table, kept by the writer because `HashIndex::len` walks the whole table.
     device_count: AtomicUsize,
     /// Looked up in place of a missing home instance, so that a device without one costs the
-    /// same as a device with one (SPEC §9). Never matters for the answer.
+    /// same as a device with one (PROTOCOL §9). Never matters for the answer.
     decoy: InstanceId,
 }
 
@@ -74,14 +74,14 @@ struct InstanceEntry {
 pub enum Resolution {
     /// Connect here.
     Endpoint {
-        /// The complete success body (SPEC §4).
+        /// The complete success body (PROTOCOL §4).
         reply: Bytes,
         /// How a nearest-access client was located; `None` for other placements.
         geo: Option<LookupOutcome>,
     },
     /// An unknown device, or a known one whose placement names nothing the table knows (a
     /// deleted instance, a product without a home). One case on purpose: callers must not
-    /// tell the two apart (SPEC §9).
+    /// tell the two apart (PROTOCOL §9).
     Unroutable,
 }
 

@@ -1,4 +1,4 @@
-//! The vendor C SDK's reading of a bootstrap reply, modelled on what SDK 4.1.0 accepts (SPEC
+//! The vendor C SDK's reading of a bootstrap reply, modelled on what SDK 4.1.0 accepts (PROTOCOL
 //! §4), so that tests can hold every answer of the edge to what real devices parse.
 //!
 //! The SDK is far stricter than an HTTP library: the status line must start with exactly
@@ -19,14 +19,14 @@ use std::net::Ipv4Addr;
 #[cfg(test)]
 mod tests;
 
-/// Longest header line the SDK reads, its CRLF included (SPEC §4: 127 bytes plus CRLF fails).
+/// Longest header line the SDK reads, its CRLF included (PROTOCOL §4: 127 bytes plus CRLF fails).
 pub const MAX_LINE: usize = 127;
 /// The only status-line prefix the SDK accepts.
 pub const STATUS_PREFIX: &str = "HTTP/1.1 ";
 /// The only spelling of the length header the SDK finds.
 pub const CONTENT_LENGTH: &str = "Content-Length: ";
 
-/// Why the SDK would give up on a reply. The SDK's own error codes are named where SPEC §4
+/// Why the SDK would give up on a reply. The SDK's own error codes are named where PROTOCOL §4
 /// records them.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SdkError {

@@ -39,7 +39,7 @@ pub async fn run(listener: TcpListener, edge: Edge, shutdown: impl Future<Output
         .max_header_size(MAX_HEADER_BYTES)
         .keep_alive(true)
         // The vendor C SDK matches header names case-sensitively: it finds only
-        // `Content-Length: ` and fails with -0x0412 on hyper's lower-case default (SPEC §4).
+        // `Content-Length: ` and fails with -0x0412 on hyper's lower-case default (PROTOCOL §4).
         .title_case_headers(true)
         // Answers are a few hundred bytes: copying the body behind the head and writing once
         // costs less than queueing both for a vectored write.

@@ -2,7 +2,7 @@
 //! answer to a request it cannot parse, which becomes the edge's JSON rejection.
 //!
 //! On a garbage request line, an oversized head or an overlong URI hyper writes a bodiless
-//! `400`, `431` or `414` itself, before the service ever sees a request, and then closes; SPEC
+//! `400`, `431` or `414` itself, before the service ever sees a request, and then closes; PROTOCOL
 //! §4 wants a JSON body with a numeric `code` and a `message` for every error. hyper has no hook
 //! for that answer, and checking every head before hyper would parse it twice on the hot path.
 //! So the write side recognises hyper's answer instead, at a cost of one 4-byte comparison per

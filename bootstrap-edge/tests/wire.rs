@@ -2,7 +2,7 @@
 //! ([`meridian_edge::sdk`]): status line starting `HTTP/1.1 `, header names matched
 //! case-sensitively (`Content-Length: `), each header line under 128 bytes with its CRLF, a
 //! `Content-Length` body, only 200 a success, `"host"`/`"port"` found by key search in compact
-//! JSON (SPEC §4). Every answer a device can provoke is checked here, errors included: the SDK
+//! JSON (PROTOCOL §4). Every answer a device can provoke is checked here, errors included: the SDK
 //! must be able to frame each one, or it stops at its first step.
 
 mod common;
@@ -13,7 +13,7 @@ use common::{Client, PK, Reply, Setup, Stack, sdk_form, specified};
 use meridian_edge::RateLimitConfig;
 use meridian_edge::sdk::{SdkEndpoint, SdkError};
 
-/// The C SDK 4.1.0's request head, byte for byte (SPEC §4); it sends the body in a second
+/// The C SDK 4.1.0's request head, byte for byte (PROTOCOL §4); it sends the body in a second
 /// write.
 fn sdk_head(form: &str) -> String {
     format!(
@@ -162,7 +162,7 @@ async fn http_1_0_clients_get_a_framed_json_reply() {
 }
 
 /// Requests hyper cannot parse never reach the service; hyper's own answer to them has no body.
-/// The edge answers them like every other error (SPEC §4): a JSON body with the numeric `code`
+/// The edge answers them like every other error (PROTOCOL §4): a JSON body with the numeric `code`
 /// and a `message`, framed for the SDK, then closes the connection.
 #[tokio::test]
 async fn unparseable_requests_get_json_errors() {

@@ -1,4 +1,4 @@
-//! Who may publish and subscribe where (SPEC §3), and the limits of each kind of client.
+//! Who may publish and subscribe where (PROTOCOL §3), and the limits of each kind of client.
 //!
 //! Decisions are pure functions of the connection's [`Principal`], the topic or filter, and the
 //! registry view (for application clients, which products and devices an account owns); they
@@ -17,7 +17,7 @@ use crate::view::RegistryView;
 pub enum Principal {
     /// A standard MQTT client from the broker configuration: full MQTT 3.1.1, any topic.
     Standard { username: Option<String> },
-    /// A device, authenticated by its SPEC §2 signature; only its own topics.
+    /// A device, authenticated by its PROTOCOL §2 signature; only its own topics.
     Device(DeviceKey),
     /// An account's application client (server-side subscription): its products' device
     /// topics on this instance.
@@ -34,7 +34,7 @@ pub enum Origin {
     /// A device, by its session id: its own implicit downlink never echoes it back.
     Device(std::sync::Arc<str>),
     /// An application client of this account: a device receives it only while the account
-    /// owns the device (SPEC §6).
+    /// owns the device (PROTOCOL §6).
     Application(AccountId),
 }
 
@@ -56,7 +56,7 @@ pub struct Profile {
 }
 
 impl Profile {
-    /// SPEC §3 device profile, with the default session expiry and subscription memory of
+    /// PROTOCOL §3 device profile, with the default session expiry and subscription memory of
     /// `[broker.limits.device]`.
     pub const DEVICE: Profile = Profile {
         max_payload: 256 * 1024,
@@ -113,7 +113,7 @@ impl Profile {
 
 impl Principal {
     /// Filters this principal is subscribed to from the moment it connects, without sending
-    /// SUBSCRIBE: the real SDKs never subscribe to their `/sys/...` downlink (SPEC §3).
+    /// SUBSCRIBE: the real SDKs never subscribe to their `/sys/...` downlink (PROTOCOL §3).
     pub fn implicit_filters(&self) -> Vec<String> {
         match self {
             Principal::Device(key) => {
@@ -141,7 +141,7 @@ impl Principal {
 
     /// Whether a message routed on `topic` may be handed to this client now. Subscriptions
     /// were checked when made, but ownership moves afterwards: once a device is transferred to
-    /// another account (SPEC §6), the old owner's application client stops receiving it even
+    /// another account (PROTOCOL §6), the old owner's application client stops receiving it even
     /// through a `/{pk}/+/...` subscription it still holds. Devices and standard clients are
     /// bounded by their subscriptions alone.
     ///
@@ -206,7 +206,7 @@ pub fn device_session_id(product_key: &str, device_name: &str) -> String {
 /// the router compares the message's [`Origin`]).
 ///
 /// Every device is subscribed to its downlink from the moment it connects (the real SDKs never
-/// send SUBSCRIBE for it, SPEC §3). The router reaches it by session id rather than through
+/// send SUBSCRIBE for it, PROTOCOL §3). The router reaches it by session id rather than through
 /// the subscription index, so a million idle devices cost the index nothing.
 pub fn downlink_session(topic: &str) -> Option<String> {
     let rest = topic.strip_prefix("/sys/")?;
@@ -308,7 +308,7 @@ fn device_topic(key: &DeviceKey, topic: &str, subscribe: bool) -> bool {
 /// Whether an application client of `account` may use `topic` (a name or a filter). The
 /// product level must be spelled out (not a wildcard). A topic naming one device follows that
 /// device's owner, so the destination of a device transfer reaches its devices and the source
-/// no longer does (SPEC §6); a wildcard device level needs the product itself.
+/// no longer does (PROTOCOL §6); a wildcard device level needs the product itself.
 fn application_topic(account: &AccountId, topic: &str, view: &RegistryView) -> bool {
     let levels: Vec<&str> = topic.split('/').collect();
     let Some(Scope { product, device }) = scope(&levels) else {

@@ -1,4 +1,4 @@
-//! Who may connect (SPEC §2): standard users from the configuration, devices by their HMAC
+//! Who may connect (PROTOCOL §2): standard users from the configuration, devices by their HMAC
 //! signature against the in-memory credential view, and application clients.
 //!
 //! Every refusal maps to one MQTT 3.1.1 CONNACK code. A wrong signature, an unknown device and a
@@ -16,7 +16,7 @@ use subtle::ConstantTimeEq;
 use crate::acl::{Principal, Profile};
 use crate::view::{Admission, RegistryView};
 
-/// SPEC §2 device keepalive bounds, in seconds.
+/// PROTOCOL §2 device keepalive bounds, in seconds.
 pub const DEVICE_MIN_KEEPALIVE: u16 = 30;
 pub const DEVICE_MAX_KEEPALIVE: u16 = 1200;
 

@@ -237,7 +237,7 @@ impl Broker {
         while tasks.join_next().await.is_some() {}
     }
 
-    /// Tells an online device to re-bootstrap (SPEC §5), waits up to `reply_wait` for its
+    /// Tells an online device to re-bootstrap (PROTOCOL §5), waits up to `reply_wait` for its
     /// `notify_reply`, then disconnects it.
     pub async fn force_offline(&self, device: &DeviceKey, reply_wait: Duration) -> ForcedOffline {
         let session_id = Broker::device_session_id(device);
@@ -281,10 +281,10 @@ impl Broker {
     }
 
     /// Acts on what the registry view reports (see [`Changed`]): tells each online device whose
-    /// placement or status changed to re-bootstrap (SPEC §5: an online distributed device is
+    /// placement or status changed to re-bootstrap (PROTOCOL §5: an online distributed device is
     /// notified, then forced offline), even when its new placement still includes this
     /// instance, since a nearest-access device must pick again; and drops what a former owner's
-    /// application clients retained on a device or product that changed hands (SPEC §6: the
+    /// application clients retained on a device or product that changed hands (PROTOCOL §6: the
     /// source loses all access). Runs until the sender side closes.
     pub async fn enforce_placement(
         self: Arc<Self>,

@@ -73,10 +73,10 @@ pub struct LimitsConfig {
     /// consumer (`backpressure_slow_consumer`; each hold counts `backpressure_held`).
     #[serde(with = "humantime_serde")]
     pub backpressure_wait: Duration,
-    /// Subscriptions of a standard or application client (devices: 100, SPEC §3).
+    /// Subscriptions of a standard or application client (devices: 100, PROTOCOL §3).
     pub max_subscriptions: usize,
     /// Devices' persistent sessions and subscription memory (`[broker.limits.device]`); their
-    /// topics are at most 128 bytes (SPEC §3).
+    /// topics are at most 128 bytes (PROTOCOL §3).
     #[serde(deserialize_with = "device_limits")]
     pub device: ClientLimits,
     /// Standard users' (`[broker.limits.standard]`).
@@ -205,8 +205,8 @@ pub struct ClientLimits {
 }
 
 impl ClientLimits {
-    /// Devices reconnect with clean session set (SPEC §2), so few keep a session; a week
-    /// covers one offline for days. Topics are at most 128 bytes (SPEC §3), and 100
+    /// Devices reconnect with clean session set (PROTOCOL §2), so few keep a session; a week
+    /// covers one offline for days. Topics are at most 128 bytes (PROTOCOL §3), and 100
     /// subscriptions of typical device topics take a few KiB.
     pub const DEVICE: ClientLimits = ClientLimits {
         session_expiry: Duration::from_secs(7 * 24 * 3600),

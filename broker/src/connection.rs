@@ -201,7 +201,7 @@ where
     });
     let session_present = parked.is_some();
     // What was queued for a persistent client while it was away, on a device its account no
-    // longer owns (SPEC §6), is not handed over on its return.
+    // longer owns (PROTOCOL §6), is not handed over on its return.
     let parked = parked.map(|mut parked| {
         let may_receive = |d: &Delivery| {
             accepted.principal.may_receive(&d.message.topic, &d.message.origin, broker.view())
@@ -226,7 +226,7 @@ where
         parked,
     )
     .with_budget(broker.router().budget().clone());
-    // The platform keeps a device's subscriptions (SPEC §2): they are back before CONNACK
+    // The platform keeps a device's subscriptions (PROTOCOL §2): they are back before CONNACK
     // goes out, whatever the clean-session flag and wherever they were made.
     let restored = match session.principal().device().cloned() {
         Some(device) => match broker.kept().kept(&device, broker.view()) {
@@ -431,7 +431,7 @@ where
     .await;
     if let Some(will) = will {
         // Checked at CONNECT, and again now: what a client may publish can change while it is
-        // connected (a device transferred away from an application's account, SPEC §6).
+        // connected (a device transferred away from an application's account, PROTOCOL §6).
         if principal.may_publish(&will.topic, broker.view()) {
             broker.publish(will);
         } else {
@@ -491,7 +491,7 @@ fn send_retained(broker: &Broker, session: &mut Session) {
 
 /// Hands a routed message to the session, unless its client may no longer receive it (an
 /// application client whose account no longer owns the device, or a device that another
-/// account's application client sent it to, SPEC §6).
+/// account's application client sent it to, PROTOCOL §6).
 fn deliver(broker: &Broker, session: &mut Session, delivery: Delivery) {
     let message = &delivery.message;
     if !session.principal().may_receive(&message.topic, &message.origin, broker.view()) {

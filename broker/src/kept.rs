@@ -1,4 +1,4 @@
-//! The subscriptions the broker keeps for its devices (SPEC §2: the real SDKs connect with clean
+//! The subscriptions the broker keeps for its devices (PROTOCOL §2: the real SDKs connect with clean
 //! session and never subscribe again after a reconnect or a re-bootstrap).
 //!
 //! Each SUBSCRIBE or UNSUBSCRIBE that changes a device's set records the device's whole set

@@ -6,7 +6,7 @@
 //! accepts and offers the force-offline API, `tls` and `websocket` turn accepted sockets into
 //! byte streams for it; `auth` and `acl` decide who may do what from the
 //! in-memory registry `view`; `kept` writes each device's subscriptions to the registry and
-//! restores them when it connects (SPEC §2). What it does not do: MQTT 5, clustering (one broker
+//! restores them when it connects (PROTOCOL §2). What it does not do: MQTT 5, clustering (one broker
 //! per instance), or write any other device state back into the registry.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]

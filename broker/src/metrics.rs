@@ -101,7 +101,7 @@ fn qos_label(qos: u8) -> &'static str {
     }
 }
 
-/// Devices' kept subscriptions written to the registry (SPEC §2); `skipped` were of devices
+/// Devices' kept subscriptions written to the registry (PROTOCOL §2); `skipped` were of devices
 /// deleted meanwhile.
 pub fn kept_subscriptions_written(devices: usize, skipped: usize) {
     counter!("meridian_broker_kept_subscriptions_written_total").increment(devices as u64);

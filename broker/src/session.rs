@@ -52,7 +52,7 @@ pub enum Event {
     Subscribe(Vec<(String, u8)>),
     /// Remove these filters.
     Unsubscribe(Vec<String>),
-    /// A publish the ACL refused (SPEC §3: dropped and counted).
+    /// A publish the ACL refused (PROTOCOL §3: dropped and counted).
     PublishDenied { topic: String },
     /// A hostile-client limit triggered; the label of `meridian_broker_limited_total`.
     Limited(&'static str),
@@ -81,7 +81,7 @@ pub enum WillRefused {
     /// connection is closed without CONNACK.
     #[error("malformed will: {0}")]
     Malformed(&'static str),
-    /// The client may not publish on the will's topic (SPEC §3): CONNACK 5 "not authorized".
+    /// The client may not publish on the will's topic (PROTOCOL §3): CONNACK 5 "not authorized".
     #[error("will topic not permitted")]
     NotPermitted,
 }
@@ -90,7 +90,7 @@ pub enum WillRefused {
 /// kind of client: a client must not leave behind a message it could not have sent itself (an
 /// application client's will on another account's device downlink, a device's on another
 /// device's topic). Returns the message to publish if the connection ends without DISCONNECT:
-/// `None` when the profile keeps no wills (devices, SPEC §3), and its retain flag cleared when
+/// `None` when the profile keeps no wills (devices, PROTOCOL §3), and its retain flag cleared when
 /// the profile keeps no retained messages, as for a PUBLISH.
 pub fn check_will(
     principal: &Principal,
@@ -182,7 +182,7 @@ impl Parked {
 
     /// Keeps the queued deliveries `keep` accepts and returns the others, so their share of
     /// the queue budget can be given back: what a client may receive can change while it is
-    /// away (a device transferred to another account, SPEC §6).
+    /// away (a device transferred to another account, PROTOCOL §6).
     pub fn retain_pending(&mut self, keep: impl FnMut(&Delivery) -> bool) -> VecDeque<Delivery> {
         let (kept, refused) = std::mem::take(&mut self.pending).into_iter().partition(keep);
         self.pending = kept;
@@ -323,13 +323,13 @@ impl Session {
         self.dropped
     }
 
-    /// The client's subscriptions with their granted QoS, as a device's kept set (SPEC §2).
+    /// The client's subscriptions with their granted QoS, as a device's kept set (PROTOCOL §2).
     pub fn subscription_set(&self) -> BTreeMap<String, u8> {
         self.subscriptions.iter().map(|(filter, qos)| (filter.clone(), *qos)).collect()
     }
 
     /// Subscribes the client to `kept` without a SUBSCRIBE: a device's subscriptions restored
-    /// by the platform (SPEC §2). Each filter passes the same checks a SUBSCRIBE would (valid,
+    /// by the platform (PROTOCOL §2). Each filter passes the same checks a SUBSCRIBE would (valid,
     /// not too deep, allowed by the ACL now, within the subscription limit and subscription
     /// bytes, room in the broker's session-state budget), at most at the profile's QoS;
     /// filters already held keep their grant. Returns the filters added, for the router.

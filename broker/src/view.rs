@@ -2,7 +2,7 @@
 //! from the store's change feed, so CONNECT never reads the store.
 //!
 //! Data flows one way: the control plane writes the registry; [`follow`] applies the feed here.
-//! The one exception is the devices' kept subscriptions (SPEC §2), which brokers write (see
+//! The one exception is the devices' kept subscriptions (PROTOCOL §2), which brokers write (see
 //! [`crate::kept`]) and read back from here like any other record, so a device distributed to
 //! another instance finds them there.
 
@@ -86,7 +86,7 @@ impl RegistryView {
     }
 
     /// Whether `account` may use the topics of device `product`/`device`: it owns the device,
-    /// which after a transfer (SPEC §6) need not be the product's owner. A device this view
+    /// which after a transfer (PROTOCOL §6) need not be the product's owner. A device this view
     /// does not know (not created yet, or a name no device can have) falls back to the
     /// product's owner, as before devices could change hands.
     pub fn account_may_use_device(&self, account: &AccountId, product: &str, device: &str) -> bool {
@@ -154,10 +154,10 @@ pub enum Changed {
     /// The device's placement or status changed, or it disappeared: an online session must be
     /// told to re-bootstrap.
     Placement(DeviceKey),
-    /// The device has a new owner (a device transfer, SPEC §6): what the former owner's
+    /// The device has a new owner (a device transfer, PROTOCOL §6): what the former owner's
     /// application clients retained on its topics must go.
     DeviceOwner { device: DeviceKey, former: AccountId },
-    /// The product has a new owner (an instance transfer, SPEC §7): likewise for what the
+    /// The product has a new owner (an instance transfer, PROTOCOL §7): likewise for what the
     /// former owner retained on its broadcast topics.
     ProductOwner { product: ProductKey, former: AccountId },
 }
@@ -289,7 +289,7 @@ fn apply(
             let previous = view.devices.insert(device.key.clone(), entry.clone());
             // Only a change of where the device may be, or whether it may connect at all,
             // concerns an online session (a tag edit does not, nor does a new owner: a
-            // transferred device stays connected, SPEC §6).
+            // transferred device stays connected, PROTOCOL §6).
             let moved = previous.as_ref().is_none_or(|previous| {
                 previous.placement != entry.placement || previous.status != entry.status
             });

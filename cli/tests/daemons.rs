@@ -277,7 +277,7 @@ fn control_plane_kill_9_mid_task_and_broker_restart() {
     edge.terminate();
 }
 
-/// SPEC §2 with `meridian broker` processes: the broker writes a device's subscriptions through
+/// PROTOCOL §2 with `meridian broker` processes: the broker writes a device's subscriptions through
 /// the control plane's internal API, and restores them after a clean-session reconnect and at
 /// the other broker process after a distribution, with no SUBSCRIBE from the device.
 #[test]

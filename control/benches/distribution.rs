@@ -1,4 +1,4 @@
-//! The distribution executor: one task moving 10,000 devices (SPEC §5's largest task) to
+//! The distribution executor: one task moving 10,000 devices (PROTOCOL §5's largest task) to
 //! another instance, stepped with `step_once` until it settles, on a `RedbStore` in a temporary
 //! directory (fsync per commit). Only the stepping is timed: the account, instances, product,
 //! devices and the submitted task are set up afresh, untimed, for every iteration.

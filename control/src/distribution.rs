@@ -1,4 +1,4 @@
-//! Distribution tasks (SPEC §5): submission with every rule checked up front, and the executor
+//! Distribution tasks (PROTOCOL §5): submission with every rule checked up front, and the executor
 //! that moves devices in batches.
 //!
 //! Progress is durable and exactly-once by construction: each batch commits the devices' new
@@ -51,12 +51,12 @@ pub(crate) const TASK_INDEX: &str = "task-index";
 /// Compare-and-swap rounds a submission or retry is given to find a free slot under contention.
 const SLOT_RETRIES: usize = 16;
 
-/// Most devices one task may list (SPEC §5).
+/// Most devices one task may list (PROTOCOL §5).
 pub const MAX_TASK_DEVICES: usize = 10_000;
 /// Devices a task moves per atomic commit unless [`ControlPlane::with_task_batch`] says
 /// otherwise. Every commit also rewrites the task record, which holds the whole device list and
 /// every record so far (about 1.3 MB for 10,000 devices), so the fewer commits the faster: the
-/// largest task moves in one, as one batch of routing-table changes (SPEC §4).
+/// largest task moves in one, as one batch of routing-table changes (PROTOCOL §4).
 pub const TASK_BATCH: usize = MAX_TASK_DEVICES;
 
 /// What the caller asks for.
@@ -132,7 +132,7 @@ impl ControlPlane {
         self
     }
 
-    /// Checks a task request against every SPEC §5 rule and stores it as `Initializing`; the
+    /// Checks a task request against every PROTOCOL §5 rule and stores it as `Initializing`; the
     /// executor takes it from there. Nothing is stored when a rule fails.
     pub async fn submit_task(&self, caller: &AccountId, request: TaskRequest) -> Result<Task> {
         // Counted first, refused or not: checking a request is work too.
@@ -552,7 +552,7 @@ impl ControlPlane {
         match task.state {
             TaskState::Distributed | TaskState::Failed => Ok(Some(task)),
             TaskState::Initializing => {
-                // Copy the product, read-only, to every destination (SPEC §5); a snapshot, so
+                // Copy the product, read-only, to every destination (PROTOCOL §5); a snapshot, so
                 // later edits at the source do not propagate.
                 let product = self.registry.product(&task.product).await?;
                 // The product changed owner since submission (its instance was transferred):
@@ -591,7 +591,7 @@ impl ControlPlane {
             }
             TaskState::Distributing => {
                 let home = self.registry.product(&task.product).await?.home_instance;
-                // SPEC §5: once a device of the product is transferred, no device of it is
+                // PROTOCOL §5: once a device of the product is transferred, no device of it is
                 // distributed, even by a task submitted before. The guard makes a transfer
                 // accepted meanwhile conflict with this batch, which is then redone.
                 let transferred = self.product_was_transferred(&task.product).await?;
@@ -694,7 +694,7 @@ impl ControlPlane {
     }
 
     /// Whether any device of the product was transferred or authorized to another account
-    /// (SPEC §5): then none of its devices may be distributed.
+    /// (PROTOCOL §5): then none of its devices may be distributed.
     async fn product_was_transferred(&self, product: &ProductKey) -> Result<bool> {
         let marker = crate::transfer::transferred_marker(product);
         Ok(self.registry.store().get(&marker).await?.is_some())
@@ -726,7 +726,7 @@ fn move_device(
         Policy::Specified { instance } => Placement::Specified { instance: instance.clone() },
         Policy::Nearest { candidates } => Placement::Nearest { candidates: candidates.clone() },
     };
-    // What does not move (SPEC §5): tags, groups and topology are cleared; runtime data stays
+    // What does not move (PROTOCOL §5): tags, groups and topology are cleared; runtime data stays
     // keyed by (device, source instance) and is untouched here.
     device.tags.clear();
     device.groups.clear();

@@ -18,7 +18,7 @@ pub enum ControlError {
     /// The request is malformed or names invalid values.
     #[error("{0}")]
     Invalid(String),
-    /// The request is well formed but breaks a SPEC rule; the message names the rule.
+    /// The request is well formed but breaks a PROTOCOL rule; the message names the rule.
     #[error("{0}")]
     Rule(String),
     /// The resource already exists.

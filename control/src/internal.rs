@@ -1,5 +1,5 @@
 //! The internal API: the registry store served to brokers and edges running as separate
-//! processes, so they can follow the control plane's registry (SPEC §9 "Internal feeds carry
+//! processes, so they can follow the control plane's registry (PROTOCOL §9 "Internal feeds carry
 //! secrets").
 //!
 //! The feed carries sealed DeviceSecrets, so this listener is separate from every public port,
@@ -16,7 +16,7 @@
 //! | `POST /internal/v1/device-subscriptions` | `{"devices":[{"device":{…},"filters":{"filter":qos}}]}` → `{"revision":N,"skipped":k}` |
 //!
 //! `device-subscriptions` is the brokers' one write of device data: each device's whole kept
-//! set of subscriptions (SPEC §2), checked by [`meridian_registry::subscriptions::write`] (at
+//! set of subscriptions (PROTOCOL §2), checked by [`meridian_registry::subscriptions::write`] (at
 //! most 100 filters of at most 128 bytes, QoS 0 or 1, existing devices only, at most
 //! [`subscriptions::MAX_DEVICES_PER_WRITE`] devices); a record that breaks a bound makes the whole request a 400.
 //!

@@ -9,7 +9,7 @@ use meridian_registry::clock::Timestamp;
 use meridian_registry::ids::{AccountId, DeviceKey, InstanceId, ProductKey};
 use meridian_registry::model::PlacementCandidate;
 
-/// An account's API key; only the SHA-256 of its secret is stored (SPEC §9).
+/// An account's API key; only the SHA-256 of its secret is stored (PROTOCOL §9).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiKey {
     pub id: String,
@@ -19,7 +19,7 @@ pub struct ApiKey {
     pub created_at: Timestamp,
 }
 
-/// A cross-account verification code, requested by the destination account (SPEC §5). Only
+/// A cross-account verification code, requested by the destination account (PROTOCOL §5). Only
 /// its hash is stored; it is valid for five minutes and for one task.
 ///
 /// Attempts at it are not counted here but in [`CodeAttempts`], one record per attempting
@@ -43,7 +43,7 @@ pub struct CodeAttempts {
     pub codes: BTreeMap<String, u32>,
 }
 
-/// A distribution task (SPEC §5).
+/// A distribution task (PROTOCOL §5).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Task {
     pub id: String,
@@ -84,7 +84,7 @@ pub enum Policy {
     Nearest { candidates: Vec<PlacementCandidate> },
 }
 
-/// SPEC §5 task states.
+/// PROTOCOL §5 task states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskState {
     Initializing,
@@ -119,7 +119,7 @@ pub enum RecordResult {
     Failed,
 }
 
-/// One audit log line (SPEC §9): who did what, when.
+/// One audit log line (PROTOCOL §9): who did what, when.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub at: Timestamp,

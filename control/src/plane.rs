@@ -33,14 +33,14 @@ pub(crate) const CODES: &str = "codes/";
 pub(crate) const CODE_ATTEMPTS: &str = "code-attempts/";
 pub(crate) const AUDIT: &str = "audit/";
 
-/// How long a cross-account verification code is valid (SPEC §5).
+/// How long a cross-account verification code is valid (PROTOCOL §5).
 pub const CODE_VALIDITY: Duration = Duration::from_secs(5 * 60);
 /// Attempts one account may make at each live code of an account (its own or another's); the
 /// last may succeed. Beyond it that account, and only that account, is locked out of the code.
 pub const CODE_MAX_ATTEMPTS: u32 = 5;
 /// Compare-and-swap rounds an attempt is given to be counted under contention.
 const ATTEMPT_RETRIES: usize = 16;
-/// Most rows a device CSV may hold (SPEC §5 for distribution; the same bound for imports).
+/// Most rows a device CSV may hold (PROTOCOL §5 for distribution; the same bound for imports).
 pub const MAX_CSV_ROWS: usize = 1_000;
 /// Deepest nesting of arrays and objects a product's TSL model may have. Records wrap the TSL
 /// (a product copy holds the product, which holds the TSL), and the store's JSON decoder stops
@@ -307,7 +307,7 @@ impl ControlPlane {
         Ok(instance)
     }
 
-    /// Usage of each of the caller's instances as its broker last reported it (SPEC §5: the
+    /// Usage of each of the caller's instances as its broker last reported it (PROTOCOL §5: the
     /// instance a device is connected to accounts for it). An instance no broker has reported
     /// on yet shows zeros, as a broker starting on it would.
     pub async fn usage(&self, caller: &AccountId) -> Result<Vec<InstanceUsage>> {
@@ -446,7 +446,7 @@ impl ControlPlane {
         Ok(product)
     }
 
-    /// Read-only copies of other products distributed to the caller's instances (SPEC §5).
+    /// Read-only copies of other products distributed to the caller's instances (PROTOCOL §5).
     /// A copy whose record does not decode is reported, never fatal to the list.
     pub async fn product_copies(&self, caller: &AccountId) -> Result<Listing<ProductCopy>> {
         let snapshot = self.registry.store().scan_prefix(keys::PRODUCT_COPIES).await?;
@@ -513,7 +513,7 @@ impl ControlPlane {
     }
 
     /// Deletes a device at its source. A distributed device must first be distributed back
-    /// (SPEC §5); its runtime data at other instances stays where it is.
+    /// (PROTOCOL §5); its runtime data at other instances stays where it is.
     pub async fn delete_device(&self, caller: &AccountId, key: &DeviceKey) -> Result<()> {
         self.device(caller, key).await?;
         self.delete_own_device(caller, key, &key.to_string(), |device| {
@@ -574,7 +574,7 @@ impl ControlPlane {
             return Err(not_found("device", &key.to_string()));
         }
         check(&device)?;
-        // Its kept subscriptions (SPEC §2) go with it, in the same batch, and so does its
+        // Its kept subscriptions (PROTOCOL §2) go with it, in the same batch, and so does its
         // audit entry.
         let ops = vec![
             Op::delete(entry.key.clone()).expecting(Expect::Revision(entry.revision)),
@@ -745,7 +745,7 @@ impl ControlPlane {
 
     /// The write that records `action` in `account`'s audit log. Every change commits its
     /// audit entries in its own batch, so a crash between the change and its record cannot
-    /// lose the record (SPEC §9), and a failed audit write fails the change with it.
+    /// lose the record (PROTOCOL §9), and a failed audit write fails the change with it.
     pub(crate) fn audit_op(&self, account: &AccountId, action: &str, target: &str) -> Result<Op> {
         let entry = AuditEntry {
             at: self.now(),

@@ -11,7 +11,7 @@
 //! 4. start the daemon on `Arc::new(replica)`: it reads from the file and follows the file's
 //!    feed; its usage writes go to the control plane.
 //!
-//! A broker's kept device subscriptions (SPEC §2) go through [`RemoteStore`]'s
+//! A broker's kept device subscriptions (PROTOCOL §2) go through [`RemoteStore`]'s
 //! [`SubscriptionWriter`], the internal API's `device-subscriptions` endpoint: pass it to
 //! `meridian_broker::daemon::start_with`.
 //!

@@ -1,4 +1,4 @@
-//! Instance (resource) transfer orders (SPEC §7): whole instances change owner, with their
+//! Instance (resource) transfer orders (PROTOCOL §7): whole instances change owner, with their
 //! products and those products' devices, through orders the destination confirms within 24
 //! hours. Initiation, confirmation, cancellation (by the source) and rejection (by the
 //! destination) all work in batches, each order with its own result.
@@ -47,13 +47,13 @@ pub(crate) const INSTANCE_TRANSFERS: &str = "instance-transfers/";
 pub(crate) const INSTANCE_TRANSFER_LOCKS: &str = "instance-transfer-locks/";
 pub(crate) const ENTERPRISE_BINDINGS: &str = "enterprise-bindings/";
 
-/// How long the destination has to confirm (SPEC §7).
+/// How long the destination has to confirm (PROTOCOL §7).
 pub const CONFIRM_WITHIN: Duration = Duration::from_secs(24 * 60 * 60);
 /// Instances younger than this cannot be transferred.
 pub const MIN_INSTANCE_AGE: Duration = Duration::from_secs(5 * 24 * 60 * 60);
 /// Instances expiring sooner than this cannot be transferred.
 pub const MIN_REMAINING_LIFETIME: Duration = Duration::from_secs(3 * 24 * 60 * 60);
-/// Most accounts one verified entity may hold (SPEC §7).
+/// Most accounts one verified entity may hold (PROTOCOL §7).
 pub const MAX_ACCOUNTS_PER_ENTITY: usize = 10;
 /// Most orders one batch call may name.
 pub const MAX_ORDERS_PER_BATCH: usize = 100;
@@ -272,7 +272,7 @@ impl ControlPlane {
     }
 
     /// Extends an instance's lifetime by `days`; refused while a transfer order is pending on
-    /// it (SPEC §7: no configuration change during a transfer).
+    /// it (PROTOCOL §7: no configuration change during a transfer).
     pub async fn renew_instance(
         &self,
         caller: &AccountId,
@@ -378,7 +378,7 @@ impl ControlPlane {
             .collect())
     }
 
-    /// Refuses an 11th account of one verified entity (SPEC §7).
+    /// Refuses an 11th account of one verified entity (PROTOCOL §7).
     pub(crate) async fn check_entity_capacity(&self, entity: &str) -> Result<()> {
         let snapshot = self.registry.store().scan_prefix(keys::ACCOUNTS).await?;
         let mut verified = 0;
@@ -410,7 +410,7 @@ impl ControlPlane {
         Ok((order.state_at(self.now()) == InstanceTransferState::Pending).then_some(order))
     }
 
-    /// SPEC §7's account-kind rules for a transfer from `source` to `destination`.
+    /// PROTOCOL §7's account-kind rules for a transfer from `source` to `destination`.
     async fn check_kinds(
         &self,
         source: &Account,

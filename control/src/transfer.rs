@@ -1,4 +1,4 @@
-//! Device transfer orders (SPEC §6): the owner of a published product hands up to 100 of its
+//! Device transfer orders (PROTOCOL §6): the owner of a published product hands up to 100 of its
 //! devices to another account, which accepts or rejects the order; the source may cancel it
 //! until then. Only accounts on the operator's allow-list may transfer out.
 //!
@@ -9,7 +9,7 @@
 //! | `device-transfers/{id}` | the order and its state |
 //! | `device-transfer-locks/{pk}/{dn}` | one per device of a pending order: a device is in at most one, and the distribution executor refuses a locked device in the same batch that would move it |
 //! | `transfer-allow-list/{account}` | accounts the operator allows to transfer out |
-//! | `transferred-products/{pk}` | set on acceptance: no device of the product is distributed any more (SPEC §5) |
+//! | `transferred-products/{pk}` | set on acceptance: no device of the product is distributed any more (PROTOCOL §5) |
 //! | `product-views/{account}/{pk}` | the destination's permanent read-only view of the product |
 //!
 //! Every state change is a compare-and-swap. Acceptance is one store batch with a revision
@@ -47,7 +47,7 @@ pub(crate) const TRANSFER_ALLOW_LIST: &str = "transfer-allow-list/";
 pub(crate) const TRANSFERRED_PRODUCTS: &str = "transferred-products/";
 pub(crate) const PRODUCT_VIEWS: &str = "product-views/";
 
-/// Most devices one transfer order may hold (SPEC §6).
+/// Most devices one transfer order may hold (PROTOCOL §6).
 pub const MAX_TRANSFER_DEVICES: usize = 100;
 /// The CSV template for device lists: the same shape distribution takes.
 pub const TRANSFER_CSV_TEMPLATE: &str = "productKey,deviceName\n";
@@ -204,7 +204,7 @@ impl ControlPlane {
         snapshot.entries.iter().map(|entry| Ok(decode(&entry.key, &entry.value)?)).collect()
     }
 
-    /// Checks an order against every SPEC §6 rule and stores it as pending, with a lock on
+    /// Checks an order against every PROTOCOL §6 rule and stores it as pending, with a lock on
     /// each of its devices. Nothing is stored when a rule fails.
     pub async fn create_device_transfer(
         &self,
@@ -493,7 +493,7 @@ impl ControlPlane {
     }
 
     /// A device the caller may transfer: its own, and home (a device placed elsewhere by
-    /// distribution is not transferred, SPEC §6).
+    /// distribution is not transferred, PROTOCOL §6).
     async fn transferable(&self, caller: &AccountId, key: &DeviceKey) -> Result<Device> {
         let device = self.device(caller, key).await?;
         if device.placement != Placement::Home {
@@ -653,7 +653,7 @@ impl ControlPlane {
     }
 }
 
-/// The marker key that blocks distribution of a product's devices (SPEC §5).
+/// The marker key that blocks distribution of a product's devices (PROTOCOL §5).
 pub(crate) fn transferred_marker(product: &ProductKey) -> String {
     format!("{TRANSFERRED_PRODUCTS}{product}")
 }
@@ -671,7 +671,7 @@ fn grant_key(holder: &AccountId, product: &ProductKey) -> String {
 }
 
 /// For the distribution executor, given a device found in no pending transfer: an op that,
-/// committed with the device's move, asserts it still is in none (SPEC §6: transfer and
+/// committed with the device's move, asserts it still is in none (PROTOCOL §6: transfer and
 /// distribution exclude each other).
 pub(crate) fn transfer_guard(device: &DeviceKey) -> Op {
     Op::delete(lock_key(device)).expecting(Expect::Absent)

@@ -1,5 +1,5 @@
 //! The admin HTTP API through real HTTP on 127.0.0.1: authentication, every resource, every
-//! SPEC §5 distribution rule, account isolation, and the error contract (JSON, never HTML).
+//! PROTOCOL §5 distribution rule, account isolation, and the error contract (JSON, never HTML).
 
 mod support;
 
@@ -809,7 +809,7 @@ async fn distribution_moves_devices_and_records_every_one() {
     let a = api.tenant_with_product("alpha", PK).await;
     let b = api.tenant_with_product("bravo", PK_B).await;
     api.devices(&a, PK, &["alpha-0001", "alpha-0002", "alpha-0003", "alpha-0004"]).await;
-    // Tags, groups and topology do not move (SPEC §5).
+    // Tags, groups and topology do not move (PROTOCOL §5).
     let key = |name: &str| DeviceKey {
         product_key: PK.parse().unwrap(),
         device_name: name.parse().unwrap(),

@@ -1,4 +1,4 @@
-//! The audit log survives a crash (SPEC §9): every change the admin API makes commits its audit
+//! The audit log survives a crash (PROTOCOL §9): every change the admin API makes commits its audit
 //! entry in the same store batch as the change itself. The store here "dies" right after the
 //! batch that carries a change commits: every later write fails, as it would if the process
 //! had been killed at that instant. Once the store is back, the audit log lists the change.

@@ -1,4 +1,4 @@
-//! Instance (resource) transfer orders (SPEC §7) through the admin API: batches with one result
+//! Instance (resource) transfer orders (PROTOCOL §7) through the admin API: batches with one result
 //! per order, the 24-hour expiry on the injected clock, cancel and reject, the account-kind
 //! rules, instance age and expiry, configuration changes refused while pending, what
 //! confirmation changes (the owner, nothing else), the organisation admin's read-only window,

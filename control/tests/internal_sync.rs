@@ -523,7 +523,7 @@ async fn nodes_write_only_usage() {
     server.stop().await;
 }
 
-/// Brokers' kept device subscriptions (SPEC §2) have their own endpoint, behind the node token,
+/// Brokers' kept device subscriptions (PROTOCOL §2) have their own endpoint, behind the node token,
 /// through the registry's checked write path; the generic batch still refuses their keys.
 #[tokio::test]
 async fn device_subscriptions_have_their_own_checked_endpoint() {

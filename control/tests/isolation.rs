@@ -122,7 +122,7 @@ async fn cross_account_resources_reach_their_addressee_only() {
         let order = api.get(&format!("/v1/instance-transfers/{id}"), &bravo.key).await;
         assert_eq!(order.status, StatusCode::OK, "{}", order.text());
     }
-    // The cross-account distribution: bravo holds the read-only copy at its instance (SPEC §5:
+    // The cross-account distribution: bravo holds the read-only copy at its instance (PROTOCOL §5:
     // the product's info moves with the devices), but not the task, the devices or alpha's
     // own-account copy.
     let copies = api.get("/v1/product-copies", &bravo.key).await.json();

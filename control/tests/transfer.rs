@@ -1,4 +1,4 @@
-//! Device transfer orders (SPEC §6) through the admin API: the allow-list, every rule and its
+//! Device transfer orders (PROTOCOL §6) through the admin API: the allow-list, every rule and its
 //! error, acceptance and what each side can do afterwards, the exclusion with distribution
 //! both ways (at submission and inside the executor), and the destination's product view.
 

@@ -1,4 +1,4 @@
-//! Cross-account verification codes (SPEC §5) through the admin API: valid five minutes, good
+//! Cross-account verification codes (PROTOCOL §5) through the admin API: valid five minutes, good
 //! for one task, and attempt-limited per attempting account. Wrong guesses lock out the
 //! account that made them and nobody else: a griefer cannot burn the code a destination
 //! handed to its partner, however often it guesses.

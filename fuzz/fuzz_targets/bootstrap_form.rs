@@ -1,4 +1,4 @@
-//! The bootstrap edge's `POST /auth/bootstrap` form parser (SPEC §4) on arbitrary bodies.
+//! The bootstrap edge's `POST /auth/bootstrap` form parser (PROTOCOL §4) on arbitrary bodies.
 //!
 //! Properties beyond "never panics": an accepted body names a device whose `pk/dn` text parses
 //! back to the same device, and the edge's one-pass field splitter decodes every UTF-8 body

@@ -1,4 +1,4 @@
-//! The SPEC §2 clientId/username parser (`DeviceLogin::parse`) and the signature check on
+//! The PROTOCOL §2 clientId/username parser (`DeviceLogin::parse`) and the signature check on
 //! whatever it accepts. Input: `clientId \0 username \0 password`.
 //!
 //! Properties beyond "never panics": a password signed for the parsed login verifies in lower

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the seed corpora under fuzz/corpus/ that do not need a capture tool.
 
-The MQTT device CONNECTs are the SPEC §2 C SDK 4.1.0 capture byte for byte, and the Python and
+The MQTT device CONNECTs are the PROTOCOL §2 C SDK 4.1.0 capture byte for byte, and the Python and
 Node SDK shapes (signed as registry::signature::sign_connect does); the bootstrap forms are the
 C SDK's and the vendor documentation's; CSVs are the control plane's templates; JSON bodies are
 the admin API's documented requests; TOML is deploy/'s shipped configuration.
@@ -76,7 +76,7 @@ def logins():
 def mqtt():
     username = f"{DN}&{PK}"
     for name, (cid, password) in logins().items():
-        # The C SDK sends PINGREQ right after CONNACK (SPEC §2).
+        # The C SDK sends PINGREQ right after CONNACK (PROTOCOL §2).
         write("mqtt_decode", f"{name}_connect.bin", KNOB + connect(cid, username, password) + b"\xc0\x00")
     cid, password = logins()["mqtt5_assigned"]
     # An MQTT 5 CONNECT (session expiry and receive maximum properties): refused with 0x01.

@@ -1,7 +1,7 @@
 //! GeoIP lookup and nearest-region pick.
 //!
 //! The bootstrap edge answers a *nearest access* device with the candidate region closest to the
-//! device's client address (SPEC §4). This crate owns that decision:
+//! device's client address (PROTOCOL §4). This crate owns that decision:
 //!
 //! - [`GeoDb`] reads MaxMind DB (`.mmdb`) files — GeoIP2/GeoLite2 City or the flat DB-IP lite
 //!   layout, one combined file or an IPv4 + IPv6 pair — and swaps in a new copy atomically on

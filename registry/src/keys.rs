@@ -15,7 +15,7 @@ pub const PRODUCT_COPIES: &str = "product-copies/";
 pub const DEVICES: &str = "devices/";
 pub const RUNTIME: &str = "runtime/";
 pub const USAGE: &str = "usage/";
-/// Device subscriptions the brokers keep for the devices (SPEC §2), one record per device.
+/// Device subscriptions the brokers keep for the devices (PROTOCOL §2), one record per device.
 pub const SUBSCRIPTIONS: &str = "subscriptions/";
 
 pub fn account(id: &AccountId) -> String {

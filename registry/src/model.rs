@@ -1,4 +1,4 @@
-//! The domain model (SPEC §1) as the records the registry stores.
+//! The domain model (PROTOCOL §1) as the records the registry stores.
 //!
 //! Records are plain data: rules that span records (DeviceName uniqueness, read-only copies,
 //! distribution) are enforced by [`crate::Registry`], not here.
@@ -48,7 +48,7 @@ pub struct Region {
     #[serde(default)]
     pub bias_km: f64,
     /// The region's public MQTT endpoint, what `GET /auth/bootstrap/regionId/{n}` answers for
-    /// it (SPEC §4). Operator configuration like the rest of the region: the edge answers this
+    /// it (PROTOCOL §4). Operator configuration like the rest of the region: the edge answers this
     /// and nothing else, so a region without one answers "unknown region", and no instance a
     /// tenant owns can stand in for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,7 +117,7 @@ pub struct Product {
     pub owner: AccountId,
     /// Where the product's devices live unless placed elsewhere.
     pub home_instance: InstanceId,
-    /// Only published products can be transferred (SPEC §6).
+    /// Only published products can be transferred (PROTOCOL §6).
     #[serde(default)]
     pub published: bool,
     #[serde(default)]
@@ -149,7 +149,7 @@ pub enum TopicOperation {
 }
 
 /// A read-only copy of a product at a distribution destination. Later edits at the source do
-/// not propagate (SPEC §5), so the copy is a snapshot, not a reference.
+/// not propagate (PROTOCOL §5), so the copy is a snapshot, not a reference.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProductCopy {
     pub instance: InstanceId,
@@ -199,7 +199,7 @@ pub enum DeviceStatus {
     Disabled,
 }
 
-/// Where a device may connect (SPEC §5).
+/// Where a device may connect (PROTOCOL §5).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Placement {
@@ -230,7 +230,7 @@ impl Placement {
 }
 
 /// What a device accumulates while connected to one instance. It belongs to that
-/// (device, instance) pair and never moves (SPEC §1).
+/// (device, instance) pair and never moves (PROTOCOL §1).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RuntimeData {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -247,7 +247,7 @@ pub struct RuntimeData {
     pub messages_out: u64,
 }
 
-/// Usage of one instance (SPEC §5: the instance a device is connected to accounts for it).
+/// Usage of one instance (PROTOCOL §5: the instance a device is connected to accounts for it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceUsage {
     pub instance: InstanceId,
@@ -274,7 +274,7 @@ impl InstanceUsage {
     }
 }
 
-/// The subscriptions a device made, kept for it by the platform (SPEC §2: the real SDKs never
+/// The subscriptions a device made, kept for it by the platform (PROTOCOL §2: the real SDKs never
 /// subscribe again after a reconnect or a re-bootstrap). Brokers write it as the device
 /// subscribes and unsubscribes, and restore it whenever the device connects, at whichever
 /// instance it is placed. It belongs to the device, not to an instance, so it follows the

@@ -70,7 +70,7 @@ pub struct CreatedDevice {
 #[derive(Clone)]
 pub struct Registry {
     store: Arc<dyn Store>,
-    /// Seals DeviceSecrets before they reach the store (SPEC §9).
+    /// Seals DeviceSecrets before they reach the store (PROTOCOL §9).
     sealer: SecretKey,
     clock: Arc<dyn Clock>,
 }

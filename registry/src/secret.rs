@@ -1,4 +1,4 @@
-//! DeviceSecrets at rest (SPEC §9): they must stay usable for HMAC verification, so they are
+//! DeviceSecrets at rest (PROTOCOL §9): they must stay usable for HMAC verification, so they are
 //! sealed (XChaCha20-Poly1305) under a key from configuration instead of hashed, and never stored
 //! or printed in plain text.
 //!

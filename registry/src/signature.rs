@@ -1,10 +1,10 @@
-//! Device signatures for MQTT CONNECT (SPEC §2): the one place that turns a clientId and a
+//! Device signatures for MQTT CONNECT (PROTOCOL §2): the one place that turns a clientId and a
 //! username into typed values, builds the signed content and checks or produces the HMAC
 //! password. The broker verifies with it and the bench signs with it, so both sides agree by
 //! construction rather than by two copies of the same string formatting.
 //!
 //! What this module does *not* do: look up a device or its secret, check the `timestamp` against
-//! a clock (SPEC §2 makes a time window opt-in, and the C SDK always sends a fixed value), decide
+//! a clock (PROTOCOL §2 makes a time window opt-in, and the C SDK always sends a fixed value), decide
 //! placement or whether a device is disabled, or choose a CONNACK code. It also keeps no secrets:
 //! every secret is borrowed for one call, so none can leak through `Debug` or an error.
 
@@ -16,7 +16,7 @@ use md5::Md5;
 use sha1::Sha1;
 use sha2::Sha256;
 
-/// Longest `cid` (the part of the clientId before the first `|`), in characters, SPEC §2 allows.
+/// Longest `cid` (the part of the clientId before the first `|`), in characters, PROTOCOL §2 allows.
 pub const MAX_CID_CHARS: usize = 64;
 
 /// The `timestamp` the C SDK 4.x sends on every CONNECT (2050-01-01T00:00:00Z in milliseconds);
@@ -259,7 +259,7 @@ pub enum SecureMode {
     Plain,
     /// `-1`: legacy clients.
     Legacy,
-    /// Any other integer; kept rather than rejected so SDK modes SPEC §2 does not list still
+    /// Any other integer; kept rather than rejected so SDK modes PROTOCOL §2 does not list still
     /// parse.
     Other(i32),
 }

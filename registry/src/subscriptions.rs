@@ -1,4 +1,4 @@
-//! The one write path for kept device subscriptions ([`DeviceSubscriptions`], SPEC §2).
+//! The one write path for kept device subscriptions ([`DeviceSubscriptions`], PROTOCOL §2).
 //!
 //! Brokers are the only writers. An in-process broker writes through [`StoreWriter`]; a broker
 //! in its own process writes through the control plane's internal API, whose handler calls
@@ -21,10 +21,10 @@ use crate::model::DeviceSubscriptions;
 use crate::registry::{decode, encode};
 use crate::store::{Op, Revision, Store, StoreError};
 
-/// Most filters kept per device: the device profile's subscription limit (SPEC §3).
+/// Most filters kept per device: the device profile's subscription limit (PROTOCOL §3).
 pub const MAX_KEPT_FILTERS: usize = 100;
 
-/// Longest filter kept: the device profile's topic limit (SPEC §3).
+/// Longest filter kept: the device profile's topic limit (PROTOCOL §3).
 pub const MAX_FILTER_BYTES: usize = 128;
 
 /// Most devices one write may carry, so one write is one bounded store batch and one bounded

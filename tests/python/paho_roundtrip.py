@@ -7,7 +7,7 @@ Run by tests/tests/broker_interop.rs, which starts the broker and passes its por
         QoS 0/1/2 round trip through a QoS 2 subscription, a retained message seen by a later
         subscriber, and a will published when its client's socket vanishes.
     paho_roundtrip.py device PORT PRODUCT_KEY DEVICE_NAME DEVICE_SECRET
-        Connects with the vendor Python SDK's signature (SPEC §2): CONNACK 0, then a QoS 1
+        Connects with the vendor Python SDK's signature (PROTOCOL §2): CONNACK 0, then a QoS 1
         publish to /{pk}/{dn}/user/update acknowledged; a wrong secret is refused.
 
 Prints what it checks and exits 0 when every check passed, 1 (with the reason) otherwise.
@@ -133,7 +133,7 @@ def standard(port, username, password):
 
 
 def sign(product_key, device_name, secret, timestamp):
-    """The vendor Python SDK's CONNECT credentials (SPEC §2, hmacsha1, plain TCP)."""
+    """The vendor Python SDK's CONNECT credentials (PROTOCOL §2, hmacsha1, plain TCP)."""
     client_id = f"{product_key}&{device_name}|securemode=3,signmethod=hmacsha1,timestamp={timestamp}|"
     username = f"{device_name}&{product_key}"
     content = (

@@ -1,5 +1,5 @@
 //! A simulated device that behaves like the vendor SDK: it bootstraps over HTTP from its own
-//! source address, connects with a SPEC §2 signature, answers a bootstrap notify, and when the
+//! source address, connects with a PROTOCOL §2 signature, answers a bootstrap notify, and when the
 //! broker drops it, bootstraps again and reconnects wherever it is told.
 
 use std::net::{IpAddr, SocketAddr};

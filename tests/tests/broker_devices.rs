@@ -31,7 +31,7 @@ fn device_options(
     options
 }
 
-/// The C SDK 4.1.0 CONNECT, byte for byte as captured (SPEC §2), then its immediate PINGREQ.
+/// The C SDK 4.1.0 CONNECT, byte for byte as captured (PROTOCOL §2), then its immediate PINGREQ.
 #[tokio::test]
 async fn c_sdk_capture_connects() {
     let registry = TestRegistry::new().await;
@@ -209,7 +209,7 @@ async fn device_acl_and_application_clients() {
     assert_eq!(got.payload.as_ref(), b"cmd");
 }
 
-/// SPEC §5: the notify reaches a device that never subscribed, its reply is seen, and it is
+/// PROTOCOL §5: the notify reaches a device that never subscribed, its reply is seen, and it is
 /// then forced offline.
 #[tokio::test]
 async fn bootstrap_notify_and_force_offline() {
@@ -429,7 +429,7 @@ async fn a_client_id_cannot_take_over_a_device_session() {
     assert!(broker.daemon.broker.router().is_online(&impostor_id));
 }
 
-/// The implicit `/sys/{pk}/{dn}/#` route carries downlink only (SPEC §3): a device never gets
+/// The implicit `/sys/{pk}/{dn}/#` route carries downlink only (PROTOCOL §3): a device never gets
 /// its own uplink echoed, nor another client's message on one of its uplink topics, while
 /// every downlink arrives without a SUBSCRIBE. What a device subscribes to explicitly it gets.
 #[tokio::test]

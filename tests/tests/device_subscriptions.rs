@@ -1,4 +1,4 @@
-//! SPEC §2 "Device subscriptions are kept by the platform": the real C SDK connects with clean
+//! PROTOCOL §2 "Device subscriptions are kept by the platform": the real C SDK connects with clean
 //! session and never subscribes again after a reconnect or a re-bootstrap, so a device's own
 //! subscriptions are restored on every connect, wherever it is placed, through real MQTT
 //! clients against brokers inside the store's process (`meridian up`'s shape; the

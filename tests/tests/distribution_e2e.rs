@@ -1,6 +1,6 @@
 //! Distribution end to end (issue 5): two regions with a broker each, one bootstrap edge, the
 //! admin API and the task executor, all real servers on loopback sockets; a thousand simulated
-//! SDK devices bootstrap through the edge and connect with SPEC §2 signatures. A task moves
+//! SDK devices bootstrap through the edge and connect with PROTOCOL §2 signatures. A task moves
 //! half of them; each is notified without having subscribed, replies, is disconnected,
 //! bootstraps again and lands at the destination while the other half stay untouched.
 

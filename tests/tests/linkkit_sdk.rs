@@ -1,7 +1,7 @@
 //! The vendor's own Python device SDK, `aliyun-iot-linkkit` 1.2.13 from PyPI, as a real device
 //! against brokers on loopback: it signs its CONNECT itself, posts properties an application
 //! client sees, subscribes to its `/user/get`, gets a downlink there after a broker-side kick
-//! (the SDK reconnects with clean session and does not subscribe again: SPEC §2), and hears the
+//! (the SDK reconnects with clean session and does not subscribe again: PROTOCOL §2), and hears the
 //! bootstrap notify when distributed through the control plane, then finds its subscription at
 //! the destination after re-bootstrapping.
 //!

@@ -1,4 +1,4 @@
-//! Secrets never reach logs, error answers or metrics (issue 8, SPEC §9).
+//! Secrets never reach logs, error answers or metrics (issue 8, PROTOCOL §9).
 //!
 //! One flow through the admin API and a broker, in-process, with every log line of every crate
 //! captured at TRACE level and every metric recorded: accounts and API keys (right and wrong), device secrets given,

@@ -1,4 +1,4 @@
-//! Crash safety of transfer orders (SPEC §6, §7): the control plane is killed with SIGKILL at
+//! Crash safety of transfer orders (PROTOCOL §6, §7): the control plane is killed with SIGKILL at
 //! varying points, dozens of times, while `tests/src/bin/transfer-crash.rs` submits, accepts,
 //! rejects and cancels device transfer orders and initiates, confirms, rejects, cancels and
 //! expires instance transfer orders, resuming from the store after every restart.

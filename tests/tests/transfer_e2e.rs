@@ -1,4 +1,4 @@
-//! Device transfer end to end (SPEC §6): a real broker follows the registry while the control
+//! Device transfer end to end (PROTOCOL §6): a real broker follows the registry while the control
 //! plane transfers a connected device from `acme` to `bravo`. The device stays connected
 //! through it; its messages then reach bravo's application client and no longer acme's,
 //! though acme's wildcard subscription is still in place; and only bravo may send it downlink.
@@ -159,7 +159,7 @@ async fn a_connected_device_stays_connected_and_follows_its_new_owner() {
         SubscribeReasonCode::Failure
     );
 
-    // Downlink: acme's is dropped, bravo's arrives; the device never subscribed (SPEC §3).
+    // Downlink: acme's is dropped, bravo's arrives; the device never subscribed (PROTOCOL §3).
     acme_app
         .client
         .publish(&downlink, QoS::AtMostOnce, false, b"from acme".to_vec())
@@ -225,7 +225,7 @@ async fn a_persistent_application_session_gets_nothing_queued_for_a_lost_device(
     assert_eq!(next(&mut acme_app).await, (other_uplink, "still acme's".into()));
 }
 
-/// SPEC §6: the source loses all access. After the transfer, acme's application client no
+/// PROTOCOL §6: the source loses all access. After the transfer, acme's application client no
 /// longer reaches the device through `/broadcast/{pk}/...` (its other devices still get it),
 /// and what acme retained on the device's topics before is gone: neither delivered to the
 /// device when it (re)subscribes or reconnects, nor kept in the broker.

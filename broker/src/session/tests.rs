@@ -1046,7 +1046,7 @@ fn wills_are_checked_like_publishes() {
     );
 
     // A device may not leave a will on another device's topic; on its own it is accepted and
-    // (no wills for devices, SPEC §3) kept nowhere.
+    // (no wills for devices, PROTOCOL §3) kept nowhere.
     assert_eq!(
         check(
             &device(),
@@ -1241,7 +1241,7 @@ fn resumed_session_continues_packet_ids() {
     assert_eq!(publishes(&transmitted(&mut resumed))[0].0, 2);
 }
 
-/// SPEC §2: kept subscriptions come back without a SUBSCRIBE, each checked as a SUBSCRIBE
+/// PROTOCOL §2: kept subscriptions come back without a SUBSCRIBE, each checked as a SUBSCRIBE
 /// would be, and then count like any other (UNSUBSCRIBE, the set a device's record holds).
 #[test]
 fn restored_filters_pass_the_subscribe_checks() {

@@ -1,4 +1,4 @@
-//! `ctl distribute`: submits a distribution task (SPEC §5) and, with `--wait`, follows it
+//! `ctl distribute`: submits a distribution task (PROTOCOL §5) and, with `--wait`, follows it
 //! until it settles. Every rule is checked by the API before anything moves.
 
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! `ctl transfer instances` and `ctl transfer organisation`: instance transfer orders (SPEC
+//! `ctl transfer instances` and `ctl transfer organisation`: instance transfer orders (PROTOCOL
 //! §7), which work in batches with one result per order, and an organisation admin's
 //! read-only window on its members. A batch in which any order failed exits with status 1
 //! after printing every result.

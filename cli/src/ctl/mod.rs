@@ -1,6 +1,6 @@
 //! `meridian ctl`: a client of the control plane's admin API, one file per command group.
 //!
-//! Every command is one or a few API calls; the rules (DeviceName uniqueness, SPEC §5
+//! Every command is one or a few API calls; the rules (DeviceName uniqueness, PROTOCOL §5
 //! distribution rules, account isolation) are the API's, and its refusals are shown as
 //! `error: <message> (HTTP <status>)` with exit status 1. Usage errors exit with 2 (clap).
 //!

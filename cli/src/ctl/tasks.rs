@@ -62,7 +62,7 @@ pub(super) struct Task {
     pub(super) updated_at: u64,
 }
 
-/// SPEC §5 task states; `Debug` is the API's spelling.
+/// PROTOCOL §5 task states; `Debug` is the API's spelling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 pub(super) enum State {
     Initializing,

@@ -1,5 +1,5 @@
-//! `ctl transfer`: ownership transfers. Device transfer orders (SPEC §6) and the product views
-//! a destination manages its devices under; instance transfer orders (SPEC §7, in
+//! `ctl transfer`: ownership transfers. Device transfer orders (PROTOCOL §6) and the product views
+//! a destination manages its devices under; instance transfer orders (PROTOCOL §7, in
 //! [`super::instance_transfer`]); and, for the operator, the transfer allow-list and
 //! organisations. Every rule is the API's; its refusals come back as they are.
 

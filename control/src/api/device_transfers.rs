@@ -1,4 +1,4 @@
-//! Device transfer orders (SPEC §6) and the destination's product views, under which it manages
+//! Device transfer orders (PROTOCOL §6) and the destination's product views, under which it manages
 //! the devices it received by view id and DeviceName. The destination is never shown the
 //! ProductKey: orders show it the product's name, views show everything else of the product.
 

@@ -1,5 +1,5 @@
 //! Devices of the caller's products. A device's JSON never holds its secret, except in the
-//! answer that creates it (SPEC §9: shown once).
+//! answer that creates it (PROTOCOL §9: shown once).
 
 use hyper::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -86,7 +86,7 @@ pub(super) async fn get(plane: &ControlPlane, caller: &AccountId, request: ApiRe
 }
 
 /// `DELETE /v1/products/{pk}/devices/{dn}`: only at the source, and only while the device is
-/// home (SPEC §5).
+/// home (PROTOCOL §5).
 pub(super) async fn delete(
     plane: &ControlPlane,
     caller: &AccountId,

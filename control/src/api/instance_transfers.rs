@@ -1,4 +1,4 @@
-//! Instance transfer orders (SPEC §7): batch initiation, confirmation, cancellation and
+//! Instance transfer orders (PROTOCOL §7): batch initiation, confirmation, cancellation and
 //! rejection, each answered with one result per order; the renewal that a pending order
 //! blocks; and an organisation admin's read-only window on its members.
 //!

@@ -5,7 +5,7 @@
 //! account to the plane, which scopes every read and write to it: another account's resource is
 //! a 404, exactly like a missing one. Account creation and the `/v1/operator/...` routes take
 //! the operator token instead: accounts, and instances with the endpoints devices are sent to,
-//! are provisioned by the platform operator (SPEC §1); a tenant owns, renews and transfers its
+//! are provisioned by the platform operator (PROTOCOL §1); a tenant owns, renews and transfers its
 //! instances but cannot create one or choose an endpoint.
 //! Errors are always `{"code":<status>,"message":"…"}`.
 //!

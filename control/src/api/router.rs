@@ -56,7 +56,7 @@ pub(crate) enum Tenant {
     Task,
     RetryTask,
     TaskRecords,
-    /// Device and instance transfers (SPEC §6, §7), see `transfers.rs`.
+    /// Device and instance transfers (PROTOCOL §6, §7), see `transfers.rs`.
     Ownership(Ownership),
 }
 

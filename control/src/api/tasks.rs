@@ -1,4 +1,4 @@
-//! Distribution tasks (SPEC §5): submission, progress, retry, and the per-device record.
+//! Distribution tasks (PROTOCOL §5): submission, progress, retry, and the per-device record.
 //!
 //! Submission only stores the task; the executor (`ControlPlane::run_executor`) moves the
 //! devices, so a client polls `GET /v1/distribution-tasks/{id}` until the state settles.

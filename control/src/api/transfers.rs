@@ -1,5 +1,5 @@
-//! Ownership transfers through the API: device transfer orders and product views (SPEC §6),
-//! instance transfer orders and the instance renewal they block (SPEC §7), an organisation
+//! Ownership transfers through the API: device transfer orders and product views (PROTOCOL §6),
+//! instance transfer orders and the instance renewal they block (PROTOCOL §7), an organisation
 //! admin's read-only window, and the operator's transfer allow-list and organisations.
 //!
 //! The handlers live in [`super::device_transfers`] and [`super::instance_transfers`]; this

@@ -98,7 +98,7 @@ pub struct WireRevision {
     pub revision: Revision,
 }
 
-/// `POST device-subscriptions` body: each device's whole kept set (SPEC §2).
+/// `POST device-subscriptions` body: each device's whole kept set (PROTOCOL §2).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct WireDeviceSubscriptions {
     pub devices: Vec<meridian_registry::model::DeviceSubscriptions>,

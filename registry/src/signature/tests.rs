@@ -13,7 +13,7 @@ const C_CLIENT_ID: &str = "a13FN5TplKq.bootstrap_posix_demo|timestamp=2524608000
 const C_USERNAME: &str = "bootstrap_posix_demo&a13FN5TplKq";
 const C_PASSWORD: &str = "0B8307DDC1BE4049045F3FAC6F9ED3DA0F11C58451F243004E711000144031D1";
 
-// --- SPEC §2 test vectors -------------------------------------------------------------------
+// --- PROTOCOL §2 test vectors -------------------------------------------------------------------
 
 #[test]
 fn sha1_vector_signs_lower_case() {

@@ -1,5 +1,5 @@
 //! A control plane that is killed with SIGKILL at random points by `tests/tests/transfer_crash.rs`
-//! while it drives device transfer orders (SPEC §6) and instance transfer orders (SPEC §7).
+//! while it drives device transfer orders (PROTOCOL §6) and instance transfer orders (PROTOCOL §7).
 //!
 //! Usage: `transfer-crash <store path> <product devices> <instances> <devices per instance>
 //! <orders per instance>`.
