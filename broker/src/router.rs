@@ -319,24 +319,21 @@ impl Router {
         connection: u64,
         filters: &[(String, u8)],
     ) -> Vec<Delivery> {
-        let mut deliveries = Vec::new();
-        for mut cursor in self.subscribe_paced(session_id, connection, filters) {
-            loop {
-                let (page, done) = self.retained_page(&mut cursor, usize::MAX);
-                deliveries.extend(page);
-                if done {
-                    break;
-                }
-            }
-        }
-        deliveries
+        let cursors = self.subscribe_paced(session_id, connection, filters);
+        self.every_retained_page(cursors)
     }
 
     /// The retained messages `filters` match, all at once (tests).
     #[cfg(test)]
     pub fn retained(&self, filters: &[(String, u8)]) -> Vec<Delivery> {
+        self.every_retained_page(self.retained_cursors(filters))
+    }
+
+    /// Reads every page of each cursor (tests).
+    #[cfg(test)]
+    fn every_retained_page(&self, cursors: Vec<RetainedCursor>) -> Vec<Delivery> {
         let mut deliveries = Vec::new();
-        for mut cursor in self.retained_cursors(filters) {
+        for mut cursor in cursors {
             loop {
                 let (page, done) = self.retained_page(&mut cursor, usize::MAX);
                 deliveries.extend(page);
