@@ -151,6 +151,14 @@ impl Principal {
     /// through `/broadcast/{pk}/...`, which names no device.
     pub fn may_receive(&self, topic: &str, origin: &Origin, view: &RegistryView) -> bool {
         match (self, origin) {
+            // No application client has a reason to hear another account's: whatever one
+            // account's backend sends is its downlink, and a device it once owned (transferred,
+            // then deleted by its new owner) must not hand that downlink to the former owner.
+            (Principal::Application { account }, Origin::Application(sender))
+                if sender != account =>
+            {
+                false
+            }
             (Principal::Application { account }, _) => application_topic(account, topic, view),
             (Principal::Device(key), Origin::Application(sender)) => view.account_may_use_device(
                 sender,

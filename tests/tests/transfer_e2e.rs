@@ -301,3 +301,54 @@ async fn the_former_owner_reaches_a_transferred_device_neither_by_broadcast_nor_
     publish(&mut bravo_app, &set("lamp-0001"), "bravo again").await;
     assert_eq!(next(&mut lamp).await, (set("lamp-0001"), "bravo again".into()));
 }
+
+/// The new owner's retained downlink on a transferred device stays its own, also once it
+/// deletes the device and the former owner's rights over the product name it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_new_owners_retained_messages_never_reach_the_former_owner() {
+    let (registry, plane) = world().await;
+    let broker = registry
+        .broker(SHANGHAI, |config| {
+            config.applications.insert(
+                BRAVO_APP.0.to_owned(),
+                ApplicationConfig { password: BRAVO_APP.1.into(), account: BRAVO.parse().unwrap() },
+            );
+        })
+        .await;
+    transfer_lamp(&plane).await;
+    registry.sync(&broker).await;
+
+    // bravo, the new owner, retains a downlink for its lamp; acme's other lamp gets one too.
+    let (mut bravo_app, _) =
+        Client::connect(app_options(broker.addr, "bravo-backend", BRAVO_APP)).await.unwrap();
+    let (mut acme_app, _) =
+        Client::connect(app_options(broker.addr, "acme-backend", APPLICATION)).await.unwrap();
+    let user_get = |dn: &str| format!("/{PRODUCT}/{dn}/user/get");
+    bravo_app
+        .client
+        .publish(user_get("lamp-0001"), QoS::AtLeastOnce, true, "bravo's secret")
+        .await
+        .unwrap();
+    bravo_app.expect(|p| matches!(p, Packet::PubAck(_))).await;
+    acme_app
+        .client
+        .publish(user_get("lamp-0002"), QoS::AtLeastOnce, true, "acme's own")
+        .await
+        .unwrap();
+    acme_app.expect(|p| matches!(p, Packet::PubAck(_))).await;
+
+    // bravo deletes the lamp; acme, who owns the product, subscribes to every lamp's topics.
+    let view = plane.product_views(&BRAVO.parse().unwrap()).await.unwrap().remove(0);
+    plane
+        .delete_view_device(&BRAVO.parse().unwrap(), &view.id, &"lamp-0001".parse().unwrap())
+        .await
+        .unwrap();
+    registry.sync(&broker).await;
+    let ok = SubscribeReasonCode::Success(QoS::AtLeastOnce);
+    assert_eq!(subscribe(&mut acme_app, &format!("/{PRODUCT}/+/user/#")).await, ok);
+
+    // acme gets its own retained message and nothing of bravo's, then a live marker.
+    assert_eq!(next(&mut acme_app).await, (user_get("lamp-0002"), "acme's own".into()));
+    publish(&mut acme_app, &user_get("lamp-0002"), "marker").await;
+    assert_eq!(next(&mut acme_app).await, (user_get("lamp-0002"), "marker".into()));
+}

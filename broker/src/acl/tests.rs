@@ -328,6 +328,12 @@ fn application_access_follows_the_device_owner() {
     assert!(destination.may_receive(&t("/{pk}/dev1/user/x"), &from, &view));
     assert!(!destination.may_receive(&t("/{pk}/dev2/user/x"), &from, &view));
     assert!(!destination.may_receive(&t("/broadcast/{pk}/all"), &from, &view));
+    // One account's application messages never reach another account's application client,
+    // on any topic: not the destination's downlink to the source, nor the reverse.
+    let buyer_app = Origin::Application("buyer".parse().unwrap());
+    assert!(!source.may_receive(&t("/{pk}/dev2/user/x"), &buyer_app, &view));
+    assert!(!destination.may_receive(&t("/{pk}/dev1/user/x"), &app, &view));
+    assert!(destination.may_receive(&t("/{pk}/dev1/user/x"), &buyer_app, &view));
     // Devices and standard clients are bounded by their subscriptions, and a device by who
     // sent the message: an application client only while its account owns the device.
     assert!(device().may_receive(&t("/sys/{pk}/{dn}/thing/x"), &from, &view));
