@@ -6,6 +6,7 @@
 //! harmless because applying is idempotent and the replay ends on each key's latest value.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use meridian_registry::keys;
@@ -17,21 +18,34 @@ use crate::routing::TableWriter;
 /// the time the device is.
 const PREFIXES: [&str; 4] = [keys::REGIONS, keys::INSTANCES, keys::PRODUCTS, keys::DEVICES];
 
+/// How long a follower waits after a store error before it loads fresh snapshots.
+const RETRY: Duration = Duration::from_secs(1);
+
 /// Loads the table, then applies the feed until it ends. If the store has compacted the feed
-/// past where this follower is (it fell too far behind), the table is reloaded from fresh
-/// snapshots, dropping devices deleted meanwhile, and following resumes.
+/// past where this follower is (it fell too far behind), or the store fails (a remote store's
+/// connection broke), the table is reloaded from fresh snapshots, dropping devices deleted
+/// meanwhile, and following resumes; after a failure it waits [`RETRY`] first. The table keeps
+/// serving what it has all the while: a follower that gave up would leave it answering for
+/// deleted devices for good.
 ///
 /// # Errors
 ///
-/// The first store error other than [`StoreError::Compacted`]; the table keeps serving what it
-/// has, and the caller decides whether to restart following.
+/// None today: the signature keeps room for an error the follower cannot recover from.
 pub async fn follow(store: Arc<dyn Store>, mut writer: TableWriter) -> Result<(), StoreError> {
     let mut resync = false;
     loop {
         if resync {
             writer.begin_resync();
         }
-        let from = load_snapshots(&*store, &mut writer).await?;
+        let from = match load_snapshots(&*store, &mut writer).await {
+            Ok(from) => from,
+            Err(error) => {
+                tracing::warn!(%error, "registry snapshot failed; retrying");
+                resync = true;
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
         if resync {
             writer.finish_resync();
         }
@@ -54,7 +68,12 @@ pub async fn follow(store: Arc<dyn Store>, mut writer: TableWriter) -> Result<()
                     resync = true;
                     break;
                 }
-                Some(Err(error)) => return Err(error),
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "registry feed failed; reloading");
+                    resync = true;
+                    tokio::time::sleep(RETRY).await;
+                    break;
+                }
                 None => return Ok(()),
             }
         }

@@ -7,6 +7,7 @@ use futures::StreamExt;
 use meridian_registry::model::Placement;
 use meridian_registry::signature::{SdkShape, sign_connect};
 use meridian_registry::store::{Entry, Op, Revision, Snapshot, Store, StoreError, Watch};
+use meridian_tests::cuttable::CuttableFeed;
 use meridian_tests::raw::{self, ConnectReturnCode as Code};
 use meridian_tests::{APPLICATION, Client, FRANKFURT, PRODUCT, SHANGHAI, TestRegistry};
 use rumqttc::{MqttOptions, Packet, QoS, SubscribeReasonCode};
@@ -488,64 +489,6 @@ async fn a_device_gets_its_downlink_but_never_an_echo_of_its_uplink() {
     assert_eq!((echoed.topic.as_str(), echoed.payload.as_ref()), (post.as_str(), &b"mine"[..]));
 }
 
-/// The registry as the broker reads it, with a feed that a test can cut: while cut, the
-/// watch ends with an error and snapshots are refused, as when the internal API is down.
-struct CuttableFeed {
-    inner: std::sync::Arc<dyn Store>,
-    cut: tokio::sync::watch::Sender<bool>,
-    /// Snapshots refused while cut: the follower has noticed and is retrying.
-    refused: std::sync::atomic::AtomicUsize,
-}
-
-impl CuttableFeed {
-    fn is_cut(&self) -> bool {
-        *self.cut.borrow()
-    }
-}
-
-#[async_trait::async_trait]
-impl Store for CuttableFeed {
-    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        self.inner.get(key).await
-    }
-    async fn scan_prefix(&self, prefix: &str) -> Result<Snapshot, StoreError> {
-        if self.is_cut() {
-            self.refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            return Err(StoreError::Backend("feed cut by the test".into()));
-        }
-        self.inner.scan_prefix(prefix).await
-    }
-    async fn batch(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
-        self.inner.batch(ops).await
-    }
-    async fn revision(&self) -> Result<Revision, StoreError> {
-        self.inner.revision().await
-    }
-    fn watch_from(&self, after: Revision) -> Watch {
-        let cut = self.cut.subscribe();
-        let inner = self.inner.watch_from(after);
-        Box::pin(futures::stream::unfold(Some((inner, cut)), |state| async move {
-            let (mut inner, mut cut) = state?;
-            if *cut.borrow_and_update() {
-                return Some((Err(StoreError::Backend("feed cut by the test".into())), None));
-            }
-            let next = tokio::select! {
-                // The cut first: no change gets through once it is made.
-                biased;
-                _ = cut.wait_for(|cut| *cut) => None,
-                change = inner.next() => Some(change),
-            };
-            match next {
-                None => Some((Err(StoreError::Backend("feed cut by the test".into())), None)),
-                Some(change) => change.map(|change| (change, Some((inner, cut)))),
-            }
-        }))
-    }
-    async fn compact(&self, through: Revision) -> Result<(), StoreError> {
-        self.inner.compact(through).await
-    }
-}
-
 /// A broker whose feed broke, and that follows again from a fresh snapshot, drops what was
 /// deleted meanwhile: the deleted device's credentials are refused (CONNACK 4), like a delete
 /// seen on the live feed.
@@ -554,11 +497,7 @@ async fn a_device_deleted_while_the_feed_was_broken_is_refused_after_following_a
     let registry = TestRegistry::new().await;
     let gone = registry.device("gone-1", "gone-secret-1").await;
     registry.device("kept-1", "kept-secret-1").await;
-    let feed = std::sync::Arc::new(CuttableFeed {
-        inner: registry.store.clone(),
-        cut: tokio::sync::watch::channel(false).0,
-        refused: Default::default(),
-    });
+    let feed = CuttableFeed::new(registry.store.clone());
     let config = meridian_tests::broker_config(SHANGHAI.parse().unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -579,15 +518,10 @@ async fn a_device_deleted_while_the_feed_was_broken_is_refused_after_following_a
     assert_eq!(code("gone-1", "gone-secret-1").await, Code::Success);
 
     // The feed breaks; once the broker is retrying, the device is deleted.
-    feed.cut.send_replace(true);
-    let retrying = async {
-        while feed.refused.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    tokio::time::timeout(meridian_tests::HANG, retrying).await.unwrap();
+    feed.cut();
+    feed.retrying().await;
     registry.registry.delete_device(&gone).await.unwrap();
-    feed.cut.send_replace(false);
+    feed.heal();
 
     // Following again reaches the delete's revision from a snapshot that no longer has it.
     let revision = registry.store.revision().await.unwrap();
