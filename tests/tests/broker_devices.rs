@@ -3,10 +3,8 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use meridian_registry::model::Placement;
 use meridian_registry::signature::{SdkShape, sign_connect};
-use meridian_registry::store::{Entry, Op, Revision, Snapshot, Store, StoreError, Watch};
 use meridian_tests::cuttable::CuttableFeed;
 use meridian_tests::raw::{self, ConnectReturnCode as Code};
 use meridian_tests::{APPLICATION, Client, FRANKFURT, PRODUCT, SHANGHAI, TestRegistry};
