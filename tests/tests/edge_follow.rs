@@ -19,7 +19,8 @@ async fn bootstrap(edge: std::net::SocketAddr, device: &str) -> String {
         body.len()
     );
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let response = http_exchange(loopback, edge, request.as_bytes()).await.unwrap();
+    let response =
+        http_exchange(loopback, edge, request.as_bytes()).await.expect("bootstrap exchange");
     response.lines().next().unwrap_or_default().to_owned()
 }
 
