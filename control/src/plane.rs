@@ -225,7 +225,10 @@ impl ControlPlane {
     /// A new API key `{id}.{secret}` for `account`; only its hash is stored.
     pub async fn create_api_key(&self, account: &AccountId) -> Result<String> {
         let (key, op) = self.api_key_op(account)?;
-        self.registry.store().batch(vec![op]).await?;
+        // The audit names the key by its public id, never its secret.
+        let (id, _) = key.split_once('.').unwrap_or((key.as_str(), ""));
+        let audit = self.audit_op(account, "api-key.created", id)?;
+        self.registry.store().batch(vec![op, audit]).await?;
         Ok(key)
     }
 

@@ -139,6 +139,22 @@ async fn every_change_commits_its_audit_entry_with_it() {
 
     let acme = api.tenant_with_product("acme", "a1Product01").await;
 
+    // A new API key is audited by its public id, in the batch that stores it.
+    store.arm();
+    let reply = api.request(Method::POST, "/v1/api-keys", Some(&acme.key), Body::None).await;
+    store.revive();
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    let key = reply.json()["api_key"].as_str().unwrap().to_owned();
+    let (key_id, secret) = key.split_once('.').unwrap();
+    let audit = api.get("/v1/audit", &acme.key).await.json();
+    let recorded = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|entry| entry["action"] == "api-key.created" && entry["target"] == key_id);
+    assert!(recorded, "a new API key lost its audit entry: {audit}");
+    assert!(!audit.to_string().contains(secret), "the audit log never shows a key's secret");
+
     // The operator provisions an instance for acme: the entry is in acme's log.
     let instance = json!({ "id": "acme-extra", "region": "cn-shanghai", "owner": "acme",
         "endpoint": { "host": "extra.example", "tcp_port": 1883 } });
