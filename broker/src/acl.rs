@@ -359,10 +359,25 @@ pub fn names_device(topic: &str, key: &DeviceKey) -> bool {
     })
 }
 
+/// The product key and device name of the device `topic` is one of the topics of, as
+/// application clients address it (see [`names_device`]).
+pub fn named_device(topic: &str) -> Option<(&str, &str)> {
+    let levels: Vec<&str> = topic.split('/').collect();
+    scope(&levels).and_then(|scope| Some((scope.product, scope.device?)))
+}
+
 /// Whether `topic` is one of product `product`'s broadcast topics.
 pub fn is_broadcast_of(topic: &str, product: &str) -> bool {
-    let levels: Vec<&str> = topic.split('/').collect();
-    matches!(levels.as_slice(), ["", "broadcast", pk, ..] if *pk == product)
+    broadcast_product(topic) == Some(product)
+}
+
+/// The product whose broadcast topics `topic` is one of.
+pub fn broadcast_product(topic: &str) -> Option<&str> {
+    let mut levels = topic.split('/');
+    match (levels.next(), levels.next(), levels.next()) {
+        (Some(""), Some("broadcast"), Some(pk)) => Some(pk),
+        _ => None,
+    }
 }
 
 fn is_wildcard(level: &str) -> bool {

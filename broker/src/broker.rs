@@ -1,7 +1,7 @@
 //! One broker instance: the shared state every connection task uses, the accept loops, and the
 //! force-offline API.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -297,30 +297,45 @@ impl Broker {
         let mut next_slot = tokio::time::Instant::now();
         loop {
             tokio::select! {
-                Some(change) = changed.recv() => {
-                    let device = match change {
-                        Changed::Placement(device) => device,
-                        Changed::DeviceOwner { device, former } => {
-                            self.forget_retained_of(&former, |topic| acl::names_device(topic, &device));
-                            continue;
-                        }
-                        Changed::ProductOwner { product, former } => {
-                            let product = product.as_str();
-                            self.forget_retained_of(&former, |topic| acl::is_broadcast_of(topic, product));
-                            continue;
-                        }
-                    };
-                    if !self.router.is_online(&Broker::device_session_id(&device)) {
-                        continue;
+                Some(first) = changed.recv() => {
+                    // Everything already queued is taken at once, so the N owner changes of
+                    // one instance transfer cost one scan of the retained store per former
+                    // owner, not N.
+                    let mut batch = vec![first];
+                    while let Ok(more) = changed.try_recv() {
+                        batch.push(more);
                     }
-                    let slot = next_slot.max(tokio::time::Instant::now());
-                    next_slot = slot + spacing;
-                    let broker = self.clone();
-                    tasks.spawn(async move {
-                        tokio::time::sleep_until(slot).await;
-                        let outcome = broker.force_offline(&device, reply_wait).await;
-                        tracing::info!(%device, replied = outcome.replied, "device placement changed: forced offline");
-                    });
+                    let mut forgets = Forgets::default();
+                    for change in batch {
+                        let device = match change {
+                            Changed::Placement(device) => device,
+                            Changed::DeviceOwner { device, former: owner }
+                            | Changed::DeviceDeleted { device, owner } => {
+                                forgets.device(owner, &device);
+                                continue;
+                            }
+                            Changed::ProductOwner { product, former } => {
+                                forgets.product(former, product.as_str());
+                                continue;
+                            }
+                        };
+                        if !self.router.is_online(&Broker::device_session_id(&device)) {
+                            continue;
+                        }
+                        let slot = next_slot.max(tokio::time::Instant::now());
+                        next_slot = slot + spacing;
+                        let broker = self.clone();
+                        tasks.spawn(async move {
+                            tokio::time::sleep_until(slot).await;
+                            let outcome = broker.force_offline(&device, reply_wait).await;
+                            tracing::info!(%device, replied = outcome.replied, "device placement changed: forced offline");
+                        });
+                    }
+                    if !forgets.by_owner.is_empty() {
+                        // A scan of a large store is CPU work: off the runtime's workers.
+                        let broker = self.clone();
+                        tasks.spawn_blocking(move || broker.forget_retained_of(forgets));
+                    }
                 }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 else => break,
@@ -328,16 +343,52 @@ impl Broker {
         }
     }
 
-    /// Deletes the retained messages `former`'s application clients left on the topics `on`
-    /// picks. Those set by standard clients (the operator's integrations) stay.
-    fn forget_retained_of(&self, former: &AccountId, on: impl Fn(&str) -> bool) {
-        let forgotten = self.router.forget_retained(|message| {
-            matches!(&message.origin, Origin::Application(account) if account == former)
-                && on(&message.topic)
-        });
-        if forgotten > 0 {
-            tracing::info!(account = %former, forgotten, "owner changed: retained messages of the former owner dropped");
+    /// Deletes the retained messages each account's application clients left on the topics
+    /// of the devices and products `forgets` lists for it: one paged scan per account that
+    /// left any (see [`Router::forget_retained`]). Those set by standard clients (the
+    /// operator's integrations) stay.
+    fn forget_retained_of(&self, forgets: Forgets) {
+        for (account, scope) in forgets.by_owner {
+            let forgotten = self.router.forget_retained(Some(&account), |topic| scope.holds(topic));
+            if forgotten.messages > 0 {
+                tracing::info!(%account, forgotten = forgotten.messages, "owner changed or device deleted: retained messages of the former owner dropped");
+            }
         }
+    }
+}
+
+/// The devices and products whose topics lose what each account's application clients
+/// retained there, gathered from a batch of [`Changed`].
+#[derive(Default)]
+struct Forgets {
+    by_owner: HashMap<AccountId, Scope>,
+}
+
+#[derive(Default)]
+struct Scope {
+    /// Device names by product key.
+    devices: HashMap<String, HashSet<String>>,
+    products: HashSet<String>,
+}
+
+impl Forgets {
+    fn device(&mut self, owner: AccountId, device: &DeviceKey) {
+        let scope = self.by_owner.entry(owner).or_default();
+        let names = scope.devices.entry(device.product_key.as_str().to_owned()).or_default();
+        names.insert(device.device_name.as_str().to_owned());
+    }
+
+    fn product(&mut self, owner: AccountId, product: &str) {
+        self.by_owner.entry(owner).or_default().products.insert(product.to_owned());
+    }
+}
+
+impl Scope {
+    /// Whether `topic` is one of the listed devices' topics or products' broadcast topics.
+    fn holds(&self, topic: &str) -> bool {
+        acl::named_device(topic).is_some_and(|(product, device)| {
+            self.devices.get(product).is_some_and(|names| names.contains(device))
+        }) || acl::broadcast_product(topic).is_some_and(|product| self.products.contains(product))
     }
 }
 

@@ -7,10 +7,13 @@
 //! A device connects with its downlink subscribed, so a connect storm costs one short range
 //! read per device instead of a scan of every retained topic per device.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
+use meridian_registry::ids::AccountId;
+
+use crate::acl::Origin;
 use crate::session::Message;
 use crate::topic;
 
@@ -29,6 +32,11 @@ pub struct Retained {
     /// Stamped on each stored message, so a [`RetainedCursor`] can tell what was stored after
     /// its subscription was made.
     sequence: u64,
+    /// Stored messages per sending application account (never a zero count), so forgetting
+    /// what an account left behind costs nothing when it left nothing ([`Retained::from_account`]).
+    by_account: HashMap<AccountId, usize>,
+    /// Stored messages sent by application clients of any account.
+    from_applications: usize,
 }
 
 #[derive(Debug)]
@@ -73,7 +81,52 @@ const SCAN: usize = 4096;
 
 impl Retained {
     pub fn new(max_messages: usize, max_bytes: usize) -> Retained {
-        Retained { by_topic: BTreeMap::new(), bytes: 0, max_messages, max_bytes, sequence: 0 }
+        Retained {
+            by_topic: BTreeMap::new(),
+            bytes: 0,
+            max_messages,
+            max_bytes,
+            sequence: 0,
+            by_account: HashMap::new(),
+            from_applications: 0,
+        }
+    }
+
+    /// Stored messages sent by application clients of `account`.
+    pub fn from_account(&self, account: &AccountId) -> usize {
+        self.by_account.get(account).copied().unwrap_or(0)
+    }
+
+    /// Stored messages sent by application clients of any account.
+    pub fn from_applications(&self) -> usize {
+        self.from_applications
+    }
+
+    fn count(&mut self, message: &Message) {
+        if let Origin::Application(account) = &message.origin {
+            *self.by_account.entry(account.clone()).or_default() += 1;
+            self.from_applications += 1;
+        }
+    }
+
+    fn uncount(&mut self, message: &Message) {
+        if let Origin::Application(account) = &message.origin {
+            if let Some(count) = self.by_account.get_mut(account) {
+                *count -= 1;
+                if *count == 0 {
+                    self.by_account.remove(account);
+                }
+            }
+            self.from_applications -= 1;
+        }
+    }
+
+    /// Removes `topic`'s entry, keeping the byte and origin counts.
+    fn remove(&mut self, topic: &str) -> Option<Entry> {
+        let entry = self.by_topic.remove(topic)?;
+        self.bytes -= size(&entry.message);
+        self.uncount(&entry.message);
+        Some(entry)
     }
 
     /// Stores `message` as its topic's retained message, or deletes it when the payload is
@@ -82,10 +135,7 @@ impl Retained {
     pub fn update(&mut self, message: &Arc<Message>) -> Result<(), RetainedFull> {
         let existing = self.by_topic.get(&message.topic).map(|old| size(&old.message));
         if message.payload.is_empty() {
-            if let Some(old) = existing {
-                self.by_topic.remove(&message.topic);
-                self.bytes -= old;
-            }
+            self.remove(&message.topic);
             return Ok(());
         }
         let new = size(message);
@@ -96,7 +146,10 @@ impl Retained {
         }
         self.sequence += 1;
         let entry = Entry { message: message.clone(), sequence: self.sequence };
-        self.by_topic.insert(message.topic.clone(), entry);
+        self.count(message);
+        if let Some(old) = self.by_topic.insert(message.topic.clone(), entry) {
+            self.uncount(&old.message);
+        }
         self.bytes = bytes;
         Ok(())
     }
@@ -187,19 +240,45 @@ impl Retained {
         }
     }
 
-    /// Deletes every stored message `forget` picks; returns how many. Reads every topic, so it
-    /// is for rare events (an ownership change), not per message.
-    pub fn forget(&mut self, mut forget: impl FnMut(&Message) -> bool) -> usize {
-        let (before, mut freed) = (self.by_topic.len(), 0);
-        self.by_topic.retain(|_, entry| {
-            let keep = !forget(&entry.message);
-            if !keep {
-                freed += size(&entry.message);
+    /// The topics of the stored messages `pick` picks among at most `limit` topics after
+    /// `after` (from the first when `None`), and the last topic looked at (`None` once the
+    /// store is read to its end). Forgetting is this under a read lock, then [`Retained::forget`]
+    /// under a write lock, a page at a time, so a scan of a large store never holds the write
+    /// lock for long.
+    pub fn picked(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        mut pick: impl FnMut(&Message) -> bool,
+    ) -> (Vec<Arc<str>>, Option<Arc<str>>) {
+        let start = match after {
+            Some(after) => Bound::Excluded(after),
+            None => Bound::Unbounded,
+        };
+        let (mut picked, mut looked, mut last) = (Vec::new(), 0, None);
+        for (topic, entry) in self.by_topic.range::<str, _>((start, Bound::Unbounded)).take(limit) {
+            if pick(&entry.message) {
+                picked.push(topic.clone());
             }
-            keep
-        });
-        self.bytes -= freed;
-        before - self.by_topic.len()
+            looked += 1;
+            last = Some(topic);
+        }
+        // Fewer than `limit` topics left means the end was reached.
+        let next = if looked < limit { None } else { last.cloned() };
+        (picked, next)
+    }
+
+    /// Deletes those of `topics` whose stored message `pick` still picks (it may have been
+    /// replaced since it was picked); returns how many.
+    pub fn forget(&mut self, topics: &[Arc<str>], mut pick: impl FnMut(&Message) -> bool) -> usize {
+        let mut forgotten = 0;
+        for topic in topics {
+            if self.by_topic.get(topic).is_some_and(|entry| pick(&entry.message)) {
+                self.remove(topic);
+                forgotten += 1;
+            }
+        }
+        forgotten
     }
 
     pub fn len(&self) -> usize {
@@ -223,13 +302,39 @@ mod tests {
     use super::*;
 
     fn message(topic: &str, payload: &str) -> Arc<Message> {
+        from(Origin::Broker, topic, payload)
+    }
+
+    fn from(origin: Origin, topic: &str, payload: &str) -> Arc<Message> {
         Arc::new(Message {
             topic: topic.into(),
             payload: Bytes::from(payload.to_owned()),
             qos: 1,
             retain: true,
-            origin: Default::default(),
+            origin,
         })
+    }
+
+    fn account(name: &str) -> AccountId {
+        name.parse().unwrap()
+    }
+
+    /// Every picked topic, a page of `limit` topics at a time.
+    fn pick_all(
+        retained: &Retained,
+        limit: usize,
+        mut pick: impl FnMut(&Message) -> bool,
+    ) -> (Vec<Arc<str>>, usize) {
+        let (mut all, mut pages, mut after) = (Vec::new(), 0, None);
+        loop {
+            let (picked, next) = retained.picked(after.as_deref(), limit, &mut pick);
+            pages += 1;
+            all.extend(picked);
+            match next {
+                Some(next) => after = Some(next),
+                None => return (all, pages),
+            }
+        }
     }
 
     fn topics(retained: &Retained, filter: &str) -> Vec<String> {
@@ -351,9 +456,71 @@ mod tests {
         for topic in ["a/1", "a/2", "b/1"] {
             retained.update(&message(topic, "value")).unwrap();
         }
-        assert_eq!(retained.forget(|m| m.topic.starts_with("a/")), 2);
+        let (picked, _) = pick_all(&retained, 100, |m| m.topic.starts_with("a/"));
+        assert_eq!(retained.forget(&picked, |_| true), 2);
         assert_eq!(topics(&retained, "#"), ["b/1"]);
         assert_eq!(retained.bytes(), "b/1".len() + "value".len());
-        assert_eq!(retained.forget(|_| false), 0);
+        assert_eq!(retained.forget(&picked, |_| true), 0, "already gone");
+    }
+
+    /// Each stored message counts once for the application account that sent it, through
+    /// replacement (by another origin too), deletion and forgetting.
+    #[test]
+    fn messages_are_counted_per_sending_account() {
+        let (a, b) = (account("a"), account("b"));
+        let mut retained = Retained::new(100, 10_000);
+        retained.update(&from(Origin::Application(a.clone()), "t/1", "v")).unwrap();
+        retained.update(&from(Origin::Application(a.clone()), "t/2", "v")).unwrap();
+        retained.update(&from(Origin::Application(b.clone()), "t/3", "v")).unwrap();
+        retained.update(&from(Origin::Device("pk.dn".into()), "t/4", "v")).unwrap();
+        retained.update(&message("t/5", "v")).unwrap();
+        assert_eq!((retained.from_account(&a), retained.from_account(&b)), (2, 1));
+        assert_eq!(retained.from_applications(), 3);
+        // Replaced by the same account, by another, by a device; deleted.
+        retained.update(&from(Origin::Application(a.clone()), "t/1", "w")).unwrap();
+        assert_eq!(retained.from_account(&a), 2);
+        retained.update(&from(Origin::Application(b.clone()), "t/1", "w")).unwrap();
+        assert_eq!((retained.from_account(&a), retained.from_account(&b)), (1, 2));
+        retained.update(&from(Origin::Device("pk.dn".into()), "t/3", "w")).unwrap();
+        assert_eq!(retained.from_account(&b), 1);
+        retained.update(&from(Origin::Application(a.clone()), "t/2", "")).unwrap();
+        assert_eq!((retained.from_account(&a), retained.from_applications()), (0, 1));
+        assert!(retained.by_account.get(&a).is_none(), "no zero counts are kept");
+        // A refused message is not counted.
+        let mut full = Retained::new(1, 10_000);
+        full.update(&message("x", "v")).unwrap();
+        assert!(full.update(&from(Origin::Application(a.clone()), "y", "v")).is_err());
+        assert_eq!(full.from_applications(), 0);
+        // Forgetting uncounts.
+        let (picked, _) = pick_all(&retained, 100, |_| true);
+        retained.forget(&picked, |_| true);
+        assert_eq!((retained.from_account(&b), retained.from_applications(), retained.bytes()), (0, 0, 0));
+    }
+
+    /// A paged scan looks at `limit` topics per page, picks exactly what its predicate picks,
+    /// and forgetting skips a picked topic whose message was replaced between the pages.
+    #[test]
+    fn paged_forget_removes_exactly_the_picked_messages() {
+        let a = account("a");
+        let mut retained = Retained::new(1_000, 100_000);
+        for n in 0..25 {
+            let origin = if n % 2 == 0 { Origin::Application(a.clone()) } else { Origin::Broker };
+            retained.update(&from(origin, &format!("t/{n:02}"), "v")).unwrap();
+        }
+        let pick = |m: &Message| matches!(&m.origin, Origin::Application(x) if *x == a);
+        let (picked, pages) = pick_all(&retained, 10, pick);
+        assert_eq!(pages, 3);
+        assert_eq!(picked.len(), 13);
+        let (_, pages) = pick_all(&retained, 30, pick);
+        assert_eq!(pages, 1, "a page that reaches the end says so");
+        // t/00 is replaced by a standard client after it was picked: it stays.
+        retained.update(&message("t/00", "new")).unwrap();
+        assert_eq!(retained.forget(&picked, pick), 12);
+        let left = topics(&retained, "#");
+        assert_eq!(left.len(), 13);
+        assert!(left.contains(&"t/00".to_owned()) && left.contains(&"t/01".to_owned()));
+        assert_eq!(retained.from_account(&a), 0);
+        assert_eq!(retained.bytes(), 12 * ("t/01".len() + 1) + "t/00".len() + 3);
+        assert_eq!(pick_all(&Retained::new(1, 1), 10, |_| true), (Vec::new(), 1));
     }
 }

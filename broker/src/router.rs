@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use meridian_registry::ids::AccountId;
+
 use crate::acl::{DOWNLINK_QOS, Origin, downlink_session};
 use crate::budget::{Load, QueueBudget, parked_cost, subscription_cost};
 use crate::link::{Link, Refused};
@@ -60,6 +62,18 @@ pub struct Router {
     /// connection's inbox or a parked session and releases parked state it drops. Shared with
     /// every session, which reserves its subscriptions' share of session state.
     budget: Arc<QueueBudget>,
+}
+
+/// Retained topics one page of [`Router::forget_retained`] reads under one lock hold.
+pub const FORGET_PAGE: usize = 4096;
+
+/// What one [`Router::forget_retained`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Forgotten {
+    /// Messages deleted.
+    pub messages: usize,
+    /// Pages of the store read (none when nothing was to be forgotten).
+    pub pages: usize,
 }
 
 /// Payload bytes one page of retained messages holds (at least one message): what one
@@ -519,10 +533,47 @@ impl Router {
         read(&self.index).len()
     }
 
-    /// Deletes the retained messages `forget` picks (see [`Retained::forget`]); returns how
-    /// many.
-    pub fn forget_retained(&self, forget: impl FnMut(&Message) -> bool) -> usize {
-        write(&self.retained).forget(forget)
+    /// Deletes the retained messages application clients left on the topics `on` picks: those
+    /// of `account`, or of any account when `None`. Costs one look-up and no scan when they
+    /// left none; otherwise reads the store [`FORGET_PAGE`] topics per read-lock hold and
+    /// deletes each page's picks under a short write lock, so publishers and retained pages
+    /// wait at most one page. Stops once no such message is left.
+    pub fn forget_retained(
+        &self,
+        account: Option<&AccountId>,
+        mut on: impl FnMut(&str) -> bool,
+    ) -> Forgotten {
+        let left = |retained: &Retained| match account {
+            Some(account) => retained.from_account(account),
+            None => retained.from_applications(),
+        };
+        let mut pick = |message: &Message| {
+            let from = match (&message.origin, account) {
+                (Origin::Application(from), Some(account)) => from == account,
+                (Origin::Application(_), None) => true,
+                _ => false,
+            };
+            from && on(&message.topic)
+        };
+        let mut forgotten = Forgotten::default();
+        let mut after: Option<Arc<str>> = None;
+        loop {
+            let (picked, next) = {
+                let retained = read(&self.retained);
+                if left(&retained) == 0 {
+                    return forgotten;
+                }
+                retained.picked(after.as_deref(), FORGET_PAGE, &mut pick)
+            };
+            forgotten.pages += 1;
+            if !picked.is_empty() {
+                forgotten.messages += write(&self.retained).forget(&picked, &mut pick);
+            }
+            match next {
+                Some(next) => after = Some(next),
+                None => return forgotten,
+            }
+        }
     }
 
     pub fn retained_count(&self) -> usize {

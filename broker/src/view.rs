@@ -160,6 +160,10 @@ pub enum Changed {
     /// The product has a new owner (an instance transfer, PROTOCOL §7): likewise for what the
     /// former owner retained on its broadcast topics.
     ProductOwner { product: ProductKey, former: AccountId },
+    /// The device was deleted (its session is told by a [`Changed::Placement`] too): what its
+    /// owner's application clients retained on its topics must go, or a later device of the
+    /// same name, or the product's owner, would receive another account's leftovers.
+    DeviceDeleted { device: DeviceKey, owner: AccountId },
 }
 
 /// Loads the view from a snapshot (dropping whatever the snapshot no longer holds, when this
@@ -205,9 +209,11 @@ pub async fn follow(
         .map(|entry| entry.key().clone())
         .collect();
     for device in gone {
-        view.devices.remove(&device);
         // An online session of a deleted device is told to go, as on a live delete.
-        let _ = changed.send(Changed::Placement(device));
+        if let Some((device, entry)) = view.devices.remove(&device) {
+            let _ = changed.send(Changed::DeviceDeleted { device: device.clone(), owner: entry.owner });
+            let _ = changed.send(Changed::Placement(device));
+        }
     }
     view.applied.send_replace(from);
 
@@ -303,7 +309,9 @@ fn apply(
         }
         None => {
             let Some(key) = keys::parse_device(&change.key) else { return };
-            view.devices.remove(&key);
+            if let Some((_, entry)) = view.devices.remove(&key) {
+                tell(Changed::DeviceDeleted { device: key.clone(), owner: entry.owner });
+            }
             tell(Changed::Placement(key));
         }
     }

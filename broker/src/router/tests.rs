@@ -819,3 +819,47 @@ async fn retained_messages_are_paged() {
     let expected: Vec<String> = (0..100).map(|n| format!("r/{n:03}")).collect();
     assert_eq!(seen, expected, "each once, in order");
 }
+
+/// Forgetting what an account left costs no scan when it left nothing, reads a large store a
+/// page at a time, and deletes exactly that account's messages on the picked topics.
+#[test]
+fn forget_retained_scans_only_for_an_account_that_left_messages() {
+    let router = Router::new(LIMITS, 10);
+    let (a, b): (AccountId, AccountId) = ("a".parse().unwrap(), "b".parse().unwrap());
+    let from = |origin: Origin, topic: String| Message {
+        origin,
+        ..message(&topic, 0, "v", true)
+    };
+    // A store of more than two pages: standard clients' messages and b's, with a's on
+    // `dev/1/...` and `dev/2/...` only.
+    for n in 0..2 * FORGET_PAGE + 10 {
+        router.publish(from(Origin::Broker, format!("noise/{n}")));
+    }
+    for n in 0..10 {
+        router.publish(from(Origin::Application(a.clone()), format!("dev/1/{n}")));
+        router.publish(from(Origin::Application(a.clone()), format!("dev/2/{n}")));
+        router.publish(from(Origin::Application(b.clone()), format!("dev/1/b{n}")));
+        router.publish(from(Origin::Broker, format!("dev/1/std{n}")));
+    }
+    let total = router.retained_count();
+
+    let nobody: AccountId = "nobody".parse().unwrap();
+    assert_eq!(router.forget_retained(Some(&nobody), |_| true), Forgotten::default(), "no scan");
+
+    let forgotten = router.forget_retained(Some(&a), |topic| topic.starts_with("dev/1/"));
+    assert_eq!(forgotten.messages, 10);
+    assert_eq!(forgotten.pages, 3, "every page of the store, {FORGET_PAGE} topics at a time");
+    assert_eq!(router.retained_count(), total - 10);
+    let left = router.retained(&filters(&[("dev/#", 0)]));
+    assert_eq!(left.len(), 30, "a's dev/2, b's and the standard client's dev/1 stay");
+    assert!(left.iter().all(|d| !d.message.topic.starts_with("dev/1/")
+        || !matches!(&d.message.origin, Origin::Application(x) if *x == a)));
+
+    // Once the account has nothing left the scan stops: `dev/` sorts before `noise/`.
+    let forgotten = router.forget_retained(Some(&a), |_| true);
+    assert_eq!(forgotten, Forgotten { messages: 10, pages: 1 });
+    // Any application account.
+    assert_eq!(router.forget_retained(None, |_| true).messages, 10);
+    assert_eq!(router.forget_retained(None, |_| true), Forgotten::default());
+    assert_eq!(router.retained_count(), total - 30);
+}
