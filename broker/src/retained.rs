@@ -33,10 +33,10 @@ pub struct Retained {
     /// its subscription was made.
     sequence: u64,
     /// Stored messages per sending application account (never a zero count), so forgetting
-    /// what an account left behind costs nothing when it left nothing ([`Retained::from_account`]).
+    /// what an account left behind costs nothing when it left nothing ([`Retained::sent_by`]).
     by_account: HashMap<AccountId, usize>,
     /// Stored messages sent by application clients of any account.
-    from_applications: usize,
+    applications: usize,
 }
 
 #[derive(Debug)]
@@ -88,24 +88,24 @@ impl Retained {
             max_bytes,
             sequence: 0,
             by_account: HashMap::new(),
-            from_applications: 0,
+            applications: 0,
         }
     }
 
     /// Stored messages sent by application clients of `account`.
-    pub fn from_account(&self, account: &AccountId) -> usize {
+    pub fn sent_by(&self, account: &AccountId) -> usize {
         self.by_account.get(account).copied().unwrap_or(0)
     }
 
     /// Stored messages sent by application clients of any account.
-    pub fn from_applications(&self) -> usize {
-        self.from_applications
+    pub fn sent_by_applications(&self) -> usize {
+        self.applications
     }
 
     fn count(&mut self, message: &Message) {
         if let Origin::Application(account) = &message.origin {
             *self.by_account.entry(account.clone()).or_default() += 1;
-            self.from_applications += 1;
+            self.applications += 1;
         }
     }
 
@@ -117,7 +117,7 @@ impl Retained {
                     self.by_account.remove(account);
                 }
             }
-            self.from_applications -= 1;
+            self.applications -= 1;
         }
     }
 
@@ -474,27 +474,30 @@ mod tests {
         retained.update(&from(Origin::Application(b.clone()), "t/3", "v")).unwrap();
         retained.update(&from(Origin::Device("pk.dn".into()), "t/4", "v")).unwrap();
         retained.update(&message("t/5", "v")).unwrap();
-        assert_eq!((retained.from_account(&a), retained.from_account(&b)), (2, 1));
-        assert_eq!(retained.from_applications(), 3);
+        assert_eq!((retained.sent_by(&a), retained.sent_by(&b)), (2, 1));
+        assert_eq!(retained.sent_by_applications(), 3);
         // Replaced by the same account, by another, by a device; deleted.
         retained.update(&from(Origin::Application(a.clone()), "t/1", "w")).unwrap();
-        assert_eq!(retained.from_account(&a), 2);
+        assert_eq!(retained.sent_by(&a), 2);
         retained.update(&from(Origin::Application(b.clone()), "t/1", "w")).unwrap();
-        assert_eq!((retained.from_account(&a), retained.from_account(&b)), (1, 2));
+        assert_eq!((retained.sent_by(&a), retained.sent_by(&b)), (1, 2));
         retained.update(&from(Origin::Device("pk.dn".into()), "t/3", "w")).unwrap();
-        assert_eq!(retained.from_account(&b), 1);
+        assert_eq!(retained.sent_by(&b), 1);
         retained.update(&from(Origin::Application(a.clone()), "t/2", "")).unwrap();
-        assert_eq!((retained.from_account(&a), retained.from_applications()), (0, 1));
-        assert!(retained.by_account.get(&a).is_none(), "no zero counts are kept");
+        assert_eq!((retained.sent_by(&a), retained.sent_by_applications()), (0, 1));
+        assert!(!retained.by_account.contains_key(&a), "no zero counts are kept");
         // A refused message is not counted.
         let mut full = Retained::new(1, 10_000);
         full.update(&message("x", "v")).unwrap();
         assert!(full.update(&from(Origin::Application(a.clone()), "y", "v")).is_err());
-        assert_eq!(full.from_applications(), 0);
+        assert_eq!(full.sent_by_applications(), 0);
         // Forgetting uncounts.
         let (picked, _) = pick_all(&retained, 100, |_| true);
         retained.forget(&picked, |_| true);
-        assert_eq!((retained.from_account(&b), retained.from_applications(), retained.bytes()), (0, 0, 0));
+        assert_eq!(
+            (retained.sent_by(&b), retained.sent_by_applications(), retained.bytes()),
+            (0, 0, 0)
+        );
     }
 
     /// A paged scan looks at `limit` topics per page, picks exactly what its predicate picks,
@@ -519,7 +522,7 @@ mod tests {
         let left = topics(&retained, "#");
         assert_eq!(left.len(), 13);
         assert!(left.contains(&"t/00".to_owned()) && left.contains(&"t/01".to_owned()));
-        assert_eq!(retained.from_account(&a), 0);
+        assert_eq!(retained.sent_by(&a), 0);
         assert_eq!(retained.bytes(), 12 * ("t/01".len() + 1) + "t/00".len() + 3);
         assert_eq!(pick_all(&Retained::new(1, 1), 10, |_| true), (Vec::new(), 1));
     }

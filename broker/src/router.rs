@@ -544,8 +544,8 @@ impl Router {
         mut on: impl FnMut(&str) -> bool,
     ) -> Forgotten {
         let left = |retained: &Retained| match account {
-            Some(account) => retained.from_account(account),
-            None => retained.from_applications(),
+            Some(account) => retained.sent_by(account),
+            None => retained.sent_by_applications(),
         };
         let mut pick = |message: &Message| {
             let from = match (&message.origin, account) {

@@ -211,7 +211,8 @@ pub async fn follow(
     for device in gone {
         // An online session of a deleted device is told to go, as on a live delete.
         if let Some((device, entry)) = view.devices.remove(&device) {
-            let _ = changed.send(Changed::DeviceDeleted { device: device.clone(), owner: entry.owner });
+            let _ =
+                changed.send(Changed::DeviceDeleted { device: device.clone(), owner: entry.owner });
             let _ = changed.send(Changed::Placement(device));
         }
     }

@@ -352,3 +352,44 @@ async fn the_new_owners_retained_messages_never_reach_the_former_owner() {
     publish(&mut acme_app, &user_get("lamp-0002"), "marker").await;
     assert_eq!(next(&mut acme_app).await, (user_get("lamp-0002"), "marker".into()));
 }
+
+/// What an application client retained on a device's topics goes with the device: deleted
+/// through the control plane, the device's retained downlink is dropped from the broker (the
+/// other device's stays), and a new device of the same name connects to none of it.
+#[tokio::test]
+async fn what_an_application_retained_on_a_deleted_device_is_gone() {
+    let (registry, plane) = world().await;
+    let broker = registry.broker(SHANGHAI, |_| {}).await;
+    let (mut acme_app, _) =
+        Client::connect(app_options(broker.addr, "acme-backend", APPLICATION)).await.unwrap();
+    let set = |dn: &str| format!("/sys/{PRODUCT}/{dn}/thing/service/property/set");
+    for dn in ["lamp-0001", "lamp-0002"] {
+        acme_app.client.publish(set(dn), QoS::AtLeastOnce, true, "acme's order").await.unwrap();
+        acme_app.expect(|p| matches!(p, Packet::PubAck(_))).await;
+    }
+    assert_eq!(broker.daemon.broker.router().retained_count(), 2);
+
+    let key = DeviceKey {
+        product_key: PRODUCT.parse().unwrap(),
+        device_name: "lamp-0001".parse().unwrap(),
+    };
+    plane.delete_device(&ACCOUNT.parse().unwrap(), &key).await.unwrap();
+    registry.sync(&broker).await;
+    let forgotten = async {
+        while broker.daemon.broker.router().retained_count() > 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(meridian_tests::HANG, forgotten).await.unwrap();
+    assert_eq!(broker.daemon.broker.router().retained_count(), 1);
+
+    // A namesake device connects to none of it: the first message it gets is a fresh one.
+    registry.device("lamp-0001", "lamp-secret-0001").await;
+    registry.sync(&broker).await;
+    let (mut lamp, _) =
+        Client::connect(device_options(broker.addr, "lamp-0001", "lamp-secret-0001"))
+            .await
+            .unwrap();
+    publish(&mut acme_app, &set("lamp-0001"), "fresh").await;
+    assert_eq!(next(&mut lamp).await, (set("lamp-0001"), "fresh".into()));
+}

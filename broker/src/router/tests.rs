@@ -826,10 +826,7 @@ async fn retained_messages_are_paged() {
 fn forget_retained_scans_only_for_an_account_that_left_messages() {
     let router = Router::new(LIMITS, 10);
     let (a, b): (AccountId, AccountId) = ("a".parse().unwrap(), "b".parse().unwrap());
-    let from = |origin: Origin, topic: String| Message {
-        origin,
-        ..message(&topic, 0, "v", true)
-    };
+    let from = |origin: Origin, topic: String| Message { origin, ..message(&topic, 0, "v", true) };
     // A store of more than two pages: standard clients' messages and b's, with a's on
     // `dev/1/...` and `dev/2/...` only.
     for n in 0..2 * FORGET_PAGE + 10 {
