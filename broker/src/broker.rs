@@ -285,7 +285,9 @@ impl Broker {
     /// notified, then forced offline), even when its new placement still includes this
     /// instance, since a nearest-access device must pick again; and drops what a former owner's
     /// application clients retained on a device or product that changed hands (PROTOCOL §6: the
-    /// source loses all access). Runs until the sender side closes.
+    /// source loses all access), and what the owner's retained on a deleted device. Changes
+    /// queued together are handled together: one paged scan of the retained store per former
+    /// owner, on a blocking thread. Runs until the sender side closes.
     pub async fn enforce_placement(
         self: Arc<Self>,
         mut changed: mpsc::UnboundedReceiver<Changed>,
