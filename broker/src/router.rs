@@ -62,6 +62,10 @@ pub struct Router {
     /// connection's inbox or a parked session and releases parked state it drops. Shared with
     /// every session, which reserves its subscriptions' share of session state.
     budget: Arc<QueueBudget>,
+    /// Runs the instant `disconnect` or `expire` releases the session table's lock, when a
+    /// reconnecting client could first act (tests of that interleaving).
+    #[cfg(test)]
+    released: Mutex<Option<ReleaseHook>>,
 }
 
 /// Retained topics one page of [`Router::forget_retained`] reads under one lock hold.
@@ -75,6 +79,9 @@ pub struct Forgotten {
     /// Pages of the store read (none when nothing was to be forgotten).
     pub pages: usize,
 }
+
+#[cfg(test)]
+type ReleaseHook = Box<dyn FnOnce(&Router) + Send>;
 
 /// Payload bytes one page of retained messages holds (at least one message): what one
 /// connection encodes and writes before it reads the store again.
@@ -93,6 +100,22 @@ impl Router {
             limits,
             slow_consumer_drops,
             budget: Arc::new(QueueBudget::unlimited()),
+            #[cfg(test)]
+            released: Mutex::new(None),
+        }
+    }
+
+    /// Sets what runs once the next `disconnect` or `expire` releases the table's lock.
+    #[cfg(test)]
+    fn on_release(&self, hook: impl FnOnce(&Router) + Send + 'static) {
+        *lock(&self.released) = Some(Box::new(hook));
+    }
+
+    #[cfg(test)]
+    fn run_release_hook(&self) {
+        let hook = lock(&self.released).take();
+        if let Some(hook) = hook {
+            hook(self);
         }
     }
 
@@ -224,9 +247,15 @@ impl Router {
             for delivery in &waiting {
                 self.budget.release(Load::of(delivery));
             }
+            // The index entries go under the table's lock, like `subscribe_paced` adds them:
+            // once the slot is empty a reconnecting client may insert itself and restore the
+            // same (kept) filters, and a removal after the lock would delete its entries and
+            // release their budget a second time.
             sessions.remove(session_id);
-            drop(sessions);
             self.remove_subscriptions(session_id, filters);
+            drop(sessions);
+            #[cfg(test)]
+            self.run_release_hook();
             return;
         }
         for delivery in waiting {
@@ -245,7 +274,8 @@ impl Router {
     /// returning in between finds its session expired at CONNECT ([`Parked::expired`]).
     pub fn expire(&self, now: Instant) -> usize {
         let mut expired = Vec::new();
-        lock(&self.sessions).retain(|session_id, slot| match slot {
+        let mut sessions = lock(&self.sessions);
+        sessions.retain(|session_id, slot| match slot {
             Slot::Offline(parked) if parked.expired(now) => {
                 expired.push((session_id.clone(), std::mem::take(&mut **parked)));
                 false
@@ -253,10 +283,15 @@ impl Router {
             _ => true,
         });
         let count = expired.len();
+        // Under the table's lock, as in `disconnect`: a client reconnecting into the emptied
+        // slot must not lose the filters it restores to this removal.
         for (session_id, parked) in expired {
             self.budget.release_state(parked_cost(&session_id));
             self.discard(&session_id, parked);
         }
+        drop(sessions);
+        #[cfg(test)]
+        self.run_release_hook();
         count
     }
 

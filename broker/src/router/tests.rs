@@ -860,3 +860,70 @@ fn forget_retained_scans_only_for_an_account_that_left_messages() {
     assert_eq!(router.forget_retained(None, |_| true), Forgotten::default());
     assert_eq!(router.retained_count(), total - 30);
 }
+
+/// A clean session's old connection ends while the client reconnects at once and restores the
+/// same (kept) filter: the hook runs the reconnect the instant `disconnect` releases the
+/// session table's lock, the first moment a real connection task could. The old connection's
+/// cleanup must not remove the new session's entries nor give back their budget.
+#[tokio::test]
+async fn a_reconnect_as_the_old_connection_ends_keeps_its_subscriptions() {
+    let router = Router::new(LIMITS, 10);
+    let device = id("dev");
+    let filter = "/user/get".to_owned();
+    let (old, _old_client) = handle(1, 16);
+    router.connect(&device, true, old).await;
+    // What a session reserves as it subscribes (see `Session::with_budget`).
+    router.budget().reserve_state(subscription_cost(&filter)).unwrap();
+    router.subscribe(&device, 1, &filters(&[("/user/get", 1)]));
+
+    let (new, new_client) = handle(2, 16);
+    let reconnect = {
+        let device = device.clone();
+        let filter = filter.clone();
+        move |router: &Router| {
+            // No takeover to wait for: the slot is empty, so `connect` completes at once.
+            let resumed = router.connect(&device, true, new).now_or_never();
+            assert!(matches!(resumed, Some(None)));
+            router.budget().reserve_state(subscription_cost(&filter)).unwrap();
+            router.subscribe(&device, 2, &[(filter, 1)]);
+        }
+    };
+    router.on_release(reconnect);
+    router.disconnect(&device, 1, Parked::default(), std::slice::from_ref(&filter));
+
+    assert!(router.is_online("dev"));
+    assert_eq!(router.subscription_count(), 1, "the new session's filter is still indexed");
+    assert_eq!(router.budget().state(), subscription_cost(&filter), "released once, not twice");
+    assert_eq!(router.publish(message("/user/get", 1, "m", false)).delivered, 1);
+    let mut new_client = new_client;
+    assert_eq!(summary(&new_client.deliveries()).len(), 1);
+}
+
+/// The same for a parked session that expires as its client reconnects.
+#[tokio::test]
+async fn a_reconnect_as_the_parked_session_expires_keeps_its_subscriptions() {
+    let router = Router::new(LIMITS, 10);
+    let device = id("dev");
+    let filter = "/user/get".to_owned();
+    let now = Instant::now();
+    let (old, _old_client) = handle(1, 16);
+    router.connect(&device, false, old).await;
+    router.subscribe(&device, 1, &filters(&[("/user/get", 1)]));
+    let mut parked = Parked::default();
+    parked.expires = Some(now + Duration::from_secs(60));
+    parked.subscriptions.insert(filter.clone(), 1);
+    router.disconnect(&device, 1, parked, std::slice::from_ref(&filter));
+    assert_eq!(router.parked_count(), 1);
+
+    let (new, new_client) = handle(2, 16);
+    router.on_release(move |router: &Router| {
+        assert!(matches!(router.connect(&device, true, new).now_or_never(), Some(None)));
+        router.subscribe(&device, 2, &[(filter, 1)]);
+    });
+    assert_eq!(router.expire(now + Duration::from_secs(61)), 1);
+
+    assert_eq!(router.subscription_count(), 1);
+    assert_eq!(router.publish(message("/user/get", 1, "m", false)).delivered, 1);
+    let mut new_client = new_client;
+    assert_eq!(new_client.deliveries().len(), 1);
+}
