@@ -33,6 +33,11 @@ use crate::view::RegistryView;
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// Most bytes of encoded records one write carries: well below the internal API's body cap
+/// (8 MiB), so filters JSON escapes at six bytes a character cannot make a write too large.
+/// A single record encodes to at most about 80 KB, so every write holds several.
+pub const MAX_WRITE_BYTES: usize = 1024 * 1024;
+
 /// A device's set as filter → granted QoS.
 pub type Filters = Arc<BTreeMap<String, u8>>;
 
@@ -134,8 +139,12 @@ impl Keeper {
         while let Ok(true) = self.flush_once(writer, view).await {}
     }
 
-    /// One write of up to [`MAX_DEVICES_PER_WRITE`] dirty devices. `Ok(false)` when there was
-    /// nothing to write, `Err` when the write failed (the devices stay dirty).
+    /// One flush of up to [`MAX_DEVICES_PER_WRITE`] dirty devices whose records encode to at
+    /// most [`MAX_WRITE_BYTES`] together (always at least one). A write the registry refuses
+    /// as it is is split in halves, down to single records: a record refused alone is dropped
+    /// (counted and logged without its filters) and the others are written. `Ok(false)` when
+    /// there was nothing to write, `Err` when a write failed otherwise (what it held stays
+    /// dirty; what was written before it is committed).
     async fn flush_once(
         &self,
         writer: &dyn SubscriptionWriter,
@@ -145,22 +154,30 @@ impl Keeper {
             let mut local = lock(&self.local);
             let applied = view.revision();
             local.retain(|_, entry| !matches!(entry.state, State::Committed(at) if applied >= at));
-            local
-                .iter_mut()
-                .filter(|(_, entry)| entry.state == State::Dirty)
-                .take(MAX_DEVICES_PER_WRITE)
-                .map(|(device, entry)| {
-                    entry.state = State::Writing(entry.version);
-                    (device.clone(), entry.version, entry.filters.clone())
-                })
-                .collect()
+            let mut bytes = 0usize;
+            let mut taken = Vec::new();
+            for (device, entry) in local.iter_mut() {
+                if entry.state != State::Dirty {
+                    continue;
+                }
+                let size = encoded_size(device, &entry.filters);
+                if taken.len() == MAX_DEVICES_PER_WRITE
+                    || (!taken.is_empty() && bytes.saturating_add(size) > MAX_WRITE_BYTES)
+                {
+                    break;
+                }
+                bytes = bytes.saturating_add(size);
+                entry.state = State::Writing(entry.version);
+                taken.push((device.clone(), entry.version, entry.filters.clone()));
+            }
+            taken
         };
         if taken.is_empty() {
             return Ok(false);
         }
         // Sessions only grant what the registry's bounds allow, so nothing should fail here;
-        // a record that did would be refused with the whole write again and again.
-        let records = taken
+        // a record that did is left out rather than refuse the write it is in.
+        let records: Vec<DeviceSubscriptions> = taken
             .iter()
             .map(|(device, _, filters)| DeviceSubscriptions {
                 device: device.clone(),
@@ -174,7 +191,42 @@ impl Keeper {
                 }
             })
             .collect();
-        let outcome = writer.write_subscriptions(records).await;
+        let mut committed: HashMap<DeviceKey, Revision> = HashMap::new();
+        let mut refused: Vec<DeviceKey> = Vec::new();
+        let mut skipped = 0;
+        let mut failure = None;
+        // Each round writes one batch or splits it; every split halves, so this ends.
+        let mut pending = vec![records];
+        while let Some(batch) = pending.pop() {
+            if batch.is_empty() {
+                continue;
+            }
+            match writer.write_subscriptions(batch.clone()).await {
+                Ok(written) => {
+                    skipped += written.skipped;
+                    committed
+                        .extend(batch.into_iter().map(|record| (record.device, written.revision)));
+                }
+                Err(error) if error.is_refusal() && batch.len() > 1 => {
+                    let mut first = batch;
+                    let second = first.split_off(first.len() / 2);
+                    pending.push(second);
+                    pending.push(first);
+                }
+                Err(error) if error.is_refusal() => {
+                    // The error names the device and the bound, never the filters.
+                    tracing::warn!(%error, "device subscriptions refused by the registry; not kept");
+                    crate::metrics::kept_subscriptions_refused(1);
+                    refused.extend(batch.into_iter().map(|record| record.device));
+                }
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        // Left out by the check: no write will take them, so they are as good as written.
+        let revision_of_checked = committed.values().copied().max();
         let mut local = lock(&self.local);
         for (device, version, _) in &taken {
             let Some(entry) = local.get_mut(device) else { continue };
@@ -182,24 +234,39 @@ impl Keeper {
                 // Recorded again meanwhile: the newer set is dirty and will be written.
                 continue;
             }
-            entry.state = match &outcome {
-                Ok(written) => State::Committed(written.revision),
-                Err(_) => State::Dirty,
+            if refused.contains(device) {
+                // Nothing to restore from here: the registry's (older) record stands.
+                local.remove(device);
+                continue;
+            }
+            entry.state = match committed.get(device).copied() {
+                Some(revision) => State::Committed(revision),
+                None if failure.is_none() => State::Committed(revision_of_checked.unwrap_or(0)),
+                None => State::Dirty,
             };
         }
         drop(local);
-        match outcome {
-            Ok(written) => {
-                crate::metrics::kept_subscriptions_written(taken.len(), written.skipped);
+        match failure {
+            None => {
+                crate::metrics::kept_subscriptions_written(committed.len(), skipped);
                 Ok(true)
             }
-            Err(error) => {
+            Some(error) => {
                 crate::metrics::kept_subscriptions_failed();
-                tracing::warn!(%error, devices = taken.len(), "device subscriptions not written; retrying");
+                let unsaved = taken.len() - committed.len() - refused.len();
+                tracing::warn!(%error, devices = unsaved, "device subscriptions not written; retrying");
                 Err(())
             }
         }
     }
+}
+
+/// Bytes a device's record takes in a write (JSON, as the internal API carries it). Filters
+/// may hold characters JSON escapes to six bytes each, so this is measured, not estimated.
+fn encoded_size(device: &DeviceKey, filters: &Filters) -> usize {
+    let record = DeviceSubscriptions { device: device.clone(), filters: filters.as_ref().clone() };
+    // Serializing a map of strings cannot fail; a failure would be refused by the check later.
+    serde_json::to_vec(&record).map_or(0, |encoded| encoded.len())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -110,6 +110,11 @@ pub fn kept_subscriptions_written(devices: usize, skipped: usize) {
     }
 }
 
+/// Devices whose kept subscriptions the registry refused alone; they are not kept.
+pub fn kept_subscriptions_refused(devices: usize) {
+    counter!("meridian_broker_kept_subscriptions_refused_total").increment(devices as u64);
+}
+
 /// A write of kept subscriptions failed; it is retried.
 pub fn kept_subscriptions_failed() {
     counter!("meridian_broker_kept_subscriptions_failures_total").increment(1);

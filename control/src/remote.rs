@@ -311,7 +311,14 @@ impl SubscriptionWriter for RemoteStore {
         let answer: WireSubscriptionsWritten = self
             .call(Method::POST, wire::DEVICE_SUBSCRIPTIONS, None, Some(Bytes::from(body)))
             .await
-            .map_err(|error| SubscriptionError::Unavailable(error.to_string()))?;
+            .map_err(|error| match error {
+                // The records as sent are refused (malformed, out of bounds, too large): the
+                // same request fails again, so the broker splits it or drops what is refused.
+                RemoteError::Status { status: 400 | 413, .. } => {
+                    SubscriptionError::Refused(error.to_string())
+                }
+                error => SubscriptionError::Unavailable(error.to_string()),
+            })?;
         Ok(Written { revision: answer.revision, skipped: answer.skipped })
     }
 }

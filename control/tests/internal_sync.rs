@@ -557,7 +557,9 @@ async fn device_subscriptions_have_their_own_checked_endpoint() {
 
     // Over the device limit: refused whole, the record before it untouched.
     let error = remote.write_subscriptions(vec![record("lamp-1", 101)]).await.unwrap_err();
-    assert!(matches!(&error, SubscriptionError::Unavailable(m) if m.contains("100")), "{error}");
+    // A refusal, not an outage: the broker splits the write or drops the record, never
+    // retries it as it is.
+    assert!(matches!(&error, SubscriptionError::Refused(m) if m.contains("100")), "{error}");
     let after = source.store.get("subscriptions/a13FN5TplKq/lamp-1").await.unwrap().unwrap();
     assert_eq!(after.revision, kept.revision);
     let (status, body) = call(

@@ -46,6 +46,23 @@ pub enum SubscriptionError {
     /// The write could not reach the registry (a remote broker's link to the control plane).
     #[error("subscriptions not written: {0}")]
     Unavailable(String),
+    /// The registry refused this write as it is (a remote broker's request answered 400 or
+    /// 413): sending the same records again fails again.
+    #[error("subscriptions refused: {0}")]
+    Refused(String),
+}
+
+impl SubscriptionError {
+    /// Whether the records themselves were refused, so the same write can never succeed (a
+    /// writer should split it or drop what is refused), as against a failure worth retrying.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            SubscriptionError::Invalid { .. }
+                | SubscriptionError::TooManyDevices(_)
+                | SubscriptionError::Refused(_)
+        )
+    }
 }
 
 /// What a write did.
@@ -142,8 +159,10 @@ pub fn check(record: &DeviceSubscriptions) -> Result<(), SubscriptionError> {
         if filter.is_empty() || filter.len() > MAX_FILTER_BYTES {
             return Err(invalid("a filter is empty or longer than 128 bytes"));
         }
-        if filter.contains('\0') {
-            return Err(invalid("a filter holds a NUL character"));
+        // Control characters are no topic a device publishes to, and JSON escapes each as six
+        // bytes, which would let a small set outgrow every bound on an encoded write.
+        if filter.chars().any(|c| c < '\u{20}' || c == '\u{7f}') {
+            return Err(invalid("a filter holds a control character"));
         }
         if *qos > 1 {
             return Err(invalid("a QoS above 1 (devices use QoS 0 and 1)"));

@@ -12,6 +12,12 @@ struct FakeWriter {
     failing: std::sync::atomic::AtomicBool,
     /// Held by a test to keep a write in flight.
     gate: tokio::sync::Mutex<()>,
+    /// Refuses, as the internal API does with 413, a write whose JSON is larger.
+    max_bytes: Option<usize>,
+    /// Refuses, as the internal API does with 400, any write holding this device.
+    refuse: Option<DeviceKey>,
+    /// Every write attempted, refused or not: how many records each held.
+    attempts: Mutex<Vec<usize>>,
 }
 
 #[async_trait]
@@ -21,6 +27,14 @@ impl SubscriptionWriter for FakeWriter {
         records: Vec<DeviceSubscriptions>,
     ) -> Result<Written, SubscriptionError> {
         let _gate = self.gate.lock().await;
+        self.attempts.lock().unwrap().push(records.len());
+        let size = serde_json::to_vec(&records).unwrap().len();
+        if self.max_bytes.is_some_and(|max| size > max) {
+            return Err(SubscriptionError::Refused(format!("413: {size} bytes")));
+        }
+        if self.refuse.as_ref().is_some_and(|bad| records.iter().any(|r| r.device == *bad)) {
+            return Err(SubscriptionError::Refused("400: a record out of bounds".into()));
+        }
         if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(SubscriptionError::Unavailable("down".into()));
         }
@@ -127,4 +141,60 @@ async fn a_set_outside_the_registry_bounds_does_not_block_the_others() {
     assert_eq!(writes[0].len(), 1);
     assert_eq!(writes[0][0].device, device("lamp-2"));
     assert_eq!(keeper.unsaved(), 0);
+}
+
+/// `count` devices, each holding 100 filters of about 100 bytes.
+fn record_many(keeper: &Keeper, count: usize) {
+    for n in 0..count {
+        let filters: Vec<String> =
+            (0..100).map(|f| format!("/a13FN5TplKq/lamp-{n}/user/{f:0>70}")).collect();
+        let filters: Vec<&str> = filters.iter().map(String::as_str).collect();
+        keeper.record(&device(&format!("lamp-{n}")), set(&filters));
+    }
+}
+
+#[tokio::test]
+async fn a_flush_is_split_by_encoded_size() {
+    let (keeper, writer, view) =
+        (Keeper::default(), FakeWriter::default(), RegistryView::default());
+    record_many(&keeper, 200);
+    keeper.flush(&writer, &view).await;
+    let writes = writer.writes.lock().unwrap();
+    assert!(writes.len() > 1, "200 records of ~10 KB are more than one write");
+    for write in writes.iter() {
+        assert!(serde_json::to_vec(write).unwrap().len() <= MAX_WRITE_BYTES);
+    }
+    assert_eq!(writes.iter().map(Vec::len).sum::<usize>(), 200);
+    assert_eq!(keeper.unsaved(), 0);
+}
+
+#[tokio::test]
+async fn a_write_refused_as_too_large_is_split_until_it_fits() {
+    let (keeper, view) = (Keeper::default(), RegistryView::default());
+    let writer = FakeWriter { max_bytes: Some(64 * 1024), ..FakeWriter::default() };
+    record_many(&keeper, 20);
+    assert_eq!(keeper.flush_once(&writer, &view).await, Ok(true));
+    let writes = writer.writes.lock().unwrap();
+    assert!(writes.len() > 1);
+    assert_eq!(writes.iter().map(Vec::len).sum::<usize>(), 20, "every record written");
+    assert_eq!(keeper.unsaved(), 0);
+}
+
+#[tokio::test]
+async fn a_record_refused_alone_is_dropped_and_the_others_written() {
+    let (keeper, view) = (Keeper::default(), RegistryView::default());
+    let writer = FakeWriter { refuse: Some(device("lamp-3")), ..FakeWriter::default() };
+    record_many(&keeper, 8);
+    assert_eq!(keeper.flush_once(&writer, &view).await, Ok(true));
+    {
+        let writes = writer.writes.lock().unwrap();
+        let written: Vec<&DeviceKey> = writes.iter().flatten().map(|r| &r.device).collect();
+        assert_eq!(written.len(), 7);
+        assert!(!written.contains(&&device("lamp-3")));
+    }
+    assert_eq!(keeper.unsaved(), 0, "nothing left to retry forever");
+    // Nothing more is attempted: the refused record is not picked again.
+    let attempts = writer.attempts.lock().unwrap().len();
+    assert_eq!(keeper.flush_once(&writer, &view).await, Ok(false));
+    assert_eq!(writer.attempts.lock().unwrap().len(), attempts);
 }

@@ -150,6 +150,10 @@ async fn bounds_are_checked_before_anything_is_written() {
         record("lamp-1", &[("", 0)]),
         record("lamp-1", &[(long.as_str(), 0)]),
         record("lamp-1", &many),
+        record("lamp-1", &[("/a13FN5TplKq/lamp-1/user/\u{1}", 0)]),
+        record("lamp-1", &[("/a13FN5TplKq/lamp-1/user/\u{1f}", 0)]),
+        record("lamp-1", &[("/a13FN5TplKq/lamp-1/user/\u{7f}", 0)]),
+        record("lamp-1", &[("/a13FN5TplKq/lamp-1/user/\n", 0)]),
     ] {
         let good = record("lamp-1", &[("/a13FN5TplKq/lamp-1/user/get", 1)]);
         let error = write(store, vec![good, bad]).await.unwrap_err();
