@@ -229,6 +229,11 @@ pub struct Session {
     /// Bytes of the filters in `subscriptions`, against the profile's
     /// `max_subscription_bytes`.
     subscription_bytes: usize,
+    /// Kept filters [`Session::restore`] had no room for in the broker's session-state budget
+    /// (or memory): still the device's, so they stay in the set it records
+    /// ([`Session::subscription_set`]) and are tried again at its next connect, unless it
+    /// subscribes or unsubscribes them meanwhile.
+    deferred: BTreeMap<String, u8>,
     /// Where each new subscription reserves its share of the broker's session state (the
     /// router gives it back when it removes the subscription); `None` counts nothing (tests).
     budget: Option<Arc<QueueBudget>>,
@@ -272,6 +277,7 @@ impl Session {
             will: if profile.will { will.map(Box::new) } else { None },
             subscription_bytes: parked.subscriptions.keys().map(String::len).sum(),
             subscriptions: parked.subscriptions,
+            deferred: BTreeMap::new(),
             budget: None,
             next_pkid: parked.next_pkid,
             inflight: BTreeMap::new(),
@@ -323,9 +329,19 @@ impl Session {
         self.dropped
     }
 
-    /// The client's subscriptions with their granted QoS, as a device's kept set (PROTOCOL §2).
+    /// The client's subscriptions with their granted QoS, as a device's kept set (PROTOCOL §2),
+    /// with the kept filters a restore had to defer for lack of room (within the
+    /// subscription limit, so the set stays one the registry keeps).
     pub fn subscription_set(&self) -> BTreeMap<String, u8> {
-        self.subscriptions.iter().map(|(filter, qos)| (filter.clone(), *qos)).collect()
+        let mut set: BTreeMap<String, u8> =
+            self.subscriptions.iter().map(|(filter, qos)| (filter.clone(), *qos)).collect();
+        for (filter, qos) in &self.deferred {
+            if set.len() >= self.profile.max_subscriptions {
+                break;
+            }
+            set.entry(filter.clone()).or_insert(*qos);
+        }
+        set
     }
 
     /// Subscribes the client to `kept` without a SUBSCRIBE: a device's subscriptions restored
@@ -352,6 +368,9 @@ impl Session {
             if let Some(budget) = &self.budget
                 && budget.reserve_state(subscription_cost(filter)).is_err()
             {
+                // Room may be back by the next connect; a filter the ACL or the profile now
+                // refuses is not kept (above).
+                self.deferred.insert(filter.clone(), *qos);
                 continue;
             }
             let qos = (*qos).min(self.profile.max_qos);
@@ -514,6 +533,7 @@ impl Session {
             }
             let qos = (filter.qos as u8).min(self.profile.max_qos);
             codes.push(SubscribeReasonCode::Success(qos_from(qos)));
+            self.deferred.remove(&filter.path);
             self.subscriptions.insert(filter.path.clone(), qos);
             // A filter repeated in one SUBSCRIBE replaces its own subscription (MQTT-3.8.4-3):
             // one subscription, one sending of its retained messages, at the last QoS asked.
@@ -537,7 +557,12 @@ impl Session {
             return Err(Close::ProtocolViolation("UNSUBSCRIBE without filters"));
         }
         // A device that unsubscribes from its `/sys` downlink keeps it: the implicit route is
-        // not a subscription.
+        // not a subscription. A deferred kept filter is given up as well: the device no longer
+        // wants it, and the event makes the driver record its set without it.
+        let mut forgot_deferred = false;
+        for filter in &unsubscribe.topics {
+            forgot_deferred |= self.deferred.remove(filter).is_some();
+        }
         let removed: Vec<String> = unsubscribe
             .topics
             .into_iter()
@@ -546,7 +571,7 @@ impl Session {
         self.subscription_bytes -= removed.iter().map(String::len).sum::<usize>();
         self.retained.retain(|cursor| !removed.contains(&cursor.filter));
         self.transmit.push_back(Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)));
-        if !removed.is_empty() {
+        if !removed.is_empty() || forgot_deferred {
             self.events.push_back(Event::Unsubscribe(removed));
         }
         Ok(())

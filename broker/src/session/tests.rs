@@ -1277,3 +1277,37 @@ fn restoring_stops_at_the_subscription_limit() {
         (0..150).map(|n| (device_topic(&format!("user/t{n}")), 1)).collect();
     assert_eq!(session.restore(kept.iter(), &view).len(), Profile::DEVICE.max_subscriptions);
 }
+
+/// A restore cut short by the session-state budget must not shrink the device's kept set: the
+/// set it records after a later SUBSCRIBE still holds what was deferred (tried again at the
+/// next connect); what it unsubscribes is given up, deferred or not.
+#[test]
+fn filters_a_full_budget_defers_stay_in_the_kept_set() {
+    let now = Instant::now();
+    let view = RegistryView::default();
+    let (get, set, post) =
+        (device_topic("user/get"), device_topic("user/set"), device_topic("user/post"));
+    // Room for exactly one restored subscription.
+    let budget = Arc::new(
+        crate::budget::QueueBudget::new(usize::MAX, usize::MAX)
+            .with_state_cap(crate::budget::subscription_cost(&post)),
+    );
+    let mut session = device_session(now).with_budget(budget.clone());
+    let kept: BTreeMap<String, u8> = [(get.clone(), 1), (set.clone(), 0)].into_iter().collect();
+    assert_eq!(session.restore(kept.iter(), &view), vec![(get.clone(), 1)]);
+    assert_eq!(session.subscription_set(), kept, "the deferred filter is still the device's");
+
+    // Room again (another session let go): the device subscribes something new.
+    budget.release_state(crate::budget::subscription_cost(&get));
+    session.handle_packet(now, subscribe(1, &[(&post, QoS::AtMostOnce)]), &view).unwrap();
+    let mut expected = kept.clone();
+    expected.insert(post.clone(), 0);
+    assert_eq!(session.subscription_set(), expected);
+
+    // Unsubscribing the deferred filter gives it up, and says so to the driver.
+    let _ = events(&mut session);
+    session.handle_packet(now, unsubscribe(2, &[&set]), &view).unwrap();
+    assert!(events(&mut session).iter().any(|event| matches!(event, Event::Unsubscribe(_))));
+    expected.remove(&set);
+    assert_eq!(session.subscription_set(), expected);
+}
