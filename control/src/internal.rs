@@ -70,8 +70,10 @@ use self::wire::{
 /// several intervals as dead and reconnect.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 
-/// Keys nodes may write: brokers record their instance's usage, nothing else.
-pub const NODE_WRITABLE_PREFIXES: [&str; 1] = [keys::USAGE];
+/// Keys nodes may write: brokers record their instance's usage (through `batch`) and their
+/// devices' kept subscriptions (only through `device-subscriptions`, whose checked write path
+/// is the one way to them: `batch` refuses their keys whatever the prefixes say).
+pub const NODE_WRITABLE_PREFIXES: [&str; 2] = [keys::USAGE, keys::SUBSCRIPTIONS];
 
 /// Largest batch body accepted. A broker's usage record is a few hundred bytes.
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
@@ -100,7 +102,8 @@ pub struct InternalConfig {
     pub node_token: String,
     /// Interval of watch heartbeats.
     pub heartbeat: Duration,
-    /// Key prefixes `POST batch` may write; any other key makes the whole batch a 403.
+    /// Key prefixes nodes may write; any other key makes the whole request (`POST batch`, or
+    /// `POST device-subscriptions` for a device's `subscriptions/` key) a 403.
     pub writable_prefixes: Vec<String>,
     /// Serve HTTPS with this acceptor instead of plain HTTP.
     pub tls: Option<TlsAcceptor>,
@@ -353,6 +356,18 @@ async fn device_subscriptions(state: &State, request: Request<Incoming>) -> Hand
     let wire: WireDeviceSubscriptions = serde_json::from_slice(&body).map_err(|e| {
         bad_request(format!("malformed subscriptions at line {} column {}", e.line(), e.column()))
     })?;
+    // The same prefixes bound this endpoint as `batch`: a node not allowed `subscriptions/`
+    // writes no device's record here either.
+    if let Some(key) = wire
+        .devices
+        .iter()
+        .map(|record| keys::subscriptions(&record.device))
+        .find(|key| !state.writable(key))
+    {
+        let message = format!("nodes may not write {key:?}");
+        let body = WireError { key: Some(key), ..WireError::new(code::FORBIDDEN, message) };
+        return Err((StatusCode::FORBIDDEN, Box::new(body)));
+    }
     match subscriptions::write(state.store.as_ref(), wire.devices).await {
         Ok(written) => Ok(json(
             StatusCode::OK,
@@ -373,7 +388,12 @@ async fn batch(state: &State, request: Request<Incoming>) -> Handled {
     let batch: WireBatch = serde_json::from_slice(&body).map_err(|e| {
         bad_request(format!("malformed batch at line {} column {}", e.line(), e.column()))
     })?;
-    if let Some(op) = batch.ops.iter().find(|op| !state.writable(&op.key)) {
+    // Kept subscriptions are written only through their checked endpoint.
+    if let Some(op) = batch
+        .ops
+        .iter()
+        .find(|op| !state.writable(&op.key) || op.key.starts_with(keys::SUBSCRIPTIONS))
+    {
         let message = format!("nodes may not write {:?}", op.key);
         let body =
             WireError { key: Some(op.key.clone()), ..WireError::new(code::FORBIDDEN, message) };

@@ -581,6 +581,41 @@ async fn device_subscriptions_have_their_own_checked_endpoint() {
     server.stop().await;
 }
 
+/// The endpoint honours `writable_prefixes` like `batch`: a node configured without
+/// `subscriptions/` gets a 403 JSON error and nothing is written.
+#[tokio::test]
+async fn device_subscriptions_need_the_subscriptions_prefix() {
+    use meridian_registry::subscriptions::{SubscriptionError, SubscriptionWriter};
+
+    let source = Source::new();
+    source.put("devices/a13FN5TplKq/lamp-1", b"device").await;
+    let config = InternalConfig { writable_prefixes: vec!["usage/".to_owned()], ..test_config() };
+    let server =
+        Server::start_with(source.dyn_store(), config, "127.0.0.1:0".parse().unwrap()).await;
+    let record = meridian_registry::model::DeviceSubscriptions {
+        device: meridian_registry::ids::DeviceKey {
+            product_key: "a13FN5TplKq".parse().unwrap(),
+            device_name: "lamp-1".parse().unwrap(),
+        },
+        filters: [("/a13FN5TplKq/lamp-1/user/get".to_owned(), 1)].into_iter().collect(),
+    };
+    let body = serde_json::json!({ "devices": [&record] }).to_string();
+    let (status, answer) =
+        call(server.addr, "POST", "/internal/v1/device-subscriptions", Some(TOKEN), &body).await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden")),
+        "{answer}"
+    );
+    assert_eq!(answer["key"], "subscriptions/a13FN5TplKq/lamp-1");
+    assert_eq!(source.store.get("subscriptions/a13FN5TplKq/lamp-1").await.unwrap(), None);
+    // Through the broker's writer: an outage to retry (the node's configuration), not a
+    // refusal of the records.
+    let error = remote(&server.url()).write_subscriptions(vec![record]).await.unwrap_err();
+    assert!(matches!(error, SubscriptionError::Unavailable(_)), "{error}");
+    server.stop().await;
+}
+
 /// The client's watch outlives the server: it reconnects from the last change it delivered,
 /// and changes written while the server was down arrive once, in order.
 #[tokio::test]
