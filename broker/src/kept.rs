@@ -69,7 +69,10 @@ enum State {
 
 impl Keeper {
     /// Records a device's whole set after a change; written to the registry soon.
-    pub fn record(&self, device: &DeviceKey, filters: BTreeMap<String, u8>) {
+    pub fn record(&self, device: &DeviceKey, mut filters: BTreeMap<String, u8>) {
+        // MQTT lets a device subscribe to a filter with control characters; the registry keeps
+        // none, so such a filter is left out here instead of the whole set at the write.
+        filters.retain(|filter, _| subscriptions::keepable(filter));
         let mut local = lock(&self.local);
         let version = local.get(device).map_or(0, |entry| entry.version + 1);
         local.insert(

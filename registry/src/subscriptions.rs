@@ -149,6 +149,18 @@ pub fn parse(key: &str, value: &[u8]) -> Option<DeviceSubscriptions> {
     (record.device == device && check(&record).is_ok()).then_some(record)
 }
 
+/// Whether one filter can be kept at all, whatever else its set holds: a broker leaves out a
+/// filter that cannot rather than lose the device's whole set to the check.
+pub fn keepable(filter: &str) -> bool {
+    !filter.is_empty() && filter.len() <= MAX_FILTER_BYTES && !has_control_character(filter)
+}
+
+/// Control characters are no topic a device publishes to, and JSON escapes each as six bytes,
+/// which would let a small set outgrow every bound on an encoded write.
+fn has_control_character(filter: &str) -> bool {
+    filter.chars().any(|c| c < '\u{20}' || c == '\u{7f}')
+}
+
 /// The bounds every kept record keeps.
 pub fn check(record: &DeviceSubscriptions) -> Result<(), SubscriptionError> {
     let invalid = |reason| SubscriptionError::Invalid { device: record.device.clone(), reason };
@@ -159,9 +171,7 @@ pub fn check(record: &DeviceSubscriptions) -> Result<(), SubscriptionError> {
         if filter.is_empty() || filter.len() > MAX_FILTER_BYTES {
             return Err(invalid("a filter is empty or longer than 128 bytes"));
         }
-        // Control characters are no topic a device publishes to, and JSON escapes each as six
-        // bytes, which would let a small set outgrow every bound on an encoded write.
-        if filter.chars().any(|c| c < '\u{20}' || c == '\u{7f}') {
+        if has_control_character(filter) {
             return Err(invalid("a filter holds a control character"));
         }
         if *qos > 1 {

@@ -143,6 +143,18 @@ async fn a_set_outside_the_registry_bounds_does_not_block_the_others() {
     assert_eq!(keeper.unsaved(), 0);
 }
 
+#[tokio::test]
+async fn a_filter_with_control_characters_is_left_out_not_the_whole_set() {
+    let (keeper, writer, view) =
+        (Keeper::default(), FakeWriter::default(), RegistryView::default());
+    let lamp = device("lamp-1");
+    keeper.record(&lamp, set(&["/a13FN5TplKq/lamp-1/user/get", "/a13FN5TplKq/lamp-1/user/\u{1}"]));
+    keeper.flush(&writer, &view).await;
+    let writes = writer.writes.lock().unwrap();
+    assert_eq!(writes.len(), 1);
+    assert_eq!(writes[0][0].filters, set(&["/a13FN5TplKq/lamp-1/user/get"]));
+}
+
 /// `count` devices, each holding 100 filters of about 100 bytes.
 fn record_many(keeper: &Keeper, count: usize) {
     for n in 0..count {
