@@ -14,7 +14,7 @@ use meridian_control::{ControlPlane, DeviceTransferRequest, NewAccount};
 use meridian_registry::ids::DeviceKey;
 use meridian_registry::model::AccountKind;
 use meridian_registry::signature::{SdkShape, sign_connect};
-use meridian_tests::{ACCOUNT, APPLICATION, Client, PRODUCT, SHANGHAI, TestRegistry};
+use meridian_tests::{ACCOUNT, APPLICATION, Client, PRODUCT, SHANGHAI, TestBroker, TestRegistry};
 use rumqttc::{Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
 
 /// The destination account and its application client.
@@ -77,6 +77,18 @@ async fn world() -> (TestRegistry, ControlPlane) {
 }
 
 /// acme transfers `lamp-0001` to bravo, which accepts.
+/// The Shanghai broker, with an application credential for bravo as well as acme's.
+async fn broker_with_bravo(registry: &TestRegistry) -> TestBroker {
+    registry
+        .broker(SHANGHAI, |config| {
+            config.applications.insert(
+                BRAVO_APP.0.to_owned(),
+                ApplicationConfig { password: BRAVO_APP.1.into(), account: BRAVO.parse().unwrap() },
+            );
+        })
+        .await
+}
+
 async fn transfer_lamp(plane: &ControlPlane) {
     let acme = ACCOUNT.parse().unwrap();
     plane.allow_transfers(&acme).await.unwrap();
@@ -100,14 +112,7 @@ async fn next(client: &mut Client) -> (String, String) {
 #[tokio::test]
 async fn a_connected_device_stays_connected_and_follows_its_new_owner() {
     let (registry, plane) = world().await;
-    let broker = registry
-        .broker(SHANGHAI, |config| {
-            config.applications.insert(
-                BRAVO_APP.0.to_owned(),
-                ApplicationConfig { password: BRAVO_APP.1.into(), account: BRAVO.parse().unwrap() },
-            );
-        })
-        .await;
+    let broker = broker_with_bravo(&registry).await;
 
     let (mut lamp, _) =
         Client::connect(device_options(broker.addr, "lamp-0001", "lamp-secret-0001"))
@@ -232,14 +237,7 @@ async fn a_persistent_application_session_gets_nothing_queued_for_a_lost_device(
 #[tokio::test]
 async fn the_former_owner_reaches_a_transferred_device_neither_by_broadcast_nor_retained() {
     let (registry, plane) = world().await;
-    let broker = registry
-        .broker(SHANGHAI, |config| {
-            config.applications.insert(
-                BRAVO_APP.0.to_owned(),
-                ApplicationConfig { password: BRAVO_APP.1.into(), account: BRAVO.parse().unwrap() },
-            );
-        })
-        .await;
+    let broker = broker_with_bravo(&registry).await;
     let lamp_options = device_options(broker.addr, "lamp-0001", "lamp-secret-0001");
     let (mut lamp, _) = Client::connect(lamp_options.clone()).await.unwrap();
     let (mut other_lamp, _) =
@@ -307,14 +305,7 @@ async fn the_former_owner_reaches_a_transferred_device_neither_by_broadcast_nor_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_new_owners_retained_messages_never_reach_the_former_owner() {
     let (registry, plane) = world().await;
-    let broker = registry
-        .broker(SHANGHAI, |config| {
-            config.applications.insert(
-                BRAVO_APP.0.to_owned(),
-                ApplicationConfig { password: BRAVO_APP.1.into(), account: BRAVO.parse().unwrap() },
-            );
-        })
-        .await;
+    let broker = broker_with_bravo(&registry).await;
     transfer_lamp(&plane).await;
     registry.sync(&broker).await;
 
