@@ -46,8 +46,14 @@ pub use limits::{DEFAULT_MAX_ACTIVE_TASKS, TaskLimits};
 pub(crate) const TASKS: &str = "tasks/";
 /// `pending-tasks/{owner}/{slot}`: a [`PendingSlot`], one per unsettled task.
 pub(crate) const PENDING_TASKS: &str = "pending-tasks/";
-/// Present once every unsettled task holds a slot.
+/// `owner-tasks/{owner}/{id}`: an [`OwnedTask`], one per task, so one account's list reads
+/// its own tasks and no other account's.
+pub(crate) const OWNER_TASKS: &str = "owner-tasks/";
+/// Present once every unsettled task holds a slot and (from version 2) every task is in its
+/// owner's index.
 pub(crate) const TASK_INDEX: &str = "task-index";
+/// The [`TASK_INDEX`] version this code builds.
+const TASK_INDEX_VERSION: u32 = 2;
 /// Compare-and-swap rounds a submission or retry is given to find a free slot under contention.
 const SLOT_RETRIES: usize = 16;
 
@@ -102,6 +108,12 @@ pub const CSV_TEMPLATE: &str = "productKey,deviceName\n";
 /// The value of a `pending-tasks/{owner}/{slot}` key.
 #[derive(Serialize, Deserialize)]
 struct PendingSlot {
+    task: String,
+}
+
+/// The value of a `owner-tasks/{owner}/{id}` key.
+#[derive(Serialize, Deserialize)]
+struct OwnedTask {
     task: String,
 }
 
@@ -271,6 +283,7 @@ impl ControlPlane {
             task.slot = Some(slot);
             let mut ops =
                 vec![Op::put(task_key(&task.id), encode(&task)?).expecting(Expect::Absent)];
+            ops.push(owner_op(caller, &task.id)?);
             ops.push(slot_op(&task, slot)?);
             ops.extend(consume_code.clone());
             ops.push(audit.clone());
@@ -298,11 +311,37 @@ impl ControlPlane {
     }
 
     /// The caller's tasks; one whose record does not decode is listed as broken, not fatal.
+    ///
+    /// Reads the caller's own tasks through its owner index; only a store whose index is not
+    /// built yet (the executor builds it on its first pass) is scanned whole.
     pub async fn tasks(&self, caller: &AccountId) -> Result<Listing<Task>> {
-        let snapshot = self.registry.store().scan_prefix(TASKS).await?;
+        let store = self.registry.store();
+        let entries = if self.owner_index_built().await? {
+            let index = store.scan_prefix(&format!("{OWNER_TASKS}{caller}/")).await?;
+            let keys: Vec<String> = index
+                .entries
+                .iter()
+                .filter_map(|entry| entry.key.rsplit('/').next().map(task_key))
+                .collect();
+            store.get_many(&keys).await?.into_iter().flatten().collect()
+        } else {
+            store.scan_prefix(TASKS).await?.entries
+        };
         let mine = |task: &Task| &task.owner == caller;
         let kind = Kind { name: "task", prefix: TASKS, mine: &mine, owner: &listing::owner_field };
-        Ok(listing::decode_all(caller, snapshot.entries, kind))
+        Ok(listing::decode_all(caller, entries, kind))
+    }
+
+    /// Whether every task is in its owner's index ([`TASK_INDEX`] at version 2 or later).
+    async fn owner_index_built(&self) -> Result<bool> {
+        if self.task_index_built.load(Ordering::Acquire) {
+            return Ok(true);
+        }
+        let Some(entry) = self.registry.store().get(TASK_INDEX).await? else {
+            return Ok(false);
+        };
+        Ok(decode::<IndexBuilt>(&entry.key, &entry.value)
+            .is_ok_and(|built| built.version >= TASK_INDEX_VERSION))
     }
 
     /// Retries a task stuck in `Distributing` or `Failed`: it resumes at its cursor, so devices
@@ -464,10 +503,18 @@ impl ControlPlane {
         }
         let store = self.registry.store();
         for _ in 0..SLOT_RETRIES {
-            if store.get(TASK_INDEX).await?.is_some() {
-                self.task_index_built.store(true, Ordering::Release);
-                return Ok(());
-            }
+            let marker = store.get(TASK_INDEX).await?;
+            let marker_expect = match &marker {
+                Some(entry) => {
+                    let built = decode::<IndexBuilt>(&entry.key, &entry.value).ok();
+                    if built.is_some_and(|built| built.version >= TASK_INDEX_VERSION) {
+                        self.task_index_built.store(true, Ordering::Release);
+                        return Ok(());
+                    }
+                    Expect::Revision(entry.revision)
+                }
+                None => Expect::Absent,
+            };
             let tasks = store.scan_prefix(TASKS).await?;
             let pending = store.scan_prefix(PENDING_TASKS).await?;
             let mut used: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
@@ -478,6 +525,15 @@ impl ControlPlane {
                 used.entry(owner.to_owned()).or_default().extend(slot_number(&entry.key));
             }
             let mut ops = Vec::new();
+            // Every task in its owner's index, a broken one too when its owner can be read (it
+            // is listed to its owner as broken). Putting an entry again is harmless.
+            for entry in &tasks.entries {
+                let id = entry.key.strip_prefix(TASKS).unwrap_or(&entry.key);
+                if let Some(owner) = listing::owner_field(&entry.value) {
+                    ops.push(owner_op(&owner, id)?);
+                }
+            }
+            let owned = ops.len();
             for entry in tasks.entries {
                 let mut task = match serde_json::from_slice::<Task>(&entry.value) {
                     Ok(task) => task,
@@ -498,9 +554,9 @@ impl ControlPlane {
                 );
                 ops.push(slot_op(&task, slot)?);
             }
-            let indexed = ops.len() / 2;
-            let built = IndexBuilt { version: 1, at: self.now() };
-            ops.push(Op::put(TASK_INDEX, encode(&built)?).expecting(Expect::Absent));
+            let indexed = (ops.len() - owned) / 2;
+            let built = IndexBuilt { version: TASK_INDEX_VERSION, at: self.now() };
+            ops.push(Op::put(TASK_INDEX, encode(&built)?).expecting(marker_expect));
             match store.batch(ops).await {
                 Ok(_) => {
                     tracing::info!(tasks = indexed, "pending distribution tasks indexed");
@@ -750,6 +806,12 @@ fn record(key: &DeviceKey, result: RecordResult, reason: &str) -> DeviceRecord {
 
 fn task_key(id: &str) -> String {
     format!("{TASKS}{id}")
+}
+
+/// Puts task `id` in `owner`'s index.
+fn owner_op(owner: &AccountId, id: &str) -> Result<Op> {
+    let value = encode(&OwnedTask { task: id.to_owned() })?;
+    Ok(Op::put(format!("{OWNER_TASKS}{owner}/{id}"), value))
 }
 
 fn pending_prefix(owner: &AccountId) -> String {

@@ -166,17 +166,17 @@ async fn the_executor_reads_pending_tasks_only_and_skips_a_broken_one() {
     let beta = api.tenant_with_product("beta", "b1Product01").await;
     api.devices(&beta, "b1Product01", &["plug-1"]).await;
 
+    // Two of alpha's tasks go bad: one as an earlier version might have left it, sorting
+    // before every other task, already there when this version first runs; and one submitted
+    // later and damaged.
+    let store = api.plane.registry().store();
+    let garbage = Bytes::from_static(br#"{"owner":"alpha","state":"Exploded"}"#);
+    store.put("tasks/dt-000000broken", garbage.clone()).await.unwrap();
     let settled = api.task(&alpha, product_only("alpha-fra")).await;
     api.plane.run_pending().await.unwrap();
     assert_eq!(state(&api, &alpha, &settled).await, "Distributed");
-
-    // Two of alpha's tasks go bad: one submitted now and damaged, and one as an earlier
-    // version might have left it, sorting before every other task.
     let damaged = api.task(&alpha, one_device("alpha-fra")).await;
-    let store = api.plane.registry().store();
-    let garbage = Bytes::from_static(br#"{"owner":"alpha","state":"Exploded"}"#);
-    store.put(&format!("tasks/{damaged}"), garbage.clone()).await.unwrap();
-    store.put("tasks/dt-000000broken", garbage).await.unwrap();
+    store.put(&format!("tasks/{damaged}"), garbage).await.unwrap();
     let body = json!({ "product": "b1Product01", "devices": ["plug-1"],
         "policy": { "kind": "specified", "instance": "beta-fra" } });
     let healthy = api.task(&beta, body).await;
@@ -208,9 +208,14 @@ async fn the_executor_reads_pending_tasks_only_and_skips_a_broken_one() {
     assert!(message.contains(&damaged) && message.contains("does not decode"), "{message}");
     let theirs = api.get(&format!("/v1/distribution-tasks/{damaged}"), &beta.key).await;
     theirs.error(StatusCode::NOT_FOUND);
+    reads.take();
     let beta_list = api.get("/v1/distribution-tasks", &beta.key).await.json();
     assert!(beta_list.get("broken").is_none(), "{beta_list}");
     assert_eq!(beta_list["tasks"][0]["id"], healthy.as_str());
+    // One account's list reads its own tasks only, never every account's.
+    let read = reads.take();
+    assert!(!read.iter().any(|r| r == "scan tasks/"), "beta's list scanned every task: {read:?}");
+    assert!(!read.iter().any(|r| r.ends_with(&settled)), "beta's list read alpha's: {read:?}");
 }
 
 #[tokio::test]
@@ -253,6 +258,13 @@ async fn tasks_stored_before_the_pending_index_existed_still_run() {
     }
     assert!(store.scan_prefix("pending-tasks/").await.unwrap().entries.is_empty());
     assert!(store.get("task-index").await.unwrap().is_some());
+    // They are in their owner's index too: alpha's list, read through it, has every one.
+    let listed = api.get("/v1/distribution-tasks", &alpha.key).await.json();
+    let ids: Vec<&str> =
+        listed["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+    for task in tasks.iter().map(String::as_str).chain([legacy]) {
+        assert!(ids.contains(&task), "{task} missing from {listed}");
+    }
 }
 
 #[tokio::test]
