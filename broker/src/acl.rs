@@ -247,32 +247,32 @@ pub fn downlink_session(topic: &str) -> Option<String> {
 /// A device that explicitly subscribes to one of its uplink topics still gets it: this limits
 /// only the subscription it never made.
 pub fn carries_downlink(topic: &str) -> bool {
-    let levels: Vec<&str> = topic.split('/').collect();
-    let tail = match levels.as_slice() {
-        ["", "sys", _, _, tail @ ..] => tail,
-        _ => return false,
-    };
-    match tail {
-        ["rrpc", "response", ..] => false,
-        ["thing", request @ .., last] => {
-            let (last, reply) = match last.strip_suffix("_reply") {
-                Some(request) => (request, true),
-                None => (*last, false),
-            };
-            let platform_request = matches!(
-                (request, last),
-                (["service", ..], _)
-                    | (["bootstrap"], "notify")
-                    | (["config"], "push")
-                    | (["model"], "down_raw")
-                    | ([], "disable" | "enable" | "delete")
-                    | (["topo"], "change")
-                    | (["gateway"], "permit")
-            );
-            platform_request != reply
-        }
-        _ => true,
+    // Runs on every delivery through the implicit route: string slicing, no allocation.
+    let Some(rest) = topic.strip_prefix("/sys/") else { return false };
+    let mut parts = rest.splitn(3, '/');
+    let (Some(_product), Some(_device)) = (parts.next(), parts.next()) else { return false };
+    let Some(tail) = parts.next() else { return true };
+    if let Some(rrpc) = tail.strip_prefix("rrpc/") {
+        return !(rrpc == "response" || rrpc.starts_with("response/"));
     }
+    let Some(thing) = tail.strip_prefix("thing/") else { return true };
+    let (request, last) = thing.rsplit_once('/').unwrap_or(("", thing));
+    let (last, reply) = match last.strip_suffix("_reply") {
+        Some(request) => (request, true),
+        None => (last, false),
+    };
+    let platform_request = request == "service"
+        || request.starts_with("service/")
+        || matches!(
+            (request, last),
+            ("bootstrap", "notify")
+                | ("config", "push")
+                | ("model", "down_raw")
+                | ("", "disable" | "enable" | "delete")
+                | ("topo", "change")
+                | ("gateway", "permit")
+        );
+    platform_request != reply
 }
 
 /// The QoS a device's implicit downlink is granted.
