@@ -541,6 +541,7 @@ fn store_error(error: StoreError) -> Rejection {
         StoreError::Conflict { .. } => StatusCode::CONFLICT,
         StoreError::InvalidKey(_) | StoreError::DuplicateKey(_) => StatusCode::BAD_REQUEST,
         StoreError::Compacted { .. } => StatusCode::GONE,
+        StoreError::BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         StoreError::Backend(_) => {
             tracing::warn!(%error, "internal API store failure");
             StatusCode::INTERNAL_SERVER_ERROR

@@ -1,6 +1,6 @@
 //! Meridian's shared domain model, device signatures, and the durable store with its change feed.
 //!
-//! This crate holds no network code: daemons follow the store's change feed to keep their own
+//! The only network code here is the JetStream store backend (`store::JetStreamStore`): daemons follow the store's change feed to keep their own
 //! in-memory views, and the control plane writes through [`Registry`].
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]

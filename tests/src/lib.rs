@@ -6,6 +6,7 @@
 
 pub mod cuttable;
 pub mod device;
+pub mod nats;
 pub mod raw;
 
 use std::collections::HashMap;

@@ -212,6 +212,7 @@ pub mod code {
     pub const DUPLICATE_KEY: &str = "duplicate_key";
     pub const CONFLICT: &str = "conflict";
     pub const COMPACTED: &str = "compacted";
+    pub const BATCH_TOO_LARGE: &str = "batch_too_large";
     pub const BACKEND: &str = "backend";
 }
 
@@ -268,6 +269,7 @@ impl WireError {
                 compacted: Some(*compacted),
                 ..WireError::new(code::COMPACTED, message)
             },
+            StoreError::BatchTooLarge { .. } => WireError::new(code::BATCH_TOO_LARGE, message),
             StoreError::Backend(_) => WireError::new(code::BACKEND, message),
         }
     }

@@ -13,15 +13,45 @@
 //! | [`Expect::Revision`]          | `Store::update(key, value, last_revision)`           |
 //! | [`Store::scan_prefix`]        | `keys()` + `entry()` over `prefix.>`                 |
 //! | [`Store::batch`]              | atomic batch publish, one sequence per message       |
+//! | [`Store::max_batch`]          | 1,000 (the server's atomic batch limit)              |
 //! | [`Store::watch_from`]         | ordered consumer, `DeliverPolicy::ByStartSequence`   |
 //!
-//! Every write gets its own revision, strictly increasing across the whole store, and the change
-//! feed holds exactly one [`Change`] per revision. A batch gets consecutive revisions and becomes
-//! visible all at once or not at all.
+//! Two backends implement it: [`RedbStore`], the embedded default (one file, one process), and
+//! [`JetStreamStore`], a JetStream KV bucket shared by every daemon past one machine.
+//!
+//! # The contract, and what every consumer must tolerate
+//!
+//! Every write gets its own revision, strictly increasing across the whole store. A batch gets
+//! increasing revisions and becomes visible all at once or not at all; it holds at most
+//! [`Store::max_batch`] ops, so a caller with more commits in several batches and must stay
+//! correct (exactly once) if it stops between them.
+//!
+//! The embedded store is the strongest case: its feed holds exactly one [`Change`] per
+//! revision with no gaps, reads see every committed write, and a deleted missing key leaves no
+//! trace. JetStream is weaker in three ways, and every consumer in this workspace is written
+//! for the weaker one:
+//!
+//! - **The feed has gaps.** A superseded value is gone from the stream, so a watcher resuming
+//!   from an old revision sees each key's newest value (or delete) once, not every intermediate
+//!   change, and revisions in the feed are increasing but not consecutive. Consumers therefore
+//!   apply changes as "the key's value is now this" (idempotent, last write wins), never as
+//!   deltas, and track progress as "applied through revision R", never by counting.
+//! - **Reads of a regional mirror lag.** A store reading from a mirror is not read-your-writes:
+//!   a write acknowledged by the home cluster shows up there a little later. Only daemons that
+//!   never read-modify-write (edges, brokers) read from mirrors; the control plane reads the
+//!   home cluster, and every read-modify-write is a compare-and-swap ([`Expect`]) that fails
+//!   rather than overwrites when its read was stale.
+//! - **Deleting a missing key is a change.** JetStream records the delete marker; consumers
+//!   already treat deleting an absent key as a no-op.
+//!
+//! A snapshot ([`Store::scan_prefix`]) is the prefix as of its revision on both backends;
+//! following it with [`Store::watch_from`] that revision misses nothing.
 //!
 //! What this module does not do: interpret values (the registry layer encodes typed records),
 //! or expire keys.
 
+pub mod conformance;
+mod jetstream;
 mod redb;
 
 use std::pin::Pin;
@@ -30,6 +60,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::Stream;
 
+pub use self::jetstream::{JetStreamStore, MAX_ATOMIC_BATCH, NatsConfig, NatsRead, NatsTls};
 pub use self::redb::RedbStore;
 
 /// Position in the change feed. `0` means "before the first write".
@@ -116,7 +147,11 @@ pub enum StoreError {
     /// The feed before this revision was compacted away; re-read a snapshot and watch from it.
     #[error("revisions up to {compacted} were compacted; cannot watch from {requested}")]
     Compacted { requested: Revision, compacted: Revision },
-    /// The storage engine failed (I/O, corruption); the write did not happen.
+    /// The batch holds more ops than this backend commits atomically ([`Store::max_batch`]).
+    #[error("a batch of {ops} writes is more than the store commits at once ({max})")]
+    BatchTooLarge { ops: usize, max: usize },
+    /// The storage engine failed (I/O, corruption, an unreachable server); the write did not
+    /// happen, or (a lost acknowledgement) did: callers re-read before retrying.
     #[error("storage backend: {0}")]
     Backend(String),
 }
@@ -156,6 +191,12 @@ pub trait Store: Send + Sync + 'static {
     /// for older revisions get [`StoreError::Compacted`].
     async fn compact(&self, through: Revision) -> Result<(), StoreError>;
 
+    /// The most ops one [`Store::batch`] commits atomically; larger batches get
+    /// [`StoreError::BatchTooLarge`] and write nothing.
+    fn max_batch(&self) -> usize {
+        usize::MAX
+    }
+
     /// Writes `value` whatever was there.
     async fn put(&self, key: &str, value: Bytes) -> Result<Revision, StoreError> {
         self.batch(vec![Op::put(key, value)]).await
@@ -175,6 +216,18 @@ pub trait Store: Send + Sync + 'static {
     async fn delete(&self, key: &str) -> Result<Revision, StoreError> {
         self.batch(vec![Op::delete(key)]).await
     }
+}
+
+/// Checks what every backend refuses before writing anything: bad keys, a key written twice.
+pub(crate) fn check_batch(ops: &[Op]) -> Result<(), StoreError> {
+    let mut seen = std::collections::HashSet::with_capacity(ops.len());
+    for op in ops {
+        validate_key(&op.key)?;
+        if !seen.insert(op.key.as_str()) {
+            return Err(StoreError::DuplicateKey(op.key.clone()));
+        }
+    }
+    Ok(())
 }
 
 /// Checks that `key` can be carried unchanged by every backend. JetStream KV keys are

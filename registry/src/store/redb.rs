@@ -5,7 +5,7 @@
 //! `kv` maps key → (revision, value), `feed` maps revision → (key, value or tombstone), and
 //! `meta` holds the last revision and the compaction horizon.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -136,13 +136,7 @@ impl Store for RedbStore {
     }
 
     async fn batch(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
-        let mut seen = HashSet::with_capacity(ops.len());
-        for op in &ops {
-            super::validate_key(&op.key)?;
-            if !seen.insert(op.key.as_str()) {
-                return Err(StoreError::DuplicateKey(op.key.clone()));
-            }
-        }
+        super::check_batch(&ops)?;
         self.blocking(move |inner| {
             let revision = inner.commit(&ops)?;
             inner.committed.send_if_modified(|last| {
