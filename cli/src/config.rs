@@ -3,11 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use anyhow::{Context, bail};
 use meridian_broker::config::{ApplicationConfig, LimitsConfig};
 use meridian_registry::ids::{AccountId, InstanceId, RegionId};
 use meridian_registry::model::MqttEndpoint;
 use meridian_registry::secret::SecretKey;
+use meridian_registry::store::{JetStreamStore, RedbStore, Store};
 use serde::Deserialize;
 
 /// The documented default, printed by `meridian generate-config`. A test parses it, so it can
@@ -136,11 +139,85 @@ fn default_metrics_listen() -> String {
     "127.0.0.1:9100".into()
 }
 
+/// `[store]`: the embedded redb file (the default), or a NATS JetStream bucket shared by every
+/// daemon (docs/SCALE-OUT.md).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// The redb file; relative paths are relative to the config file.
+    #[serde(default)]
+    pub backend: StoreBackend,
+    /// The redb file (`backend = "redb"`); relative paths are relative to the config file.
+    #[serde(default = "default_store_path")]
     pub path: PathBuf,
+    /// `[store.nats]` (`backend = "nats"`).
+    #[serde(default)]
+    pub nats: Option<meridian_registry::store::NatsConfig>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    #[default]
+    Redb,
+    Nats,
+}
+
+fn default_store_path() -> PathBuf {
+    "../data/meridian.redb".into()
+}
+
+impl StoreConfig {
+    /// Opens the store. `provision` creates the NATS bucket when missing (the control plane's
+    /// job); readers only connect.
+    pub async fn open(&self, provision: bool) -> anyhow::Result<Arc<dyn Store>> {
+        match self.backend {
+            StoreBackend::Redb => {
+                if let Some(dir) = self.path.parent() {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                }
+                let store = RedbStore::open(&self.path)
+                    .with_context(|| format!("opening store {}", self.path.display()))?;
+                Ok(Arc::new(store))
+            }
+            StoreBackend::Nats => {
+                let nats = self.nats.clone().context("backend = \"nats\" needs [store.nats]")?;
+                let servers = nats.servers.join(",");
+                let store = JetStreamStore::connect(nats)
+                    .await
+                    .with_context(|| format!("connecting to NATS at {servers}"))?;
+                if provision {
+                    store.provision().await.context("creating the registry bucket")?;
+                }
+                Ok(Arc::new(store))
+            }
+        }
+    }
+
+    /// Where the store is, for logs.
+    pub fn describe(&self) -> String {
+        match (&self.backend, &self.nats) {
+            (StoreBackend::Nats, Some(nats)) => format!("nats bucket {}", nats.bucket),
+            _ => self.path.display().to_string(),
+        }
+    }
+
+    pub fn resolve_paths(&mut self, base: &Path) {
+        self.path = base.join(&self.path);
+        if let Some(nats) = &mut self.nats {
+            for path in [&mut nats.credentials_file, &mut nats.nkey_seed_file].into_iter().flatten()
+            {
+                *path = base.join(&*path);
+            }
+            if let Some(tls) = &mut nats.tls {
+                for path in
+                    [&mut tls.ca_file, &mut tls.cert_file, &mut tls.key_file].into_iter().flatten()
+                {
+                    *path = base.join(&*path);
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -207,7 +284,7 @@ impl Config {
 
     pub fn parse(text: &str, base: &Path) -> anyhow::Result<Config> {
         let mut config: Config = toml::from_str(text)?;
-        config.store.path = base.join(&config.store.path);
+        config.store.resolve_paths(base);
         config.secrets.key_file = base.join(&config.secrets.key_file);
         config.control.operator_token_file = base.join(&config.control.operator_token_file);
         config.control.node_token_file = base.join(&config.control.node_token_file);
@@ -253,6 +330,9 @@ impl Config {
             bail!("instance {} is configured twice", pair[0]);
         }
         self.edge.check().context("in [edge]")?;
+        if self.store.backend == StoreBackend::Nats && self.store.nats.is_none() {
+            bail!("[store] backend = \"nats\" needs a [store.nats] section");
+        }
         if self.control.tasks.max_active_per_account == 0 {
             bail!("control.tasks.max_active_per_account must be at least 1");
         }

@@ -42,6 +42,18 @@ enum Command {
         #[arg(long, short, default_value = "deploy/meridian.toml", env = "MERIDIAN_CONFIG")]
         config: PathBuf,
     },
+    /// Run one control-plane replica (admin API and task executor) on the shared NATS store;
+    /// run as many as wanted, behind one address or several.
+    Control {
+        #[arg(long, short, default_value = "deploy/meridian.toml", env = "MERIDIAN_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run a stateless bootstrap edge whose routing table follows the shared NATS store; run as
+    /// many as wanted, anywhere.
+    BootstrapEdge {
+        #[arg(long, short, default_value = "deploy/meridian.toml", env = "MERIDIAN_CONFIG")]
+        config: PathBuf,
+    },
     /// Talk to the control plane's admin API.
     Ctl(ctl::CtlArgs),
     /// Print the documented default configuration (of `up`/`edge`, or of a regional broker).
@@ -70,14 +82,12 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Up { config } => {
             let config = config::Config::load(&config)?;
-            let run = up::run(config, up::Role::All, up::shutdown_signal());
+            let run = up::run(config, up::Role::ALL, up::shutdown_signal());
             tokio::runtime::Runtime::new()?.block_on(run)
         }
-        Command::Edge { config } => {
-            let config = config::Config::load(&config)?;
-            let run = up::run(config, up::Role::EdgeOnly, up::shutdown_signal());
-            tokio::runtime::Runtime::new()?.block_on(run)
-        }
+        Command::Edge { config } => run_role(&config, up::Role::CONTROL_AND_EDGE),
+        Command::Control { config } => run_role(&config, up::Role::CONTROL),
+        Command::BootstrapEdge { config } => run_role(&config, up::Role::EDGE),
         Command::Broker { config } => {
             let config = broker_daemon::BrokerDaemonConfig::load(&config)?;
             let run = broker_daemon::run(config, up::shutdown_signal());
@@ -85,4 +95,10 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Ctl(args) => ctl::run(args),
     }
+}
+
+/// Runs the parts of the system `role` names, from the configuration at `path`.
+fn run_role(path: &std::path::Path, role: up::Role) -> anyhow::Result<()> {
+    let config = config::Config::load(path)?;
+    tokio::runtime::Runtime::new()?.block_on(up::run(config, role, up::shutdown_signal()))
 }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use meridian_registry::clock::SystemClock;
 use meridian_registry::model::{Account, AccountKind, Edition, Instance, MqttEndpoint, Region};
-use meridian_registry::store::RedbStore;
 use meridian_registry::{Registry, RegistryError};
 
 use meridian_broker::config::BrokerConfig;
@@ -15,8 +14,8 @@ use meridian_broker::daemon::{self, Listeners};
 use meridian_control::ControlPlane;
 
 use crate::config::{
-    Config, InstanceConfig, MetricsConfig, NODE_TOKEN_ENV, OPERATOR_TOKEN_ENV, load_secret_key,
-    read_or_create_token, write_private,
+    Config, InstanceConfig, MetricsConfig, NODE_TOKEN_ENV, OPERATOR_TOKEN_ENV, StoreBackend,
+    load_secret_key, read_or_create_token, write_private,
 };
 
 /// How long seeded instances run before they expire; operators extend them through the API.
@@ -25,33 +24,63 @@ const SEEDED_INSTANCE_LIFETIME: std::time::Duration =
 
 /// Which parts of the system this process runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// `meridian up`: control plane, edge and one broker per configured instance.
-    All,
-    /// `meridian edge`: control plane and edge; brokers run as their own processes.
-    EdgeOnly,
+pub struct Role {
+    /// The admin API and the task executor (and, on the embedded store, the internal watch API
+    /// separate brokers follow).
+    pub control: bool,
+    /// The bootstrap edge.
+    pub edge: bool,
+    /// One broker per configured instance.
+    pub brokers: bool,
 }
 
-/// Opens the store, makes sure the configured regions, instances and demo tenant exist, and
-/// serves until `shutdown` resolves.
+impl Role {
+    /// `meridian up`: everything.
+    pub const ALL: Role = Role { control: true, edge: true, brokers: true };
+    /// `meridian edge`: control plane and edge; brokers run as their own processes.
+    pub const CONTROL_AND_EDGE: Role = Role { control: true, edge: true, brokers: false };
+    /// `meridian control`: one control-plane replica (run as many as wanted on NATS).
+    pub const CONTROL: Role = Role { control: true, edge: false, brokers: false };
+    /// `meridian bootstrap-edge`: a stateless edge following the shared store.
+    pub const EDGE: Role = Role { control: false, edge: true, brokers: false };
+}
+
+/// Opens the store, makes sure the configured regions, instances and demo tenant exist (when
+/// this process runs the control plane), and serves until `shutdown` resolves.
 pub async fn run(
     config: Config,
     role: Role,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    if let Some(dir) = config.store.path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let shared = config.store.backend == StoreBackend::Nats;
+    if !role.control && !shared {
+        anyhow::bail!(
+            "a daemon without the control plane needs a shared store: set [store] backend = \"nats\" \
+             (or run `meridian up`, or `meridian edge` for control plane and edge together)"
+        );
     }
-    let store = RedbStore::open(&config.store.path)
-        .with_context(|| format!("opening store {}", config.store.path.display()))?;
-    let sealer = load_secret_key(&config.secrets.key_file, true)?;
-    let registry = Registry::new(Arc::new(store), sealer.clone(), Arc::new(SystemClock));
-    seed(&registry, &config).await.context("seeding the registry from the configuration")?;
+    let store = config.store.open(role.control).await?;
+    let sealer = if role.control || role.brokers {
+        load_secret_key(&config.secrets.key_file, role.control)?
+    } else {
+        // The edge alone never opens a DeviceSecret: it needs no copy of the sealing key.
+        meridian_registry::secret::SecretKey::from_hex(
+            &meridian_registry::secret::SecretKey::generate_hex()?,
+        )?
+    };
+    let registry = Registry::new(store, sealer.clone(), Arc::new(SystemClock));
+    if role.control {
+        seed(&registry, &config).await.context("seeding the registry from the configuration")?;
+    }
     install_metrics(&config.metrics)?;
-    let control = start_control(&config, &registry).await.context("starting the control plane")?;
+    let control = if role.control {
+        Some(start_control(&config, &registry).await.context("starting the control plane")?)
+    } else {
+        None
+    };
 
     let mut brokers = Vec::with_capacity(config.instances.len());
-    let instances = if role == Role::All { config.instances.as_slice() } else { &[] };
+    let instances = if role.brokers { config.instances.as_slice() } else { &[] };
     for instance in instances {
         let broker_config = broker_config(&config, instance);
         let listeners = Listeners::bind(&broker_config).await.with_context(|| {
@@ -66,7 +95,11 @@ pub async fn run(
         brokers.push(daemon);
     }
 
-    let edge = start_edge(&config, &registry).await.context("starting the bootstrap edge")?;
+    let edge = if role.edge {
+        Some(start_edge(&config, &registry).await.context("starting the bootstrap edge")?)
+    } else {
+        None
+    };
 
     // Poll the shutdown future once so its signal handlers are registered before "ready" is
     // announced: a SIGTERM right after that line must stop us, not kill us.
@@ -74,8 +107,10 @@ pub async fn run(
     let stop_now = futures::poll!(shutdown.as_mut()).is_ready();
     let revision = registry.store().revision().await?;
     tracing::info!(
-        store = %config.store.path.display(),
+        store = %config.store.describe(),
         regions = config.regions.len(),
+        control = role.control,
+        edge = role.edge,
         brokers = brokers.len(),
         revision,
         "meridian up: ready"
@@ -84,8 +119,12 @@ pub async fn run(
         shutdown.await;
     }
     tracing::info!("meridian up: shutting down");
-    edge.stop().await;
-    control.stop().await;
+    if let Some(edge) = edge {
+        edge.stop().await;
+    }
+    if let Some(control) = control {
+        control.stop().await;
+    }
     for broker in brokers {
         broker.shutdown().await;
     }
@@ -207,19 +246,28 @@ async fn start_control(config: &Config, registry: &Registry) -> anyhow::Result<C
     let admin = tokio::net::TcpListener::bind(&settings.admin_listen)
         .await
         .with_context(|| format!("binding the admin API on {}", settings.admin_listen))?;
-    let internal = tokio::net::TcpListener::bind(&settings.internal_listen)
-        .await
-        .with_context(|| format!("binding the internal API on {}", settings.internal_listen))?;
     tracing::info!(addr = %admin.local_addr()?, "admin API listening");
-    tracing::info!(addr = %internal.local_addr()?, "internal watch API listening");
+    let internal = if config.store.backend == StoreBackend::Redb {
+        let internal = tokio::net::TcpListener::bind(&settings.internal_listen)
+            .await
+            .with_context(|| format!("binding the internal API on {}", settings.internal_listen))?;
+        tracing::info!(addr = %internal.local_addr()?, "internal watch API listening");
+        Some(internal)
+    } else {
+        None
+    };
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(meridian_control::api::serve(admin, plane.clone(), until()));
-    tasks.spawn(meridian_control::internal::serve(
-        internal,
-        registry.store().clone(),
-        node,
-        until(),
-    ));
+    // Separate brokers follow the embedded store through the internal API; on NATS every
+    // daemon reads the bucket itself, and there is nothing to serve.
+    if let Some(internal) = internal {
+        tasks.spawn(meridian_control::internal::serve(
+            internal,
+            registry.store().clone(),
+            node,
+            until(),
+        ));
+    }
     tasks.spawn(plane.run_executor(until()));
     Ok(ControlDaemon { stop, tasks })
 }

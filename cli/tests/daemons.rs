@@ -7,89 +7,18 @@
 // Test helpers outside `#[test]` functions panic on failure by design.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use meridian_registry::signature::{SdkShape, sign_connect};
+use common::{Daemon, field, free_port, generated_config};
 use meridian_tests::raw::{self, ConnectReturnCode as Code};
 
 const DEVICES: usize = 2_000;
 const PRODUCT: &str = "daemonProd1";
-
-/// A daemon process whose log is scanned for the lines tests wait on.
-struct Daemon {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Daemon {
-    fn start(args: &[&str], config: &Path) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
-            .args(args)
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .env_remove("MERIDIAN_SECRET_KEY")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn meridian");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Daemon { child, lines }
-    }
-
-    /// Waits for a log line containing `needle`; returns it.
-    fn wait_for(&self, needle: &str) -> String {
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(Duration::from_secs(60))
-                .unwrap_or_else(|_| panic!("no {needle:?} in the log"));
-            if line.contains(needle) {
-                return line;
-            }
-        }
-    }
-
-    fn kill_9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn terminate(mut self) {
-        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
-        assert!(self.child.wait().unwrap().success());
-    }
-}
-
-impl Drop for Daemon {
-    /// A failing test must not leave daemons behind.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn field(line: &str, name: &str) -> SocketAddr {
-    let value = line.split(&format!("{name}=")).nth(1).unwrap();
-    value.split_whitespace().next().unwrap().parse().unwrap()
-}
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -101,39 +30,23 @@ struct Setup {
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let (admin, internal) = (free_port(), free_port());
-    let text = String::from_utf8(
-        Command::new(env!("CARGO_BIN_EXE_meridian"))
-            .arg("generate-config")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .replace("../data/", "data/")
-    .replace("listen = \"127.0.0.1:9100\"", "listen = \"\"")
-    .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
-    .replace("127.0.0.1:8081", &format!("127.0.0.1:{admin}"))
-    .replace("127.0.0.1:8082", &format!("127.0.0.1:{internal}"));
+    let text = generated_config(&[])
+        .replace("listen = \"127.0.0.1:9100\"", "listen = \"\"")
+        .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
+        .replace("127.0.0.1:8081", &format!("127.0.0.1:{admin}"))
+        .replace("127.0.0.1:8082", &format!("127.0.0.1:{internal}"));
     let edge_config = dir.path().join("meridian.toml");
     std::fs::write(&edge_config, text).unwrap();
     Setup { dir, edge_config, admin, internal }
 }
 
 fn broker_config(setup: &Setup, instance: &str) -> PathBuf {
-    let text = String::from_utf8(
-        Command::new(env!("CARGO_BIN_EXE_meridian"))
-            .args(["generate-config", "--broker"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .replace("../data/", "data/")
-    .replace("http://127.0.0.1:8082", &format!("http://127.0.0.1:{}", setup.internal))
-    .replace("replica-iot-fra-1", &format!("replica-{instance}"))
-    .replace("instance = \"iot-fra-1\"", &format!("instance = \"{instance}\""))
-    .replace("listen = \"127.0.0.1:1884\"", "listen = \"127.0.0.1:0\"")
-    .replace("listen = \"127.0.0.1:9101\"", "listen = \"\"");
+    let text = generated_config(&["--broker"])
+        .replace("http://127.0.0.1:8082", &format!("http://127.0.0.1:{}", setup.internal))
+        .replace("replica-iot-fra-1", &format!("replica-{instance}"))
+        .replace("instance = \"iot-fra-1\"", &format!("instance = \"{instance}\""))
+        .replace("listen = \"127.0.0.1:1884\"", "listen = \"127.0.0.1:0\"")
+        .replace("listen = \"127.0.0.1:9101\"", "listen = \"\"");
     let path = setup.dir.path().join(format!("broker-{instance}.toml"));
     std::fs::write(&path, text).unwrap();
     path
@@ -141,32 +54,12 @@ fn broker_config(setup: &Setup, instance: &str) -> PathBuf {
 
 /// One admin API request with the demo account's key; returns (status, body).
 fn api(setup: &Setup, method: &str, path: &str, body: &str) -> (u16, String) {
-    let key = std::fs::read_to_string(setup.dir.path().join("data/demo-api-key")).unwrap();
-    let mut stream = TcpStream::connect(("127.0.0.1", setup.admin)).unwrap();
-    let content_type = if body.is_empty() { "" } else { "Content-Type: application/json\r\n" };
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {}\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        key.trim(),
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    (status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+    common::api(setup.admin, &setup.dir.path().join("data/demo-api-key"), method, path, body)
 }
 
 /// A raw CONNECT of one device; returns the CONNACK code and the open stream.
 fn connect(broker: SocketAddr, n: usize) -> (Code, TcpStream) {
-    let name = format!("dev-{n:05}");
-    let signed = sign_connect(SdkShape::CSdk, PRODUCT, &name, &format!("secret-{n:05}"), None);
-    let login = Some((signed.username.as_str(), signed.password.as_str()));
-    let mut stream = TcpStream::connect(broker).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let connack =
-        raw::blocking::handshake(&mut stream, &raw::connect_packet(&signed.client_id, login, 60));
-    (connack.unwrap().code, stream)
+    common::connect(broker, PRODUCT, n)
 }
 
 #[test]

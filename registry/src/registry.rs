@@ -267,6 +267,14 @@ impl Registry {
         self.create_devices_as(Some(owner), product, new, also).await
     }
 
+    /// The most devices one call creates: [`MAX_DEVICES_PER_BATCH`], or fewer when the store
+    /// commits fewer ops atomically (two per device, one for the product, and `also`), since a
+    /// call creates all its devices or none.
+    pub fn devices_per_call(&self, also: usize) -> usize {
+        let room = self.store.max_batch().saturating_sub(1 + also) / 2;
+        room.clamp(1, MAX_DEVICES_PER_BATCH)
+    }
+
     async fn create_devices_as(
         &self,
         expected_owner: Option<&AccountId>,
@@ -274,9 +282,10 @@ impl Registry {
         new: Vec<NewDevice>,
         also: Vec<Op>,
     ) -> Result<Vec<CreatedDevice>> {
-        if new.is_empty() || new.len() > MAX_DEVICES_PER_BATCH {
+        let most = self.devices_per_call(also.len());
+        if new.is_empty() || new.len() > most {
             return Err(RegistryError::Rule(format!(
-                "create 1 to {MAX_DEVICES_PER_BATCH} devices per call, got {}",
+                "create 1 to {most} devices per call, got {}",
                 new.len()
             )));
         }

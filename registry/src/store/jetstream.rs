@@ -41,6 +41,10 @@ use super::{Change, Entry, Expect, Op, Revision, Snapshot, Store, StoreError, Wa
 /// The most messages JetStream commits in one atomic batch (a server limit).
 pub const MAX_ATOMIC_BATCH: usize = 1000;
 
+/// The smallest server `max_payload` every record fits in: a distribution task of 10,000
+/// devices is one record of about 1.3 MB (the server default is 1 MB).
+pub const MIN_MAX_PAYLOAD: usize = 4 * 1024 * 1024;
+
 const OPERATION: &str = "KV-Operation";
 const BATCH_ID: &str = "Nats-Batch-Id";
 const BATCH_COMMIT: &str = "Nats-Batch-Commit";
@@ -183,6 +187,15 @@ impl JetStreamStore {
             .connect(config.servers.as_slice())
             .await
             .map_err(|error| StoreError::Backend(format!("connecting to NATS: {error}")))?;
+        let max_payload = client.server_info().max_payload;
+        if max_payload < MIN_MAX_PAYLOAD {
+            tracing::warn!(
+                max_payload,
+                needed = MIN_MAX_PAYLOAD,
+                "the NATS servers' max_payload is too small for a 10,000-device distribution task \
+                 record; set max_payload: 8MB in their configuration"
+            );
+        }
         let home = match &config.domain {
             Some(domain) => jetstream::with_domain(client.clone(), domain),
             None => jetstream::new(client.clone()),
