@@ -1,12 +1,14 @@
 //! Shared set-up for Meridian's end-to-end tests (the tests themselves live in `tests/tests/`):
 //! a real registry on a temporary redb file, real daemons on `127.0.0.1:0`, and real MQTT
-//! clients, or raw MQTT bytes ([`raw`]) where a test needs what no client library sends.
+//! clients, or raw MQTT bytes ([`raw`]) where a test needs what no client library sends; real
+//! `nats-server` processes ([`nats`]) for the JetStream store.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 pub mod cuttable;
 pub mod device;
 pub mod nats;
+pub mod proxy;
 pub mod raw;
 
 use std::collections::HashMap;
