@@ -54,7 +54,10 @@ pub(crate) const OWNER_TASKS: &str = "owner-tasks/";
 pub(crate) const TASK_INDEX: &str = "task-index";
 /// The [`TASK_INDEX`] version this code builds.
 const TASK_INDEX_VERSION: u32 = 2;
-/// Ops a distribution commit writes besides one per device: the transfer guard, the task
+/// Ops a distribution commit writes per device: its record, and the guard that it is not
+/// locked by a transfer.
+const OPS_PER_DEVICE: usize = 2;
+/// Ops a distribution commit writes besides its devices': the transfer guard, the task
 /// record and its pending slot.
 const COMMIT_OVERHEAD: usize = 3;
 /// Compare-and-swap rounds a submission or retry is given to find a free slot under contention.
@@ -654,10 +657,10 @@ impl ControlPlane {
                 // distributed, even by a task submitted before. The guard makes a transfer
                 // accepted meanwhile conflict with this batch, which is then redone.
                 let transferred = self.product_was_transferred(&task.product).await?;
-                // One op per device, plus the transfer guard and the task's own writes, must fit
-                // in one atomic batch of the store (1,000 ops on JetStream).
+                // Two ops per device, plus the transfer guard and the task's own writes, must
+                // fit in one atomic batch of the store (1,000 ops on JetStream).
                 let room = self.registry.store().max_batch().saturating_sub(COMMIT_OVERHEAD);
-                let per_commit = self.task_batch.min(room).max(1);
+                let per_commit = self.task_batch.min(room / OPS_PER_DEVICE).max(1);
                 let end = (task.cursor + per_commit).min(task.devices.len());
                 let batch = &task.devices[task.cursor..end];
                 let mut ops = Vec::with_capacity(2 * batch.len() + 2);

@@ -34,13 +34,16 @@ impl Backend for Redb {
 
 /// One real nats-server with JetStream per case; each store is a bucket of its own on it.
 struct Nats {
-    server: NatsServer,
+    server: tokio::sync::Mutex<NatsServer>,
+    url: String,
     made: AtomicUsize,
 }
 
 impl Nats {
     async fn new() -> Nats {
-        Nats { server: NatsServer::start().await, made: AtomicUsize::new(0) }
+        let server = NatsServer::start().await;
+        let url = server.url();
+        Nats { server: tokio::sync::Mutex::new(server), url, made: AtomicUsize::new(0) }
     }
 }
 
@@ -48,18 +51,16 @@ impl Nats {
 impl Backend for Nats {
     async fn store(&self) -> Arc<dyn Store> {
         let n = self.made.fetch_add(1, Ordering::Relaxed);
-        let config: NatsConfig = toml::from_str(&format!(
-            "servers = [{:?}]\nbucket = \"conformance{n}\"",
-            self.server.url()
-        ))
-        .expect("config");
+        let config: NatsConfig =
+            toml::from_str(&format!("servers = [{:?}]\nbucket = \"conformance{n}\"", self.url))
+                .expect("config");
         let store = JetStreamStore::connect(config).await.expect("connect");
         store.provision().await.expect("provision");
         Arc::new(store)
     }
 
     async fn restart(&self) {
-        self.server.restart().await;
+        self.server.lock().await.restart().await;
     }
 }
 

@@ -34,11 +34,12 @@ impl Daemon {
             .expect("spawn meridian");
         let stderr = child.stderr.take().unwrap();
         let (tx, lines) = mpsc::channel();
+        // Every line also goes to `{config}.log`, for reading after a failure.
+        let mut log = std::fs::File::create(config.with_extension("log")).unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
+                let _ = writeln!(log, "{line}");
+                let _ = tx.send(line);
             }
         });
         Daemon { child, lines }

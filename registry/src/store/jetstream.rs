@@ -261,6 +261,23 @@ impl JetStreamStore {
         Some((key, (!deleted).then_some(payload)))
     }
 
+    /// Records `message` in a scan's result when its key is under `prefix`.
+    fn keep_newest(
+        &self,
+        newest: &mut std::collections::BTreeMap<String, Option<(Revision, Bytes)>>,
+        prefix: &str,
+        message: &jetstream::Message,
+        sequence: Revision,
+    ) {
+        let decoded =
+            self.decode(&message.subject, message.headers.as_ref(), message.payload.clone());
+        if let Some((key, value)) = decoded
+            && key.starts_with(prefix)
+        {
+            newest.insert(key, value.map(|value| (sequence, value)));
+        }
+    }
+
     /// The last message on `key`'s subject: its sequence and whether it is a live value.
     async fn last(&self, key: &str) -> Result<Option<(Revision, Option<Bytes>)>, StoreError> {
         let subject = self.subject(key);
@@ -376,6 +393,14 @@ impl JetStreamStore {
     }
 }
 
+/// The batch a stored message opens or continues (its ID and the message's sequence), unless it
+/// is a batch's last message or in no batch.
+fn open_batch_of(headers: Option<&HeaderMap>, sequence: Revision) -> Option<(String, Revision)> {
+    let headers = headers?;
+    let batch = headers.get(BATCH_ID)?;
+    headers.get(BATCH_COMMIT).is_none().then(|| (batch.as_str().to_owned(), sequence))
+}
+
 /// Why a publish failed, before it is turned into a [`StoreError`].
 enum PublishFailure {
     WrongSequence,
@@ -451,27 +476,39 @@ impl Store for JetStreamStore {
         }
         let mut messages = consumer.messages().await.map_err(backend)?;
         let mut newest = std::collections::BTreeMap::new();
-        // A batch is stored message by message, so "caught up" can fall inside one; its stored
-        // messages carry their batch headers, and the scan reads on to the batch's last.
-        let mut open_batch = false;
+        // A batch is stored message by message, so "caught up" can fall inside one: its stored
+        // messages carry their batch's ID, and the last one its commit marker.
+        let mut open_batch: Option<(String, Revision)> = None;
         while let Some(message) = messages.next().await {
             let message = message.map_err(backend)?;
             let info = message.info().map_err(|error| StoreError::Backend(error.to_string()))?;
             let (sequence, pending) = (info.stream_sequence, info.pending);
             snapshot.revision = snapshot.revision.max(sequence);
-            if let Some(headers) = message.headers.as_ref()
-                && headers.get(BATCH_ID).is_some()
-            {
-                open_batch = headers.get(BATCH_COMMIT).is_none();
-            }
-            if let Some((key, value)) =
-                self.decode(&message.subject, message.headers.as_ref(), message.payload.clone())
-                && key.starts_with(prefix)
-            {
-                newest.insert(key, value.map(|value| (sequence, value)));
-            }
-            if pending == 0 && !open_batch {
+            open_batch = open_batch_of(message.headers.as_ref(), sequence);
+            self.keep_newest(&mut newest, prefix, &message, sequence);
+            if pending == 0 {
                 break;
+            }
+        }
+        if let Some((batch, sequence)) = open_batch {
+            // The batch's other messages may be under other prefixes: read on, over the whole
+            // bucket, to its end.
+            let mut rest = self.consumer_after(sequence).await?;
+            while let Some(message) = rest.next().await {
+                let message = message.map_err(backend)?;
+                let Ok(info) = message.info() else { continue };
+                let sequence = info.stream_sequence;
+                let member = message.headers.as_ref().and_then(|h| h.get(BATCH_ID));
+                if member.map(|id| id.as_str()) != Some(batch.as_str()) {
+                    // Batches are stored contiguously: past its last message (or past messages
+                    // of it a later write superseded), the batch is whole.
+                    break;
+                }
+                snapshot.revision = snapshot.revision.max(sequence);
+                self.keep_newest(&mut newest, prefix, &message, sequence);
+                if open_batch_of(message.headers.as_ref(), sequence).is_none() {
+                    break;
+                }
             }
         }
         snapshot.entries = newest
@@ -491,11 +528,17 @@ impl Store for JetStreamStore {
         if ops.len() > MAX_ATOMIC_BATCH {
             return Err(StoreError::BatchTooLarge { ops: ops.len(), max: MAX_ATOMIC_BATCH });
         }
-        let mut messages = Vec::with_capacity(ops.len());
-        for op in &ops {
-            let expected = self.expectation(op).await?;
-            messages.push(self.message(op, expected));
-        }
+        // `Absent` needs a read per op (see `expectation`); a distribution step has hundreds.
+        let expectations: Vec<Option<u64>> = futures::stream::iter(ops.iter().cloned())
+            .map(|op| {
+                let store = self.clone();
+                async move { store.expectation(&op).await }
+            })
+            .buffered(PARALLEL_GETS)
+            .try_collect()
+            .await?;
+        let messages: Vec<_> =
+            ops.iter().zip(expectations).map(|(op, expected)| self.message(op, expected)).collect();
         let mut attempt = 0;
         loop {
             let outcome = match messages.as_slice() {
