@@ -211,7 +211,7 @@ async fn leaf_mirror_serves_reads_while_cut_and_catches_up_after_heal() {
         })
         .await
         .expect("create the hub bucket");
-    bucket.put("region.cn-shanghai", Bytes::from_static(b"v1")).await.expect("put");
+    let v1 = bucket.put("region.cn-shanghai", Bytes::from_static(b"v1")).await.expect("put");
 
     // A client of the leaf: the leaf's own JetStream by default, the hub's as domain "hub".
     let local = connect(vec![leaf.url()]).await;
@@ -261,12 +261,19 @@ async fn leaf_mirror_serves_reads_while_cut_and_catches_up_after_heal() {
         last("region.cn-shanghai").await.as_deref() == Some(b"v1".as_slice())
     })
     .await;
+    // A mirror keeps the origin's sequence numbers: a revision means the same at hub and leaf.
+    let mirrored = mirror
+        .get_last_raw_message_by_subject("$KV.meridian.region.cn-shanghai")
+        .await
+        .expect("mirrored");
+    assert_eq!(mirrored.sequence, v1, "the mirror's sequence is the hub's revision");
 
     leaf.cut().await;
     assert!(leaf.is_cut());
     // Changes at the hub while the region is cut off.
     bucket.put("region.cn-shanghai", Bytes::from_static(b"v2")).await.expect("put while cut");
-    bucket.put("device.new", Bytes::from_static(b"placed")).await.expect("put while cut");
+    let placed =
+        bucket.put("device.new", Bytes::from_static(b"placed")).await.expect("put while cut");
     // The region reads its last state, locally...
     assert_eq!(last("region.cn-shanghai").await.as_deref(), Some(b"v1".as_slice()));
     assert_eq!(last("device.new").await, None);
@@ -282,6 +289,15 @@ async fn leaf_mirror_serves_reads_while_cut_and_catches_up_after_heal() {
             && last("device.new").await.as_deref() == Some(b"placed".as_slice())
     })
     .await;
+    assert_eq!(
+        mirror
+            .get_last_raw_message_by_subject("$KV.meridian.device.new")
+            .await
+            .expect("mirrored")
+            .sequence,
+        placed,
+        "sequences still agree after the catch-up"
+    );
 }
 
 #[tokio::test]
