@@ -29,10 +29,10 @@ LEAVES=(
 BUCKET=${BUCKET:-meridian}
 BUCKET_REPLICAS=${BUCKET_REPLICAS:-3}
 # Each region's leaf holds a mirror of the hub's bucket stream (KV_$BUCKET), named
-# KV_${BUCKET}_${region}: a key/value mirror as async-nats' create_key_value makes it. 1 lets
-# up.sh create the mirrors (idempotent); 0 leaves that to the store when it opens.
-PROVISION_MIRRORS=${PROVISION_MIRRORS:-1}
-MIRROR_HISTORY=${MIRROR_HISTORY:-1}
+# KV_${BUCKET}_${region}. The store creates it when a daemon with [store.nats.read] opens and
+# finds none; 1 makes up.sh create the mirrors up front with the same settings (e.g. to look at
+# them with --nats-only). An existing mirror is left as it is either way.
+PROVISION_MIRRORS=${PROVISION_MIRRORS:-0}
 
 # ---- Meridian daemons (adjust here when the commands or their flags change) -----------------
 # The binary; unset, up.sh builds target/release/meridian with cargo.

@@ -225,14 +225,15 @@ for leaf in "${LEAVES[@]}"; do
 done
 say "leaf nodes up and linked to the hub"
 
-# The region's mirror of the registry bucket, as async-nats' create_key_value makes a key/value
-# mirror (so the store can open it as a bucket): sequences are the hub's, so revisions agree.
+# The region's mirror of the registry bucket, with the settings the store gives the mirror it
+# creates (registry/src/store/jetstream.rs, ensure_mirror): sequences are the hub's, so
+# revisions agree.
 if ((PROVISION_MIRRORS)); then
   for leaf in "${LEAVES[@]}"; do
     read -r region client monitor <<<"$leaf"
     stream="KV_${BUCKET}_${region}"
-    config=$(printf '{"name":"%s","description":"","subjects":[],"retention":"limits","max_consumers":-1,"max_msgs":-1,"max_bytes":-1,"max_age":0,"max_msgs_per_subject":%d,"max_msg_size":-1,"storage":"file","num_replicas":1,"discard":"new","allow_rollup_hdrs":true,"deny_delete":true,"deny_purge":false,"allow_direct":true,"mirror_direct":true,"mirror":{"name":"KV_%s","external":{"api":"$JS.%s.API"}}}' \
-      "$stream" "$MIRROR_HISTORY" "$BUCKET" "$HUB_DOMAIN")
+    config=$(printf '{"name":"%s","description":"Meridian registry, mirrored from KV_%s","max_msgs_per_subject":1,"storage":"file","num_replicas":1,"allow_direct":true,"mirror_direct":true,"mirror":{"name":"KV_%s","external":{"api":"$JS.%s.API"}}}' \
+      "$stream" "$BUCKET" "$BUCKET" "$HUB_DOMAIN")
     reply=$(nats_request "$client" "\$JS.API.STREAM.CREATE.$stream" "$config") ||
       die "no answer creating $stream on the $region leaf"
     if [[ $reply == *'"error"'* ]]; then

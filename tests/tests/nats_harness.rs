@@ -337,3 +337,66 @@ async fn proxy_cut_drops_connections_and_refuses_new_ones_until_healed() {
     let mut after = tokio::net::TcpStream::connect(proxy.addr()).await.expect("connect");
     assert_eq!(echo(&mut after).await.expect("echo after heal"), b"ping");
 }
+
+/// The registry's own store through the topology of deploy/cluster: a home replica writes to
+/// the hub's bucket; a region's reader connects to its leaf only and reads the leaf's mirror,
+/// which it creates; while the leaf is cut off it still reads the last state, and writes from
+/// the region fail; after the heal it sees what the hub wrote meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_in_a_region_reads_its_leaf_mirror_while_cut() {
+    use meridian_registry::store::{JetStreamStore, NatsConfig, Op, Store};
+
+    let cluster = NatsCluster::start(3).await;
+    let leaf = LeafNode::start(&cluster.leafnode_urls(), "cn-shanghai").await;
+    let config = |servers: Vec<String>, read: bool| -> NatsConfig {
+        let servers: Vec<String> = servers.iter().map(|url| format!("{url:?}")).collect();
+        let mut text = format!(
+            "servers = [{}]\nbucket = \"meridian\"\nreplicas = 3\ndomain = \"hub\"\nrequest_timeout = \"2s\"\n",
+            servers.join(", ")
+        );
+        if read {
+            text.push_str(
+                "[read]\ndomain = \"cn-shanghai\"\nstream = \"KV_meridian_cn-shanghai\"\n",
+            );
+        }
+        toml::from_str(&text).expect("store config")
+    };
+    let home = JetStreamStore::connect(config(cluster.urls(), false)).await.expect("home store");
+    home.provision().await.expect("provision the bucket");
+    let v1 = home
+        .batch(vec![Op::put("regions/cn-shanghai", Bytes::from_static(b"v1"))])
+        .await
+        .expect("write");
+
+    let region =
+        JetStreamStore::connect(config(vec![leaf.url()], true)).await.expect("region store");
+    let value = |store: &JetStreamStore, key: &'static str| {
+        let store = store.clone();
+        async move { store.get(key).await.ok().flatten().map(|entry| (entry.value, entry.revision)) }
+    };
+    eventually("the region reads the hub's write from its mirror", || async {
+        value(&region, "regions/cn-shanghai").await == Some((Bytes::from_static(b"v1"), v1))
+    })
+    .await;
+
+    leaf.cut().await;
+    let v2 = home
+        .batch(vec![Op::put("regions/cn-shanghai", Bytes::from_static(b"v2"))])
+        .await
+        .expect("write");
+    assert_eq!(
+        value(&region, "regions/cn-shanghai").await,
+        Some((Bytes::from_static(b"v1"), v1)),
+        "the region reads its last state while cut"
+    );
+    assert!(
+        region.batch(vec![Op::put("devices/x", Bytes::from_static(b"x"))]).await.is_err(),
+        "a write from the region fails while the hub is out of reach"
+    );
+
+    leaf.heal().await;
+    eventually("the region catches up after the heal", || async {
+        value(&region, "regions/cn-shanghai").await == Some((Bytes::from_static(b"v2"), v2))
+    })
+    .await;
+}
