@@ -42,8 +42,10 @@ MERIDIAN_CONTROL_CMD=${MERIDIAN_CONTROL_CMD:-control -c}
 MERIDIAN_EDGE_CMD=${MERIDIAN_EDGE_CMD:-bootstrap-edge -c}
 MERIDIAN_BROKER_CMD=${MERIDIAN_BROKER_CMD:-broker -c}
 # The line each daemon logs once it serves (a grep -E pattern).
-CONTROL_READY=${CONTROL_READY:-meridian control: ready}
-EDGE_READY=${EDGE_READY:-meridian bootstrap-edge: ready}
+# (`meridian control` and `meridian bootstrap-edge` run the roles of `meridian up`, whose line
+# they log.)
+CONTROL_READY=${CONTROL_READY:-meridian up: ready}
+EDGE_READY=${EDGE_READY:-meridian up: ready}
 BROKER_READY=${BROKER_READY:-meridian broker: ready}
 # Control-plane replicas: "name admin_port metrics_port". Both use every hub node.
 CONTROLS=(

@@ -501,7 +501,7 @@ fn node_config(
     let _ = writeln!(config, "server_name: \"{}\"", node.name);
     let _ = writeln!(config, "listen: \"127.0.0.1:{}\"", ports.client);
     let _ = writeln!(config, "http: \"127.0.0.1:{}\"", ports.http);
-    // Meridian's largest record (a 10,000-device task) is over the 1 MB default.
+    // As deploy/cluster: a 10,000-device task record is one message of up to 4 MB.
     let _ = writeln!(config, "max_payload: 8MB");
     let _ = writeln!(config, "jetstream {{");
     let _ = writeln!(config, "  store_dir: {:?}", node.store.display().to_string());
