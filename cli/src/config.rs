@@ -425,6 +425,53 @@ mod tests {
         assert_eq!(config.control.tasks, meridian_control::distribution::TaskLimits::default());
     }
 
+    /// The commented-out NATS section of the default file is a valid configuration as it stands
+    /// once uncommented, and its paths resolve against the file's directory.
+    #[test]
+    fn documented_nats_store_parses() {
+        let uncommented = DEFAULT_CONFIG
+            .replace("backend = \"redb\"\n", "")
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest)
+                    if rest.starts_with("backend")
+                        || rest.starts_with("[store.nats")
+                        || rest.starts_with("servers")
+                        || rest.starts_with("bucket")
+                        || rest.starts_with("replicas")
+                        || rest.starts_with("domain")
+                        || rest.starts_with("request_timeout")
+                        || rest.starts_with("credentials_file")
+                        || rest.starts_with("ca_file")
+                        || rest.starts_with("stream") =>
+                {
+                    rest.split("  #").next().unwrap_or(rest).to_owned()
+                }
+                _ => line.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = Config::parse(&uncommented, Path::new("/etc/meridian")).unwrap();
+        assert_eq!(config.store.backend, StoreBackend::Nats);
+        let nats = config.store.nats.expect("[store.nats]");
+        assert_eq!(nats.bucket, "meridian");
+        assert_eq!(nats.replicas, 3);
+        assert_eq!(nats.domain.as_deref(), Some("hub"));
+        assert_eq!(nats.credentials_file, Some(PathBuf::from("/etc/meridian/nats.creds")));
+        assert_eq!(
+            nats.tls.and_then(|tls| tls.ca_file),
+            Some(PathBuf::from("/etc/meridian/nats-ca.pem"))
+        );
+        assert_eq!(nats.read.map(|read| read.stream).as_deref(), Some("KV_meridian_cn-shanghai"));
+    }
+
+    #[test]
+    fn nats_backend_needs_its_section() {
+        let text = "[store]\nbackend = 'nats'\n[secrets]\nkey_file='k'\n";
+        let error = Config::parse(text, Path::new(".")).unwrap_err();
+        assert!(format!("{error:#}").contains("[store.nats]"), "{error:#}");
+    }
+
     #[test]
     fn public_instances_must_be_configured_in_their_region() {
         let base = "[store]\npath='x'\n[secrets]\nkey_file='k'\n\

@@ -71,7 +71,10 @@ impl Site {
     /// `meridian.toml` for a control replica (admin API on `admin`) or an edge.
     fn config(&self, name: &str, admin: u16, reads: Reads<'_>) -> PathBuf {
         let text = generated_config(&[])
-            .replace("path = \"data/meridian.redb\"\n", &self.store_section(reads))
+            .replace(
+                "backend = \"redb\"\npath = \"data/meridian.redb\"\n",
+                &self.store_section(reads),
+            )
             .replace("listen = \"127.0.0.1:9100\"", "listen = \"\"")
             .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
             .replace("127.0.0.1:8081", &format!("127.0.0.1:{admin}"));

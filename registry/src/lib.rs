@@ -1,7 +1,8 @@
 //! Meridian's shared domain model, device signatures, and the durable store with its change feed.
 //!
-//! The only network code here is the JetStream store backend (`store::JetStreamStore`): daemons follow the store's change feed to keep their own
-//! in-memory views, and the control plane writes through [`Registry`].
+//! Daemons follow the store's change feed to keep their own in-memory views, and the control
+//! plane writes through [`Registry`]. The only network code here is the JetStream backend of the
+//! store (`store::JetStreamStore`).
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 

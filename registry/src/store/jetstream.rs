@@ -712,8 +712,12 @@ async fn ensure_mirror(
         mirror_direct: true,
         ..Default::default()
     };
-    local.create_stream(mirror).await.map_err(backend)?;
-    Ok(())
+    match local.create_stream(mirror).await {
+        Ok(_) => Ok(()),
+        // Another daemon of the region created it first.
+        Err(_) if local.get_stream(&read.stream).await.is_ok() => Ok(()),
+        Err(error) => Err(StoreError::Backend(format!("creating mirror {}: {error}", read.stream))),
+    }
 }
 
 fn stream_name(bucket: &str) -> String {
