@@ -259,6 +259,8 @@ impl Broker {
             qos: 1,
             retain: false,
             origin: Origin::Broker,
+            properties: None,
+            sender: 0,
         });
         m::notify_sent();
 

@@ -1,11 +1,18 @@
-//! MQTT 3.1.1 framing on top of `mqttbytes`, with the checks it leaves out.
+//! MQTT 3.1.1 and 5.0 framing on top of `mqttbytes`, with the checks it leaves out.
 //!
 //! `mqttbytes` parses packets but does not enforce fixed-header flag bits, CONNECT's reserved and
 //! will flags, or the protocol level (it would read an MQTT 5 CONNECT with 3.1.1 rules). Those
 //! checks run here on the raw bytes first, so everything the session sees is well formed.
+//!
+//! [`decode`] and [`encode`] speak 3.1.1's packets (the tests' raw clients and the bench use
+//! them); [`read`] and [`write`] speak the session's version-aware [`crate::packet::Packet`]
+//! for a connection of either version (PROTOCOL §11).
 
 use bytes::BytesMut;
 use mqttbytes::v4::{self, Packet};
+use mqttbytes::v5;
+
+use crate::packet::{self, Version};
 
 /// Why bytes from a client could not become a packet.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -19,6 +26,206 @@ pub enum DecodeError {
     /// The bytes break MQTT 3.1.1 framing or a packet's rules.
     #[error("malformed packet: {0}")]
     Malformed(&'static str),
+    /// A well-formed packet the protocol does not allow here (MQTT 5.0 reason 0x82): an AUTH
+    /// from a client that did not start enhanced authentication.
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+}
+
+/// Takes one complete packet off the front of `buffer` in the session's vocabulary, read by
+/// the rules of `version`; `None` before CONNECT, when the CONNECT's protocol level decides
+/// (a CONNECT of level 5 is read as 5.0, anything else as 3.1.1, which refuses other levels).
+/// `Ok(None)` if more bytes are needed.
+pub fn read(
+    buffer: &mut BytesMut,
+    max_packet: usize,
+    version: Option<Version>,
+) -> Result<Option<packet::Packet>, DecodeError> {
+    let version = match version {
+        Some(version) => version,
+        None => match connect_level(buffer) {
+            Some(5) => Version::V5,
+            _ => Version::V311,
+        },
+    };
+    match version {
+        Version::V311 => Ok(decode(buffer, max_packet)?.map(packet::from_v4)),
+        Version::V5 => decode_v5(buffer, max_packet),
+    }
+}
+
+/// The protocol level of the CONNECT at the front of `buffer`, once its header has arrived.
+fn connect_level(buffer: &[u8]) -> Option<u8> {
+    if buffer.first()? >> 4 != 1 {
+        return None;
+    }
+    // Only this packet's bytes, as in `decode`: a cut-off CONNECT is judged alike however the
+    // bytes after it arrived.
+    let frame = mqttbytes::check(buffer.iter(), usize::MAX).ok()?.frame_length();
+    let body = buffer.get(fixed_header_len(buffer)..frame)?;
+    let name_len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+    if body.get(2..2 + name_len)? != b"MQTT" {
+        return None;
+    }
+    body.get(2 + name_len).copied()
+}
+
+/// MQTT 5.0 framing: the same fixed-header rules as 3.1.1 plus AUTH, acknowledgements with
+/// reason codes and properties, and subscription options.
+fn decode_v5(
+    buffer: &mut BytesMut,
+    max_packet: usize,
+) -> Result<Option<packet::Packet>, DecodeError> {
+    let Some(&first) = buffer.first() else { return Ok(None) };
+    if first >> 4 != 15 {
+        check_flags(first)?;
+    } else if first & 0x0F != 0 {
+        return Err(DecodeError::Malformed("invalid fixed header flags"));
+    }
+    let (header_len, frame_len) = match mqttbytes::check(buffer.iter(), max_packet) {
+        Ok(header) => (fixed_header_len(buffer), header.frame_length()),
+        Err(mqttbytes::Error::InsufficientBytes(_)) => return Ok(None),
+        Err(mqttbytes::Error::PayloadSizeLimitExceeded(size)) => {
+            return Err(DecodeError::TooLarge(size));
+        }
+        Err(_) => return Err(DecodeError::Malformed("bad remaining length")),
+    };
+    let body = &buffer[header_len..frame_len];
+    let username_flag = match first >> 4 {
+        1 => {
+            let flags = check_connect_v5(body)?;
+            flags & USERNAME_FLAG != 0 || flags & PASSWORD_FLAG != 0
+        }
+        8 => {
+            check_subscribe_v5(body)?;
+            false
+        }
+        // PINGREQ and PINGRESP have no body (MQTT 5.0 §3.12, §3.13).
+        12 | 13 if !body.is_empty() => {
+            return Err(DecodeError::Malformed("wrong remaining length for the packet type"));
+        }
+        // An acknowledgement is at least its packet id (MQTT 5.0 §3.4–§3.7, §3.9, §3.11).
+        4..=7 | 9 | 11 if body.len() < 2 => {
+            return Err(DecodeError::Malformed("wrong remaining length for the packet type"));
+        }
+        // MQTT 5.0 §4.12: AUTH only continues an enhanced authentication the CONNECT began,
+        // and the broker accepts no CONNECT that begins one.
+        15 => return Err(DecodeError::Protocol("AUTH without an authentication method")),
+        _ => false,
+    };
+    // MQTT 5.0 §3.14.2.1: a DISCONNECT of remaining length 0 is a normal disconnection; the
+    // reader mqttbytes has wants a body.
+    if first >> 4 == 14 && body.is_empty() {
+        let _ = buffer.split_to(frame_len);
+        return Ok(Some(packet::Packet::Disconnect(v5::Disconnect::new())));
+    }
+    let mut packet =
+        v5::read(buffer, max_packet).map_err(|error| DecodeError::Malformed(describe(&error)))?;
+    // As for 3.1.1 (see `decode`): set login flags with empty strings are a login.
+    if let v5::Packet::Connect(connect) = &mut packet
+        && username_flag
+        && connect.login.is_none()
+    {
+        connect.login = Some(v5::Login::new("", ""));
+    }
+    Ok(Some(packet))
+}
+
+/// Appends `packet` to `out` in the form `version` has for it; a packet 3.1.1 has no form for
+/// (a server's DISCONNECT) appends nothing.
+///
+/// # Errors
+///
+/// [`DecodeError::Malformed`] for a packet mqttbytes cannot write.
+pub fn write(
+    packet: &packet::Packet,
+    version: Version,
+    out: &mut BytesMut,
+) -> Result<(), DecodeError> {
+    if version == Version::V311 {
+        return match packet::to_v4(packet) {
+            Some(packet) => encode(&packet, out),
+            None => Ok(()),
+        };
+    }
+    use packet::Packet as P;
+    let result = match packet {
+        P::Connect(p) => p.write(out),
+        P::ConnAck(p) => p.write(out),
+        P::Publish(p) => p.write(out),
+        P::PubAck(p) => p.write(out),
+        P::PubRec(p) => p.write(out),
+        P::PubRel(p) => p.write(out),
+        P::PubComp(p) => p.write(out),
+        P::Subscribe(p) => p.write(out),
+        P::SubAck(p) => p.write(out),
+        P::Unsubscribe(p) => p.write(out),
+        P::UnsubAck(p) => p.write(out),
+        P::PingReq => v5::PingReq.write(out),
+        P::PingResp => v5::PingResp.write(out),
+        P::Disconnect(p) => p.write(out),
+    };
+    result.map(drop).map_err(|error| DecodeError::Malformed(describe(&error)))
+}
+
+/// The bytes `packet` takes on the wire in `version`, for the client's maximum packet size
+/// (MQTT 5.0 §3.1.2.11.4).
+pub fn wire_size(packet: &packet::Packet, version: Version) -> usize {
+    let mut out = BytesMut::new();
+    write(packet, version, &mut out).map_or(usize::MAX, |()| out.len())
+}
+
+/// MQTT 5.0 §3.1.2: as [`check_connect`], except that a password without a username is
+/// allowed (§3.1.2.9). Returns the connect flags.
+fn check_connect_v5(body: &[u8]) -> Result<u8, DecodeError> {
+    let short = || DecodeError::Malformed("truncated CONNECT header");
+    let length = body.get(..2).ok_or_else(short)?;
+    let name_len = usize::from(u16::from_be_bytes([length[0], length[1]]));
+    let name = body.get(2..2 + name_len).ok_or_else(short)?;
+    let level = *body.get(2 + name_len).ok_or_else(short)?;
+    let flags = *body.get(3 + name_len).ok_or_else(short)?;
+    if (name, level) != (b"MQTT".as_slice(), 5) {
+        return Err(DecodeError::Malformed("not an MQTT 5.0 CONNECT"));
+    }
+    if flags & 0b0000_0001 != 0 {
+        return Err(DecodeError::Malformed("reserved CONNECT flag set"));
+    }
+    let will = flags & 0b0000_0100 != 0;
+    let will_qos = (flags >> 3) & 0b11;
+    let will_retain = flags & 0b0010_0000 != 0;
+    if will_qos == 3 || (!will && (will_qos != 0 || will_retain)) {
+        return Err(DecodeError::Malformed("invalid will flags"));
+    }
+    Ok(flags)
+}
+
+/// MQTT 5.0 §3.8.3.1: subscription options; bits 6 and 7 are reserved [MQTT-3.8.3-5], QoS 3
+/// and retain handling 3 are malformed. Skips the properties first.
+fn check_subscribe_v5(body: &[u8]) -> Result<(), DecodeError> {
+    let Some(after_id) = body.get(2..) else { return Ok(()) };
+    let Some((properties_len, len_len)) = variable_int(after_id) else { return Ok(()) };
+    let mut rest = after_id.get(len_len + properties_len..).unwrap_or_default();
+    while let [high, low, after @ ..] = rest {
+        let len = usize::from(u16::from_be_bytes([*high, *low]));
+        let Some(&options) = after.get(len) else { break };
+        if options & 0b1100_0000 != 0 || options & 0b11 == 3 || (options >> 4) & 0b11 == 3 {
+            return Err(DecodeError::Malformed("invalid subscription options"));
+        }
+        rest = &after[len + 1..];
+    }
+    Ok(())
+}
+
+/// A variable byte integer (MQTT 5.0 §1.5.5) and how many bytes it took.
+fn variable_int(bytes: &[u8]) -> Option<(usize, usize)> {
+    let mut value = 0usize;
+    for (n, byte) in bytes.iter().take(4).enumerate() {
+        value |= usize::from(byte & 0x7F) << (7 * n);
+        if byte & 0x80 == 0 {
+            return Some((value, n + 1));
+        }
+    }
+    None
 }
 
 /// Takes one complete packet off the front of `buffer`, or `Ok(None)` if more bytes are needed.
@@ -61,6 +268,8 @@ pub fn decode(buffer: &mut BytesMut, max_packet: usize) -> Result<Option<Packet>
 
 /// CONNECT flag: a username follows (MQTT 3.1.1 §3.1.2.8).
 const USERNAME_FLAG: u8 = 0b1000_0000;
+/// CONNECT flag: a password follows (MQTT 5.0 §3.1.2.9).
+const PASSWORD_FLAG: u8 = 0b0100_0000;
 
 /// Appends `packet` to `out`.
 ///

@@ -24,6 +24,7 @@ pub mod kept;
 pub mod link;
 pub mod memory;
 mod metrics;
+pub mod packet;
 mod retained;
 pub mod router;
 pub mod session;

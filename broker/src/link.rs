@@ -270,6 +270,8 @@ mod tests {
             qos,
             retain: false,
             origin: Default::default(),
+            properties: None,
+            sender: 0,
         };
         Delivery { message: Arc::new(message), qos, retain: false }
     }

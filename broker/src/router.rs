@@ -147,6 +147,20 @@ impl Router {
         clean: bool,
         link: Arc<Link>,
     ) -> Option<Parked> {
+        self.connect_with(session_id, clean, !clean, link).await
+    }
+
+    /// [`Router::connect`] with MQTT 5.0's two halves of clean session apart (MQTT 5.0
+    /// §3.1.2.4, §3.1.2.11.2): `clean_start` discards a parked session, `persistent` parks this
+    /// one when its connection ends.
+    pub async fn connect_with(
+        &self,
+        session_id: &Arc<str>,
+        clean_start: bool,
+        persistent: bool,
+        link: Arc<Link>,
+    ) -> Option<Parked> {
+        let clean = !persistent;
         let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
         loop {
             let old = {
@@ -189,7 +203,7 @@ impl Router {
                             }
                             None => None,
                         };
-                        return match (clean, parked) {
+                        return match (clean_start, parked) {
                             (false, parked) => parked,
                             (true, Some(old)) => {
                                 self.discard(session_id, old);
