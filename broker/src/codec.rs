@@ -119,6 +119,19 @@ fn decode_v5(
         let _ = buffer.split_to(frame_len);
         return Ok(Some(packet::Packet::Disconnect(v5::Disconnect::new())));
     }
+    // §3.14.2.2.1: a DISCONNECT of remaining length 1 is its reason code alone (no property
+    // length), which mqttbytes refuses (found by fuzzing: DISCONNECT 0x04, "with will").
+    if first >> 4 == 14
+        && let [reason] = *body
+    {
+        let reason_code = v5::DisconnectReasonCode::try_from(reason)
+            .map_err(|_| DecodeError::Malformed("invalid DISCONNECT reason code"))?;
+        let _ = buffer.split_to(frame_len);
+        return Ok(Some(packet::Packet::Disconnect(v5::Disconnect {
+            reason_code,
+            properties: None,
+        })));
+    }
     let mut packet =
         v5::read(buffer, max_packet).map_err(|error| DecodeError::Malformed(describe(&error)))?;
     // As for 3.1.1 (see `decode`): set login flags with empty strings are a login.
@@ -151,6 +164,13 @@ pub fn write(
     use packet::Packet as P;
     let result = match packet {
         P::Connect(p) => p.write(out),
+        // mqttbytes writes a CONNACK without properties with no property length, which
+        // 5.0 requires (§3.2.2.3; found by fuzzing): written with an empty list instead.
+        P::ConnAck(p) if p.properties.is_none() => {
+            let mut with = p.clone();
+            with.properties = Some(v5::ConnAckProperties::new());
+            with.write(out)
+        }
         P::ConnAck(p) => p.write(out),
         P::Publish(p) => p.write(out),
         P::PubAck(p) => p.write(out),
@@ -567,6 +587,93 @@ mod tests {
         let mut connect = connect;
         connect.login = Some(v4::Login::new("", "secret"));
         assert!(encode(&Packet::Connect(connect), &mut BytesMut::new()).is_err());
+    }
+
+    fn read_v5(bytes: &[u8]) -> Result<Option<packet::Packet>, DecodeError> {
+        read(&mut BytesMut::from(bytes), 1024, Some(Version::V5))
+    }
+
+    /// A CONNECT's protocol level picks the rules: 5 is read as MQTT 5.0 (with its properties),
+    /// 4 as 3.1.1, anything else is refused as 3.1.1 refuses it.
+    #[test]
+    fn connect_level_picks_the_version() {
+        let v5 =
+            [0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 5, 0x11, 0, 0, 0, 9, 0, 1];
+        let mut v5 = v5.to_vec();
+        v5.push(b'c');
+        v5[1] = (v5.len() - 2) as u8;
+        let Ok(Some(packet::Packet::Connect(connect))) =
+            read(&mut BytesMut::from(&v5[..]), 1024, None)
+        else {
+            panic!("a 5.0 CONNECT");
+        };
+        assert_eq!(connect.protocol, packet::Protocol::V5);
+        assert_eq!(connect.properties.and_then(|p| p.session_expiry_interval), Some(9));
+        let v4 = connect_bytes(b"MQTT", 4, 0x02);
+        assert!(matches!(
+            read(&mut BytesMut::from(&v4[..]), 1024, None),
+            Ok(Some(packet::Packet::Connect(c))) if c.protocol == packet::Protocol::V4
+        ));
+        let v6 = connect_bytes(b"MQTT", 6, 0x02);
+        assert_eq!(
+            read(&mut BytesMut::from(&v6[..]), 1024, None),
+            Err(DecodeError::UnacceptableProtocol)
+        );
+    }
+
+    /// Regression (fuzz target `mqtt5_decode`): a DISCONNECT that is its reason code alone was
+    /// malformed to mqttbytes; so is an empty one, which is a normal disconnection.
+    #[test]
+    fn short_disconnects() {
+        let with_will = read_v5(&[0xE0, 1, 0x04]).unwrap().unwrap();
+        assert_eq!(
+            with_will,
+            packet::Packet::Disconnect(v5::Disconnect {
+                reason_code: v5::DisconnectReasonCode::DisconnectWithWillMessage,
+                properties: None
+            })
+        );
+        assert_eq!(
+            read_v5(&[0xE0, 0]),
+            Ok(Some(packet::Packet::Disconnect(v5::Disconnect::new())))
+        );
+        assert!(matches!(read_v5(&[0xE0, 1, 0x03]), Err(DecodeError::Malformed(_))));
+    }
+
+    /// MQTT 5.0 §3.8.3.1: reserved option bits, QoS 3 and retain handling 3 are malformed;
+    /// AUTH (the broker starts no enhanced authentication) is a protocol error.
+    #[test]
+    fn v5_subscribe_options_and_auth() {
+        // pkid 1, no properties, "a" with No Local, Retain As Published, retain handling 2, QoS 1.
+        let good = [0x82, 7, 0, 1, 0, 0, 1, b'a', 0b10_1101];
+        let Ok(Some(packet::Packet::Subscribe(subscribe))) = read_v5(&good) else {
+            panic!("a 5.0 SUBSCRIBE");
+        };
+        let filter = &subscribe.filters[0];
+        assert!(filter.nolocal && filter.preserve_retain);
+        assert_eq!(filter.retain_forward_rule, v5::RetainForwardRule::Never);
+        for options in [0b0100_0001, 0b0000_0011, 0b0011_0001] {
+            let mut bad = good;
+            bad[8] = options;
+            assert_eq!(read_v5(&bad), Err(DecodeError::Malformed("invalid subscription options")));
+        }
+        assert!(matches!(read_v5(&[0xF0, 0]), Err(DecodeError::Protocol(_))));
+    }
+
+    /// What 3.1.1 has no form for is dropped toward a 3.1.1 client; reason codes become its.
+    #[test]
+    fn writing_for_3_1_1_drops_what_it_cannot_say() {
+        let mut out = BytesMut::new();
+        let disconnect =
+            packet::disconnect(v5::DisconnectReasonCode::KeepAliveTimeout, Some("x"), None);
+        write(&disconnect, Version::V311, &mut out).unwrap();
+        assert!(out.is_empty(), "a 3.1.1 server sends no DISCONNECT");
+        let suback = v5::SubAck::new(
+            3,
+            vec![v5::SubscribeReasonCode::QoS1, v5::SubscribeReasonCode::NotAuthorized],
+        );
+        write(&packet::Packet::SubAck(suback), Version::V311, &mut out).unwrap();
+        assert_eq!(&out[..], &[0x90, 4, 0, 3, 1, 0x80]);
     }
 
     #[test]

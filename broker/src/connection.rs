@@ -34,6 +34,7 @@ use crate::packet::{
 use crate::retained::RetainedCursor;
 use crate::router::Kick;
 use crate::session::{self, Close, Delivery, Event, Session, V5Settings, WillRefused};
+use crate::view::Redirect;
 
 /// Bytes one read may take from a socket: the per-thread scratch buffer's size.
 const SCRATCH: usize = 32 * 1024;
@@ -66,7 +67,16 @@ enum Ended {
 impl Ended {
     /// The DISCONNECT a 5.0 client is sent as the server closes (MQTT 5.0 §4.13: every
     /// server-side close carries its reason); `None` when the client closed, or the socket did.
-    fn disconnect(&self) -> Option<Packet> {
+    /// `redirect`: where a device kicked for its placement should go (PROTOCOL §11).
+    fn disconnect(&self, redirect: Option<Redirect>) -> Option<Packet> {
+        if let (Ended::Kicked(Kick::NotAllowed), Some(redirect)) = (self, redirect) {
+            let reason = if redirect.other_account {
+                DisconnectReasonCode::ServerMoved
+            } else {
+                DisconnectReasonCode::UseAnotherServer
+            };
+            return Some(packet::disconnect(reason, Some("placed elsewhere"), redirect.reference));
+        }
         let (reason, what) = match self {
             Ended::Session(close) => (close.reason()?, Some(close.reason_string())),
             Ended::Kicked(Kick::TakenOver) => {
@@ -217,13 +227,39 @@ where
         password: login.map(|l| l.password.as_bytes()),
         keep_alive: connect.keep_alive,
     };
-    let mut authenticated = broker.authenticator().authenticate(offered);
+    let mut authenticated = broker.authenticator().authenticate_placed(offered);
     // PROTOCOL §11: over 5.0 a device's keepalive below 30 s is not refused but answered with
     // a Server Keep Alive clamped into 30–1200 (the only refusal "server unavailable" stands for).
-    if version.is_v5() && authenticated == Err(V4Code::ServiceUnavailable) {
+    if version.is_v5()
+        && matches!(&authenticated, Err(refused) if refused.code == V4Code::ServiceUnavailable)
+    {
         let clamped = Credentials { keep_alive: crate::auth::DEVICE_MIN_KEEPALIVE, ..offered };
-        authenticated = broker.authenticator().authenticate(clamped);
+        authenticated = broker.authenticator().authenticate_placed(clamped);
     }
+    // PROTOCOL §11: a 5.0 device that signed correctly but is placed elsewhere is told where
+    // to go (0x9C, or 0x9D for another account's instance) instead of "not authorized".
+    if version.is_v5()
+        && let Err(refused) = &authenticated
+        && let Some(device) = &refused.elsewhere
+        && let Some(redirect) = broker.view().redirect(device, broker.authenticator().instance())
+    {
+        broker.auth_backoff().succeeded(username);
+        m::connect_result("redirected");
+        tracing::info!(%peer, client_id = %client_id, reference = ?redirect.reference, "CONNECT redirected");
+        let code = if redirect.other_account {
+            ConnectReturnCode::ServerMoved
+        } else {
+            ConnectReturnCode::UseAnotherServer
+        };
+        let mut connack = ConnAck::new(code, false);
+        let mut properties = ConnAckProperties::new();
+        properties.server_reference = redirect.reference;
+        properties.reason_string = Some("placed elsewhere".into());
+        connack.properties = Some(properties);
+        let _ = write_packet(stream, version, &Packet::ConnAck(connack)).await;
+        return None;
+    }
+    let authenticated = authenticated.map_err(|refused| refused.code);
     let accepted = match authenticated {
         Ok(accepted) => {
             broker.auth_backoff().succeeded(username);
@@ -564,8 +600,14 @@ where
     let graceful =
         matches!(ended, Ended::Session(Close::Disconnect) | Ended::Kicked(Kick::Shutdown));
     // MQTT 5.0 §4.13: the server's close carries its reason, after whatever was still queued.
+    let redirect = match (&ended, session.principal().device()) {
+        (Ended::Kicked(Kick::NotAllowed), Some(device)) if version.is_v5() => {
+            broker.view().redirect(device, broker.authenticator().instance())
+        }
+        _ => None,
+    };
     if version.is_v5()
-        && let Some(disconnect) = ended.disconnect()
+        && let Some(disconnect) = ended.disconnect(redirect)
     {
         let _ = codec::write(&disconnect, version, &mut out);
     }

@@ -454,3 +454,130 @@ print(answers[0][0].decode(), answers[0][1].decode())
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "pong:ping id-42");
 }
+
+/// A raw MQTT 5.0 connection (rumqttc's codec, no event loop) for what rumqttc's client does
+/// not report: the Server Reference of a CONNACK or DISCONNECT.
+struct Raw {
+    stream: tokio::net::TcpStream,
+    buffer: bytes::BytesMut,
+}
+
+impl Raw {
+    async fn connect(addr: SocketAddr, client_id: &str, login: (&str, &str)) -> (Raw, ConnAck) {
+        use rumqttc::v5::mqttbytes::v5::{Connect, Login};
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect to the broker");
+        let mut raw = Raw { stream, buffer: bytes::BytesMut::new() };
+        let connect = Connect {
+            keep_alive: 60,
+            client_id: client_id.into(),
+            clean_start: true,
+            properties: None,
+        };
+        let packet = Packet::Connect(connect, None, Some(Login::new(login.0, login.1)));
+        let mut out = bytes::BytesMut::new();
+        packet.write(&mut out, None).expect("an encodable CONNECT");
+        raw.stream.write_all(&out).await.expect("CONNECT sent");
+        match raw.next().await {
+            Some(Packet::ConnAck(ack)) => (raw, ack),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    /// The next packet, or `None` once the broker closed the connection.
+    async fn next(&mut self) -> Option<Packet> {
+        loop {
+            match Packet::read(&mut self.buffer, None) {
+                Ok(packet) => return Some(packet),
+                Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(error) => panic!("undecodable packet: {error:?}"),
+            }
+            let read = tokio::time::timeout(HANG, self.stream.read_buf(&mut self.buffer))
+                .await
+                .expect("a packet in time")
+                .expect("a readable socket");
+            if read == 0 {
+                return None;
+            }
+        }
+    }
+}
+
+/// PROTOCOL §11: a 5.0 device online when it is distributed gets the notify, then DISCONNECT
+/// 0x9C with a Server Reference naming its new instance; connecting again where it is no longer
+/// placed gets CONNACK 0x9C with the reference; at the destination it is accepted.
+#[tokio::test]
+async fn v5_device_redirected_on_distribution() {
+    use meridian_registry::model::Placement;
+    let registry = TestRegistry::new().await;
+    let device = registry.device("mover5", "mover5-secret").await;
+    let shanghai = registry
+        .broker(SHANGHAI, |config| config.notify_reply_wait = Duration::from_millis(100))
+        .await;
+    let frankfurt = registry.broker(meridian_tests::FRANKFURT, |_| {}).await;
+    let signed = sign_connect(SdkShape::Python, PRODUCT, "mover5", "mover5-secret", None);
+    let login = (signed.username.as_str(), signed.password.as_str());
+    let (mut mover, connack) = Raw::connect(shanghai.addr, &signed.client_id, login).await;
+    assert_eq!(connack.code, ConnectReturnCode::Success);
+
+    registry
+        .registry
+        .update_device(&device, |d| {
+            d.placement = Placement::Specified { instance: meridian_tests::FRANKFURT.parse()? };
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let notify = loop {
+        match mover.next().await.expect("the notify before the close") {
+            Packet::Publish(publish) => break publish,
+            _ => continue,
+        }
+    };
+    assert!(notify.topic.ends_with(b"/thing/bootstrap/notify"));
+    let disconnect = loop {
+        match mover.next().await.expect("a DISCONNECT before the close") {
+            Packet::Disconnect(disconnect) => break disconnect,
+            _ => continue,
+        }
+    };
+    assert_eq!(
+        disconnect.reason_code,
+        rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::UseAnotherServer
+    );
+    // Both test instances' endpoints are 127.0.0.1:1883 (TestRegistry).
+    let reference = disconnect.properties.and_then(|p| p.server_reference);
+    assert_eq!(reference.as_deref(), Some("127.0.0.1:1883"));
+
+    let (_, refused) = Raw::connect(shanghai.addr, &signed.client_id, login).await;
+    assert_eq!(refused.code, ConnectReturnCode::UseAnotherServer);
+    let reference = refused.properties.and_then(|p| p.server_reference);
+    assert_eq!(reference.as_deref(), Some("127.0.0.1:1883"));
+
+    registry.sync(&frankfurt).await;
+    let (_, accepted) = Raw::connect(frankfurt.addr, &signed.client_id, login).await;
+    assert_eq!(accepted.code, ConnectReturnCode::Success);
+}
+
+/// A 3.1.1 device in the same place still gets CONNACK 5 (the bootstrap flow is the mechanism
+/// for 3.1.1, PROTOCOL §11).
+#[tokio::test]
+async fn v3_device_placed_elsewhere_is_not_authorized() {
+    use meridian_registry::model::Placement;
+    let registry = TestRegistry::new().await;
+    let device = registry.device("stay3", "stay3-secret").await;
+    registry
+        .registry
+        .update_device(&device, |d| {
+            d.placement = Placement::Specified { instance: meridian_tests::FRANKFURT.parse()? };
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let shanghai = registry.broker(SHANGHAI, |_| {}).await;
+    let signed = sign_connect(SdkShape::Python, PRODUCT, "stay3", "stay3-secret", None);
+    let mut options =
+        rumqttc::MqttOptions::new(signed.client_id, "127.0.0.1", shanghai.addr.port());
+    options.set_credentials(signed.username, signed.password);
+    let refused = Client::connect(options).await.err().unwrap();
+    assert!(refused.contains("NotAuthorized"), "{refused}");
+}

@@ -1326,3 +1326,248 @@ fn filters_a_full_budget_defers_stay_in_the_kept_set() {
     expected.remove(&set);
     assert_eq!(session.subscription_set(), expected);
 }
+
+// ---- MQTT 5.0 (PROTOCOL §11), in virtual time ----
+
+mod v5 {
+    use super::*;
+    use crate::packet::{
+        self as p, DisconnectProperties, DisconnectReasonCode, Packet, PubAckReason,
+        RetainForwardRule, SubscribeProperties, SubscribeReasonCode,
+    };
+
+    fn settings() -> V5Settings {
+        V5Settings {
+            client_receive_maximum: 1,
+            client_maximum_packet: None,
+            receive_maximum: 2,
+            topic_alias_maximum: 4,
+            session_expiry: Some(Duration::from_secs(60)),
+            asked_expiry: true,
+        }
+    }
+
+    fn session(now: Instant, settings: V5Settings) -> Session {
+        standard_session(now).with_connection(7).with_v5(settings)
+    }
+
+    fn sent(session: &mut Session) -> Vec<Packet> {
+        std::iter::from_fn(|| session.poll_transmit()).collect()
+    }
+
+    fn publish(
+        topic: &str,
+        qos: QoS,
+        pkid: u16,
+        properties: Option<p::PublishProperties>,
+    ) -> Packet {
+        let mut publish = p::Publish::new(topic, qos, b"x".to_vec());
+        publish.pkid = pkid;
+        publish.properties = properties;
+        Packet::Publish(publish)
+    }
+
+    fn subscribe(filter: &str, id: Option<usize>, set: impl Fn(&mut p::SubscribeFilter)) -> Packet {
+        let mut entry = p::SubscribeFilter::new(filter.into(), QoS::AtLeastOnce);
+        set(&mut entry);
+        let properties = id.map(|id| SubscribeProperties { id: Some(id), user_properties: vec![] });
+        Packet::Subscribe(p::Subscribe { pkid: 1, filters: vec![entry], properties })
+    }
+
+    fn with_expiry(secs: u32) -> Option<Arc<Properties>> {
+        Some(Arc::new(Properties {
+            expiry: Some((Instant::now() + Duration::from_secs(u64::from(secs)), secs)),
+            ..Properties::default()
+        }))
+    }
+
+    /// The broker never has more unacknowledged QoS 1 deliveries out than the client's Receive
+    /// Maximum (here 1, the broker's window 2).
+    #[test]
+    fn client_receive_maximum_bounds_the_window() {
+        let now = Instant::now();
+        let view = RegistryView::default();
+        let mut session = session(now, settings());
+        assert!(session.handle_delivery(delivery("t", 1, "a")));
+        assert!(session.handle_delivery(delivery("t", 1, "b")));
+        assert_eq!(sent(&mut session).len(), 1, "one out until it is acknowledged");
+        session.handle_packet(now, Packet::PubAck(p::PubAck::new(1)), &view).unwrap();
+        assert_eq!(sent(&mut session).len(), 1);
+    }
+
+    /// More QoS 2 publications unreleased than the broker's Receive Maximum: DISCONNECT 0x93.
+    #[test]
+    fn broker_receive_maximum_is_enforced() {
+        let now = Instant::now();
+        let view = RegistryView::default();
+        let mut session = session(now, settings());
+        for pkid in 1..=2 {
+            session.handle_packet(now, publish("t", QoS::ExactlyOnce, pkid, None), &view).unwrap();
+        }
+        let third = session.handle_packet(now, publish("t", QoS::ExactlyOnce, 3, None), &view);
+        assert_eq!(third, Err(Close::Refused(0x93, "receive maximum exceeded")));
+        assert_eq!(third.unwrap_err().reason(), Some(DisconnectReasonCode::ReceiveMaximumExceeded));
+    }
+
+    /// Forwarded with the time held taken off; once expired, never delivered.
+    #[test]
+    fn message_expiry_counts_down_and_drops() {
+        let now = Instant::now();
+        let view = RegistryView::default();
+        let mut session = session(now, V5Settings { client_receive_maximum: 10, ..settings() });
+        let message = Message { properties: with_expiry(10), ..message("t", 1, "soon") };
+        let later = now + Duration::from_secs(4);
+        session.handle_packet(later, Packet::PingReq, &view).unwrap();
+        sent(&mut session);
+        session.handle_delivery(Delivery {
+            message: Arc::new(message.clone()),
+            qos: 1,
+            retain: false,
+        });
+        let Some(Packet::Publish(publish)) = sent(&mut session).pop() else { panic!("delivered") };
+        let left = publish.properties.and_then(|p| p.message_expiry_interval).unwrap();
+        assert!((6..=7).contains(&left), "{left}");
+        // Past its expiry (virtual time moved on): dropped, not sent.
+        session.handle_packet(now + Duration::from_secs(11), Packet::PingReq, &view).unwrap();
+        sent(&mut session);
+        session.handle_delivery(Delivery { message: Arc::new(message), qos: 1, retain: false });
+        assert!(sent(&mut session).is_empty(), "expired messages are never delivered");
+    }
+
+    /// A delivery larger than the client's Maximum Packet Size is dropped for it, not sent.
+    #[test]
+    fn client_maximum_packet_size() {
+        let now = Instant::now();
+        let settings = V5Settings { client_maximum_packet: Some(20), ..settings() };
+        let mut session = session(now, settings);
+        session.handle_delivery(delivery("t", 0, "small"));
+        session.handle_delivery(delivery("t", 0, &"x".repeat(40)));
+        assert_eq!(sent(&mut session).len(), 1);
+        assert!(events(&mut session).contains(&Event::Limited("client_maximum_packet")));
+    }
+
+    /// No Local: the client's own publication is not sent back to it; Retain As Published keeps
+    /// a live message's retain flag; every matching subscription identifier comes with it.
+    #[test]
+    fn subscription_options_and_identifiers() {
+        let now = Instant::now();
+        let view = RegistryView::default();
+        let mut session = session(now, V5Settings { client_receive_maximum: 10, ..settings() });
+        session.handle_packet(now, subscribe("a/#", Some(1), |f| f.nolocal = true), &view).unwrap();
+        session
+            .handle_packet(now, subscribe("a/+", Some(2), |f| f.preserve_retain = true), &view)
+            .unwrap();
+        sent(&mut session);
+        let own = Message { sender: 7, retain: true, ..message("a/b", 1, "own") };
+        session.handle_delivery(Delivery { message: Arc::new(own), qos: 1, retain: false });
+        let Some(Packet::Publish(publish)) = sent(&mut session).pop() else {
+            panic!("a/+ has no No Local: delivered")
+        };
+        assert!(publish.retain, "retain as published");
+        assert_eq!(publish.properties.unwrap().subscription_identifiers, vec![1, 2]);
+
+        let mut alone = super::standard_session(now).with_connection(7).with_v5(settings());
+        alone.handle_packet(now, subscribe("a/#", None, |f| f.nolocal = true), &view).unwrap();
+        sent(&mut alone);
+        let own = Message { sender: 7, ..message("a/b", 1, "own") };
+        alone.handle_delivery(Delivery { message: Arc::new(own), qos: 1, retain: false });
+        assert!(sent(&mut alone).is_empty(), "no local");
+    }
+
+    /// Retain handling 2 sends no retained messages; 1 only for a new subscription.
+    #[test]
+    fn retain_handling() {
+        let now = Instant::now();
+        let view = RegistryView::default();
+        let mut session = session(now, settings());
+        let store = crate::retained::Retained::new(10, 1024);
+        let cursor = |filter: &str| store.cursor(filter.into(), 1);
+        session
+            .handle_packet(
+                now,
+                subscribe("r/1", None, |f| f.retain_forward_rule = RetainForwardRule::Never),
+                &view,
+            )
+            .unwrap();
+        session.owe_retained([cursor("r/1")]);
+        assert!(session.retained_due().is_none());
+        let once =
+            |f: &mut p::SubscribeFilter| f.retain_forward_rule = RetainForwardRule::OnNewSubscribe;
+        session.handle_packet(now, subscribe("r/2", None, once), &view).unwrap();
+        session.owe_retained([cursor("r/2")]);
+        assert!(session.retained_due().is_some(), "new subscription: sent");
+        session.retained_done();
+        session.handle_packet(now, subscribe("r/2", None, once), &view).unwrap();
+        session.owe_retained([cursor("r/2")]);
+        assert!(session.retained_due().is_none(), "existing subscription: not sent");
+    }
+
+    /// A forbidden publish is acknowledged 0x87; a shared subscription is refused 0x9E.
+    #[test]
+    fn reason_codes() {
+        let now = Instant::now();
+        let view = RegistryView::default();
+        let mut device = device_session(now).with_v5(settings());
+        device
+            .handle_packet(now, publish("/other/x/user/y", QoS::AtLeastOnce, 1, None), &view)
+            .unwrap();
+        let Some(Packet::PubAck(ack)) = sent(&mut device).pop() else { panic!("PUBACK") };
+        assert_eq!(ack.reason, PubAckReason::NotAuthorized);
+        let mut session = session(now, settings());
+        session.handle_packet(now, subscribe("$share/g/t", None, |_| {}), &view).unwrap();
+        let Some(Packet::SubAck(ack)) = sent(&mut session).pop() else { panic!("SUBACK") };
+        assert_eq!(ack.return_codes, vec![SubscribeReasonCode::SharedSubscriptionsNotSupported]);
+    }
+
+    /// DISCONNECT may change the session expiry (and set 0), not set one the CONNECT did not
+    /// ask for; 0x04 keeps the will.
+    #[test]
+    fn disconnect_changes_the_session_expiry() {
+        let now = Instant::now();
+        let view = RegistryView::default();
+        let disconnect = |reason, secs| {
+            Packet::Disconnect(p::Disconnect {
+                reason_code: reason,
+                properties: Some(DisconnectProperties {
+                    session_expiry_interval: secs,
+                    reason_string: None,
+                    user_properties: vec![],
+                    server_reference: None,
+                }),
+            })
+        };
+        let mut session = session(now, settings());
+        let closed = session.handle_packet(
+            now,
+            disconnect(DisconnectReasonCode::NormalDisconnection, Some(0)),
+            &view,
+        );
+        assert_eq!(closed, Err(Close::Disconnect));
+        let parked = session.park_at(now);
+        assert_eq!(parked.expires, Some(now), "expiry 0: forgotten at once");
+
+        let unasked = V5Settings { session_expiry: None, asked_expiry: false, ..settings() };
+        let mut session = super::standard_session(now).with_v5(unasked);
+        let closed = session.handle_packet(
+            now,
+            disconnect(DisconnectReasonCode::NormalDisconnection, Some(30)),
+            &view,
+        );
+        assert!(matches!(closed, Err(Close::ProtocolViolation(_))));
+
+        let mut session = session_with_will(now);
+        let closed = session.handle_packet(
+            now,
+            disconnect(DisconnectReasonCode::DisconnectWithWillMessage, None),
+            &view,
+        );
+        assert_eq!(closed, Err(Close::DisconnectWithWill));
+        assert!(session.take_will().is_some());
+    }
+
+    fn session_with_will(now: Instant) -> Session {
+        let will = message("will/t", 0, "bye");
+        Session::new(now, standard(), standard_profile(), limits(), 60, Some(will), None)
+            .with_v5(settings())
+    }
+}
