@@ -91,6 +91,7 @@ fn decode_v5(
         Err(_) => return Err(DecodeError::Malformed("bad remaining length")),
     };
     let body = &buffer[header_len..frame_len];
+    check_property_length(first, body)?;
     let username_flag = match first >> 4 {
         1 => {
             let flags = check_connect_v5(body)?;
@@ -234,6 +235,37 @@ fn check_subscribe_v5(body: &[u8]) -> Result<(), DecodeError> {
         rest = &after[len + 1..];
     }
     Ok(())
+}
+
+/// MQTT 5.0 §2.2.2: a packet's property length must fit inside the packet. mqttbytes reads
+/// the properties of a PUBLISH whose property length runs past its end from the payload's bytes
+/// (found by fuzzing: the payload then changed on re-encoding). The header before the
+/// properties is mqttbytes' to check: when it is cut short this leaves it be.
+fn check_property_length(first: u8, body: &[u8]) -> Result<(), DecodeError> {
+    let u16_at =
+        |at: usize| body.get(at..at + 2).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])));
+    let at = match first >> 4 {
+        // CONNECT: protocol name, level, flags, keep alive.
+        1 => u16_at(0).map(|name| 2 + name + 4),
+        3 => {
+            let id = if (first >> 1) & 0b11 > 0 { 2 } else { 0 };
+            u16_at(0).map(|topic| 2 + topic + id)
+        }
+        // Acknowledgements: packet id and reason code, when there are properties at all.
+        4..=7 if body.len() > 3 => Some(3),
+        // SUBSCRIBE, UNSUBSCRIBE: the packet id.
+        8 | 10 => Some(2),
+        14 if body.len() > 1 => Some(1),
+        _ => None,
+    };
+    let Some(at) = at else { return Ok(()) };
+    let Some(rest) = body.get(at..) else { return Ok(()) };
+    match variable_int(rest) {
+        Some((len, len_len)) if len_len + len > rest.len() => {
+            Err(DecodeError::Malformed("properties overrun the packet"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A variable byte integer (MQTT 5.0 §1.5.5) and how many bytes it took.
@@ -674,6 +706,17 @@ mod tests {
         );
         write(&packet::Packet::SubAck(suback), Version::V311, &mut out).unwrap();
         assert_eq!(&out[..], &[0x90, 4, 0, 3, 1, 0x80]);
+    }
+
+    /// Regression (fuzz target `mqtt5_decode`): a PUBLISH whose property length runs past its
+    /// end had its properties read out of its payload.
+    #[test]
+    fn properties_must_fit_the_packet() {
+        // QoS 1 "a", pkid 1, property length 9 but only 3 bytes follow.
+        let bad = [0x32, 9, 0, 1, b'a', 0, 1, 9, 0x01, 0x01, b'x'];
+        assert_eq!(read_v5(&bad), Err(DecodeError::Malformed("properties overrun the packet")));
+        let good = [0x32, 9, 0, 1, b'a', 0, 1, 2, 0x01, 0x01, b'x'];
+        assert!(matches!(read_v5(&good), Ok(Some(packet::Packet::Publish(_)))));
     }
 
     #[test]

@@ -112,6 +112,8 @@ impl Ended {
 /// A connection past CONNACK: what it needs for the rest of its life.
 struct Open {
     version: Version,
+    /// MQTT 5.0 Will Delay Interval (zero for 3.1.1).
+    will_delay: std::time::Duration,
     session_id: Arc<str>,
     connection: u64,
     link: Arc<Link>,
@@ -279,6 +281,13 @@ where
         }
     };
 
+    // MQTT 5.0 §3.1.3.2.2: the will waits this long after the connection ends (or until the
+    // session does), and is not sent if the session resumes meanwhile.
+    let will_delay = connect
+        .last_will
+        .as_ref()
+        .and_then(|will| will.properties.as_ref()?.delay_interval)
+        .map_or(std::time::Duration::ZERO, |secs| std::time::Duration::from_secs(u64::from(secs)));
     // Before the session is registered: a refused will takes nothing over.
     let will = connect.last_will.map(|will| {
         session::check_will(&accepted.principal, &accepted.profile, will, broker.view())
@@ -426,7 +435,7 @@ where
         buffer = BytesMut::new();
     }
     // Boxed: `serve` holds it only until `run` takes its fields apart.
-    Some(Box::new(Open { version, session_id, connection, link, session, buffer, out }))
+    Some(Box::new(Open { version, will_delay, session_id, connection, link, session, buffer, out }))
 }
 
 /// Moves packets both ways until the connection ends, then parks or forgets its session.
@@ -435,8 +444,16 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     // Unboxed by value, so the box is freed now rather than when `run` returns.
-    let Open { version, session_id, connection, link, mut session, mut buffer, mut out } =
-        unbox(open);
+    let Open {
+        version,
+        will_delay,
+        session_id,
+        connection,
+        link,
+        mut session,
+        mut buffer,
+        mut out,
+    } = unbox(open);
     // However the task ends, a takeover waiting for it is released.
     let finish = FinishOnDrop(&link);
     let max_packet = broker.limits().max_packet;
@@ -612,6 +629,8 @@ where
         let _ = codec::write(&disconnect, version, &mut out);
     }
     let will = if graceful { None } else { session.take_will() };
+    // Whichever comes first: the will delay, or the end of the session (MQTT-3.1.3-9).
+    let will_delay = will_delay.min(session.session_expiry());
     // Kept for the will's check after the session is parked.
     let principal = session.principal().clone();
     // Parked (or forgotten) before the last flush: the router closes the link as it parks, so
@@ -635,11 +654,24 @@ where
     if let Some(will) = will {
         // Checked at CONNECT, and again now: what a client may publish can change while it is
         // connected (a device transferred away from an application's account, PROTOCOL §6).
-        if principal.may_publish(&will.topic, broker.view()) {
-            broker.publish(session::will_at(will, Instant::now()));
-        } else {
+        if !principal.may_publish(&will.topic, broker.view()) {
             m::publish_denied();
             tracing::debug!(%peer, session = %session_id, topic = %will.topic, "will no longer permitted: dropped");
+        } else if will_delay.is_zero() {
+            broker.publish(session::will_at(will, Instant::now()));
+        } else {
+            // Delayed: sent unless a connection resumed the session meanwhile. (A broker
+            // shutting down before the delay passes sends none.)
+            let broker = broker.clone();
+            let session_id = session_id.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(will_delay).await;
+                if broker.router().is_online(&session_id) {
+                    m::limited("will_resumed");
+                } else if principal.may_publish(&will.topic, broker.view()) {
+                    broker.publish(session::will_at(will, Instant::now()));
+                }
+            });
         }
     }
     drop(finish);

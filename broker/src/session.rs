@@ -1130,13 +1130,17 @@ impl Session {
     /// The state to keep for a persistent session whose connection ended at `now`: it expires
     /// after the profile's `session_expiry`.
     pub fn park_at(self, now: Instant) -> Parked {
-        // MQTT 5.0 §3.1.2.11.2: a 5.0 client's own expiry, within the profile's.
-        let expiry = match &self.v5 {
+        let expires = now.checked_add(self.session_expiry());
+        Parked { expires, ..self.park() }
+    }
+
+    /// How long the session outlives its connection: a 5.0 client's own expiry (MQTT 5.0
+    /// §3.1.2.11.2, as a DISCONNECT last set it), within its profile's; the profile's for 3.1.1.
+    pub fn session_expiry(&self) -> Duration {
+        match &self.v5 {
             Some(v5) => v5.session_expiry.unwrap_or(Duration::ZERO),
             None => self.profile.session_expiry,
-        };
-        let expires = now.checked_add(expiry);
-        Parked { expires, ..self.park() }
+        }
     }
 
     /// The state to keep for a persistent session after its connection ends, for good.

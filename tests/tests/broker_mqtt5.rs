@@ -464,16 +464,25 @@ struct Raw {
 
 impl Raw {
     async fn connect(addr: SocketAddr, client_id: &str, login: (&str, &str)) -> (Raw, ConnAck) {
-        use rumqttc::v5::mqttbytes::v5::{Connect, Login};
-        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect to the broker");
-        let mut raw = Raw { stream, buffer: bytes::BytesMut::new() };
-        let connect = Connect {
+        let connect = rumqttc::v5::mqttbytes::v5::Connect {
             keep_alive: 60,
             client_id: client_id.into(),
             clean_start: true,
             properties: None,
         };
-        let packet = Packet::Connect(connect, None, Some(Login::new(login.0, login.1)));
+        Raw::connect_with(addr, connect, None, login).await
+    }
+
+    async fn connect_with(
+        addr: SocketAddr,
+        connect: rumqttc::v5::mqttbytes::v5::Connect,
+        will: Option<rumqttc::v5::mqttbytes::v5::LastWill>,
+        login: (&str, &str),
+    ) -> (Raw, ConnAck) {
+        use rumqttc::v5::mqttbytes::v5::Login;
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect to the broker");
+        let mut raw = Raw { stream, buffer: bytes::BytesMut::new() };
+        let packet = Packet::Connect(connect, will, Some(Login::new(login.0, login.1)));
         let mut out = bytes::BytesMut::new();
         packet.write(&mut out, None).expect("an encodable CONNECT");
         raw.stream.write_all(&out).await.expect("CONNECT sent");
@@ -580,4 +589,64 @@ async fn v3_device_placed_elsewhere_is_not_authorized() {
     options.set_credentials(signed.username, signed.password);
     let refused = Client::connect(options).await.err().unwrap();
     assert!(refused.contains("NotAuthorized"), "{refused}");
+}
+
+/// MQTT 5.0 §3.1.3.2.2: the will waits for its delay (here the session outlives the
+/// connection), and a session resumed before the delay passes sends none.
+#[tokio::test]
+async fn v5_will_delay() {
+    use rumqttc::v5::mqttbytes::v5::{Connect, ConnectProperties, LastWill, LastWillProperties};
+    let registry = TestRegistry::new().await;
+    let broker = registry.broker(SHANGHAI, |_| {}).await;
+    let (mut watcher, _) = V5::connect(v5_options(broker.addr, "watcher")).await.unwrap();
+    watcher.client.subscribe("wills/#", QoS::AtLeastOnce).await.unwrap();
+    watcher.suback().await;
+    let connect = |id: &str| {
+        let mut properties = ConnectProperties::new();
+        properties.session_expiry_interval = Some(600);
+        Connect {
+            keep_alive: 60,
+            client_id: id.into(),
+            clean_start: false,
+            properties: Some(properties),
+        }
+    };
+    let will = |topic: &str, delay| {
+        let properties = LastWillProperties {
+            delay_interval: Some(delay),
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+        };
+        LastWill::new(topic, "gone", QoS::AtLeastOnce, false, Some(properties))
+    };
+
+    // A delay of an hour: dropped without DISCONNECT, then resumed; nothing is sent meanwhile
+    // (without the delay the will would arrive at once, ahead of the marker below).
+    let (raw, _) =
+        Raw::connect_with(broker.addr, connect("slow"), Some(will("wills/slow", 3600)), USER).await;
+    drop(raw);
+    let (resumed, connack) = Raw::connect_with(broker.addr, connect("slow"), None, USER).await;
+    assert!(connack.session_present);
+    // One second: dropped, resumed at once, and the second waited out before the marker
+    // (a will sent regardless would arrive first).
+    let (raw, _) =
+        Raw::connect_with(broker.addr, connect("quick"), Some(will("wills/quick", 1)), USER).await;
+    drop(raw);
+    let (_quick, connack) = Raw::connect_with(broker.addr, connect("quick"), None, USER).await;
+    assert!(connack.session_present);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (marker, _) = V5::connect(v5_options(broker.addr, "marker")).await.unwrap();
+    marker.client.publish("wills/marker", QoS::AtLeastOnce, false, "marker").await.unwrap();
+    assert_eq!(watcher.publish().await.topic.as_ref(), b"wills/marker");
+
+    // Dropped for good: the will comes once its delay has passed.
+    let (raw, _) =
+        Raw::connect_with(broker.addr, connect("late"), Some(will("wills/late", 1)), USER).await;
+    drop(raw);
+    assert_eq!(watcher.publish().await.topic.as_ref(), b"wills/late");
+    drop(resumed);
 }
