@@ -135,6 +135,13 @@ fn decode_v5(
     }
     let mut packet =
         v5::read(buffer, max_packet).map_err(|error| DecodeError::Malformed(describe(&error)))?;
+    // MQTT-3.3.4-6: a client's PUBLISH carries no subscription identifier (found by fuzzing:
+    // mqttbytes read them, and wrote them back differently).
+    if let v5::Packet::Publish(publish) = &packet
+        && publish.properties.as_ref().is_some_and(|p| !p.subscription_identifiers.is_empty())
+    {
+        return Err(DecodeError::Protocol("subscription identifier in a client's PUBLISH"));
+    }
     // As for 3.1.1 (see `decode`): set login flags with empty strings are a login.
     if let v5::Packet::Connect(connect) = &mut packet
         && username_flag
@@ -717,6 +724,10 @@ mod tests {
         assert_eq!(read_v5(&bad), Err(DecodeError::Malformed("properties overrun the packet")));
         let good = [0x32, 9, 0, 1, b'a', 0, 1, 2, 0x01, 0x01, b'x'];
         assert!(matches!(read_v5(&good), Ok(Some(packet::Packet::Publish(_)))));
+        // Regression (fuzz target `mqtt5_decode`): a subscription identifier is the broker's
+        // to send, never a client's (MQTT-3.3.4-6).
+        let with_id = [0x32, 9, 0, 1, b'a', 0, 1, 2, 0x0B, 0x05, b'x'];
+        assert!(matches!(read_v5(&with_id), Err(DecodeError::Protocol(_))));
     }
 
     #[test]

@@ -377,6 +377,7 @@ where
         session = session.with_v5(V5Settings {
             client_receive_maximum: properties.receive_maximum.unwrap_or(u16::MAX),
             client_maximum_packet: properties.max_packet_size,
+            client_topic_alias_maximum: properties.topic_alias_max.unwrap_or(0),
             receive_maximum: limits.receive_maximum.max(1),
             topic_alias_maximum: limits.topic_alias_maximum,
             session_expiry,

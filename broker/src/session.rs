@@ -91,6 +91,8 @@ pub struct V5Settings {
     pub client_receive_maximum: u16,
     /// The client's Maximum Packet Size; a delivery larger than it is dropped for it.
     pub client_maximum_packet: Option<u32>,
+    /// The client's Topic Alias Maximum: aliases the broker may set in what it sends.
+    pub client_topic_alias_maximum: u16,
     /// The broker's Receive Maximum: QoS 2 publications the client may leave unreleased
     /// (0x93 beyond it).
     pub receive_maximum: u16,
@@ -406,6 +408,9 @@ pub struct Session {
     connection: u64,
     /// Topic aliases the client set (MQTT 5.0 §3.3.2.3.4).
     aliases: HashMap<u16, String>,
+    /// Topic aliases the broker set toward the client, topic → alias; the first topics sent
+    /// take the aliases the client allows, for the connection's life.
+    out_aliases: HashMap<Arc<str>, u16>,
     /// MQTT 5.0 options of the subscriptions that have any; empty for most sessions, so a
     /// delivery looks up nothing.
     options: HashMap<String, SubscriptionOptions>,
@@ -454,6 +459,7 @@ impl Session {
             v5: None,
             connection: 0,
             aliases: HashMap::new(),
+            out_aliases: HashMap::new(),
             options: parked.options,
             skip_retained: Vec::new(),
             now,
@@ -953,6 +959,7 @@ impl Session {
         }
         if delivery.qos == 0 {
             if let Some(publish) = self.publish_for(&delivery, 0) {
+                let publish = self.aliased(publish, &delivery.message.topic);
                 self.transmit.push_back(Packet::Publish(publish));
             }
             return true;
@@ -994,9 +1001,36 @@ impl Session {
                 return;
             };
             let Some(publish) = self.publish_for(&delivery, pkid) else { continue };
-            self.transmit.push_back(Packet::Publish(publish.clone()));
+            // Kept with its topic: a resend on a later connection has no aliases yet.
+            let sent = self.aliased(publish.clone(), &delivery.message.topic);
+            self.transmit.push_back(Packet::Publish(sent));
             self.inflight.insert(pkid, Inflight::Sent(Box::new(publish)));
         }
+    }
+
+    /// `publish` with a topic alias when the client allows them (MQTT 5.0 §3.3.2.3.4): a topic
+    /// already aliased goes as the alias alone, a new one takes the next free alias.
+    fn aliased(&mut self, mut publish: Publish, topic: &Arc<str>) -> Publish {
+        let Some(maximum) = self.v5.map(|v5| v5.client_topic_alias_maximum) else { return publish };
+        if maximum == 0 {
+            return publish;
+        }
+        let alias = match self.out_aliases.get(topic) {
+            Some(&alias) => {
+                publish.topic.clear();
+                alias
+            }
+            None => {
+                let Ok(next) = u16::try_from(self.out_aliases.len() + 1) else { return publish };
+                if next > maximum {
+                    return publish;
+                }
+                self.out_aliases.insert(topic.clone(), next);
+                next
+            }
+        };
+        publish.properties.get_or_insert_with(empty_publish_properties).topic_alias = Some(alias);
+        publish
     }
 
     /// The PUBLISH that carries `delivery` to this client, or `None` when it must not be sent:
@@ -1163,6 +1197,19 @@ impl Session {
     fn touch(&mut self, now: Instant) {
         self.now = self.now.max(now);
         self.deadline = self.keep_alive.map(|keep_alive| now + keep_alive.mul_f32(1.5));
+    }
+}
+
+fn empty_publish_properties() -> PublishProperties {
+    PublishProperties {
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        topic_alias: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: Vec::new(),
+        subscription_identifiers: Vec::new(),
+        content_type: None,
     }
 }
 

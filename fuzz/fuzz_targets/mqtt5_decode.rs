@@ -87,6 +87,7 @@ fn drive_session(mut packets: Vec<Packet>) {
         .with_v5(V5Settings {
             client_receive_maximum: 2,
             client_maximum_packet: Some(256),
+            client_topic_alias_maximum: 2,
             receive_maximum: 4,
             topic_alias_maximum: 4,
             session_expiry: Some(Duration::from_secs(60)),

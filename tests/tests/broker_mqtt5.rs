@@ -650,3 +650,104 @@ async fn v5_will_delay() {
     assert_eq!(watcher.publish().await.topic.as_ref(), b"wills/late");
     drop(resumed);
 }
+
+/// The broker sets topic aliases toward a client that allows them (MQTT 5.0 §3.3.2.3.4), up to
+/// its maximum (rumqttc hands the events over as received, the alias alone where it was).
+#[tokio::test]
+async fn v5_topic_aliases_to_the_client() {
+    let registry = TestRegistry::new().await;
+    let broker = registry.broker(SHANGHAI, |_| {}).await;
+    let mut options = v5_options(broker.addr, "aliased");
+    options.set_topic_alias_max(Some(2));
+    let (mut sub, _) = V5::connect(options).await.unwrap();
+    sub.client.subscribe("al/#", QoS::AtLeastOnce).await.unwrap();
+    sub.suback().await;
+    let (publisher, _) = V5::connect(v5_options(broker.addr, "pub")).await.unwrap();
+    for topic in ["al/1", "al/1", "al/2", "al/3", "al/2"] {
+        publisher.client.publish(topic, QoS::AtLeastOnce, false, "x").await.unwrap();
+    }
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        let publish = sub.publish().await;
+        let alias = publish.properties.and_then(|p| p.topic_alias);
+        got.push((String::from_utf8_lossy(&publish.topic).into_owned(), alias));
+    }
+    // As sent: a topic the first time with its alias, then the alias alone; the third topic
+    // finds no free alias (the client allows two) and goes in full.
+    let sent: Vec<(&str, Option<u16>)> = got.iter().map(|(t, a)| (t.as_str(), *a)).collect();
+    assert_eq!(
+        sent,
+        [("al/1", Some(1)), ("", Some(1)), ("al/2", Some(2)), ("al/3", None), ("", Some(2))]
+    );
+}
+
+/// The broker's Receive Maximum: a client with more QoS 2 publications unreleased gets
+/// DISCONNECT 0x93 (raw bytes: clients keep to the maximum themselves).
+#[tokio::test]
+async fn v5_receive_maximum_exceeded_is_0x93() {
+    let registry = TestRegistry::new().await;
+    let broker = registry.broker(SHANGHAI, |config| config.limits.receive_maximum = 2).await;
+    let connect = rumqttc::v5::mqttbytes::v5::Connect {
+        keep_alive: 60,
+        client_id: "greedy".into(),
+        clean_start: true,
+        properties: None,
+    };
+    let (mut raw, connack) = Raw::connect_with(broker.addr, connect, None, USER).await;
+    assert_eq!(connack.properties.and_then(|p| p.receive_max), Some(2));
+    for pkid in 1..=3u8 {
+        // PUBLISH QoS 2 "q", pkid, no properties, payload "x"; never released.
+        raw.stream.write_all(&[0x34, 7, 0, 1, b'q', 0, pkid, 0, b'x']).await.unwrap();
+    }
+    let reason = loop {
+        match raw.next().await.expect("DISCONNECT before the close") {
+            Packet::Disconnect(disconnect) => break disconnect.reason_code,
+            _ => continue,
+        }
+    };
+    assert_eq!(reason, rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::ReceiveMaximumExceeded);
+}
+
+/// A packet above the broker's maximum packet size: DISCONNECT 0x95.
+#[tokio::test]
+async fn v5_packet_too_large_is_0x95() {
+    let registry = TestRegistry::new().await;
+    let broker = registry.broker(SHANGHAI, |config| config.limits.max_packet = 1024).await;
+    let connect = rumqttc::v5::mqttbytes::v5::Connect {
+        keep_alive: 60,
+        client_id: "big".into(),
+        clean_start: true,
+        properties: None,
+    };
+    let (mut raw, connack) = Raw::connect_with(broker.addr, connect, None, USER).await;
+    assert_eq!(connack.properties.and_then(|p| p.max_packet_size), Some(1024));
+    let mut publish = vec![0x30, 0x88, 0x10, 0, 1, b't', 0];
+    publish.extend(std::iter::repeat_n(b'x', 2048 - 4));
+    raw.stream.write_all(&publish).await.unwrap();
+    let reason = loop {
+        match raw.next().await.expect("DISCONNECT before the close") {
+            Packet::Disconnect(disconnect) => break disconnect.reason_code,
+            _ => continue,
+        }
+    };
+    assert_eq!(reason, rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::PacketTooLarge);
+}
+
+/// Server Keep Alive: a configured one is told to every 5.0 client; a device's keepalive
+/// below 30 s is not refused over 5.0 but clamped (PROTOCOL §11; 3.1.1 refuses it).
+#[tokio::test]
+async fn v5_server_keep_alive() {
+    let registry = TestRegistry::new().await;
+    registry.device("sleepy5", "sleepy5-secret").await;
+    let broker = registry.broker(SHANGHAI, |_| {}).await;
+    let mut options = device_v5_options(broker.addr, "sleepy5", "sleepy5-secret");
+    options.set_keep_alive(Duration::from_secs(10));
+    let (_device, connack) = V5::connect(options).await.unwrap();
+    assert_eq!(connack.code, ConnectReturnCode::Success);
+    assert_eq!(connack.properties.and_then(|p| p.server_keep_alive), Some(30));
+
+    let configured =
+        registry.broker(SHANGHAI, |config| config.limits.server_keep_alive = Some(90)).await;
+    let (_client, connack) = V5::connect(v5_options(configured.addr, "kept")).await.unwrap();
+    assert_eq!(connack.properties.and_then(|p| p.server_keep_alive), Some(90));
+}

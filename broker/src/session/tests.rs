@@ -1340,6 +1340,7 @@ mod v5 {
         V5Settings {
             client_receive_maximum: 1,
             client_maximum_packet: None,
+            client_topic_alias_maximum: 0,
             receive_maximum: 2,
             topic_alias_maximum: 4,
             session_expiry: Some(Duration::from_secs(60)),
