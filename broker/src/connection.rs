@@ -417,7 +417,8 @@ where
         p.topic_alias_max = Some(limits.topic_alias_maximum);
         p.wildcard_subscription_available = Some(1);
         p.subscription_identifiers_available = Some(1);
-        p.shared_subscription_available = Some(0);
+        // Standard and application clients (a device gets 0x9E, its topics are its own).
+        p.shared_subscription_available = Some(u8::from(session.principal().device().is_none()));
         if keep_alive != connect.keep_alive {
             p.server_keep_alive = Some(keep_alive);
         }

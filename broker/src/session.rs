@@ -784,18 +784,27 @@ impl Session {
         if identifier == Some(0) {
             return Err(Close::ProtocolViolation("subscription identifier 0"));
         }
-        let v5 = self.version.is_v5();
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         let mut granted = Vec::new();
         for filter in subscribe.filters {
-            // MQTT 5.0 §4.8.2: the broker has no shared subscriptions and says so in CONNACK;
-            // a 5.0 client asking for one gets 0x9E. (To 3.1.1 `$share/...` is a filter.)
-            if v5 && filter.path.starts_with("$share/") {
-                codes.push(SubscribeReasonCode::SharedSubscriptionsNotSupported);
-                continue;
+            // MQTT 5.0 §4.8.2: `$share/{group}/{filter}`, for standard and application
+            // clients (a device's topics are its own: 0x9E). No Local on one is a protocol
+            // error (MQTT-3.8.3-4).
+            let share = crate::trie::shared(&filter.path);
+            if filter.path.starts_with("$share/") {
+                if share.is_none() {
+                    return Err(Close::ProtocolViolation("malformed shared subscription"));
+                }
+                if filter.nolocal {
+                    return Err(Close::ProtocolViolation("No Local on a shared subscription"));
+                }
+                if self.principal.device().is_some() {
+                    codes.push(SubscribeReasonCode::SharedSubscriptionsNotSupported);
+                    continue;
+                }
             }
-            // MQTT-3.8.3-4: No Local on a shared subscription is a protocol error; the rest
-            // of the options are the filter's own.
+            // The ACL and limits judge the filter a shared subscription stands for.
+            let acl_filter = share.map_or(filter.path.as_str(), |(_, inner)| inner);
             let options = SubscriptionOptions {
                 no_local: filter.nolocal,
                 retain_as_published: filter.preserve_retain,
@@ -816,7 +825,7 @@ impl Session {
             }
             // PROTOCOL §11: 0x87 for a filter the client may not use, 0x97 for a limit, 0x8F
             // for a filter too deep (3.1.1 sees 0x80 for all).
-            if !self.principal.may_subscribe(&filter.path, view) {
+            if !self.principal.may_subscribe(acl_filter, view) {
                 codes.push(SubscribeReasonCode::NotAuthorized);
                 continue;
             }
@@ -855,7 +864,8 @@ impl Session {
                 RetainForwardRule::OnNewSubscribe => !fresh,
                 RetainForwardRule::Never => true,
             };
-            if skip {
+            // MQTT 5.0 §4.8.2: retained messages are not sent for a shared subscription.
+            if skip || share.is_some() {
                 self.skip_retained.push(filter.path.clone());
             } else {
                 self.skip_retained.retain(|path| *path != filter.path);
@@ -986,7 +996,7 @@ impl Session {
         let mut matching = self
             .subscriptions
             .keys()
-            .filter(|filter| topic::matches(filter, &message.topic))
+            .filter(|filter| topic::matches(subscribed(filter), &message.topic))
             .peekable();
         matching.peek().is_some()
             && matching.all(|filter| self.options.get(filter).is_some_and(|o| o.no_local))
@@ -1057,7 +1067,7 @@ impl Session {
         let mut identifiers = Vec::new();
         if !self.options.is_empty() {
             for (filter, options) in &self.options {
-                if !topic::matches(filter, &message.topic) {
+                if !topic::matches(subscribed(filter), &message.topic) {
                     continue;
                 }
                 if let Some(id) = options.identifier
@@ -1211,6 +1221,11 @@ fn empty_publish_properties() -> PublishProperties {
         subscription_identifiers: Vec::new(),
         content_type: None,
     }
+}
+
+/// The filter a subscription matches with: a shared subscription's after `$share/{group}/`.
+fn subscribed(filter: &str) -> &str {
+    crate::trie::shared(filter).map_or(filter, |(_, inner)| inner)
 }
 
 /// SUBACK's reason for a granted QoS.

@@ -121,7 +121,7 @@ async fn v5_connack_tells_what_the_broker_supports() {
     assert_eq!(p.retain_available, Some(1));
     assert_eq!(p.wildcard_subscription_available, Some(1));
     assert_eq!(p.subscription_identifiers_available, Some(1));
-    assert_eq!(p.shared_subscription_available, Some(0));
+    assert_eq!(p.shared_subscription_available, Some(1));
     assert_eq!(p.topic_alias_max, Some(64));
     assert_eq!(p.receive_max, Some(1024));
     assert_eq!(p.max_packet_size, Some(1024 * 1024));
@@ -750,4 +750,44 @@ async fn v5_server_keep_alive() {
         registry.broker(SHANGHAI, |config| config.limits.server_keep_alive = Some(90)).await;
     let (_client, connack) = V5::connect(v5_options(configured.addr, "kept")).await.unwrap();
     assert_eq!(connack.properties.and_then(|p| p.server_keep_alive), Some(90));
+}
+
+/// Shared subscriptions `$share/{group}/{filter}` (MQTT 5.0 §4.8.2): each message to one
+/// member of the group, in turn; an ordinary subscriber of the same filter gets every one, and
+/// a 3.1.1 client may be a member too.
+#[tokio::test]
+async fn v5_shared_subscriptions() {
+    let registry = TestRegistry::new().await;
+    let broker = registry.broker(SHANGHAI, |_| {}).await;
+    let (mut first, _) = V5::connect(v5_options(broker.addr, "worker-1")).await.unwrap();
+    first.client.subscribe("$share/workers/jobs/+", QoS::AtLeastOnce).await.unwrap();
+    assert_eq!(first.suback().await, vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+    let (mut second, _) = Client::connect(user_options(broker.addr, "worker-2")).await.unwrap();
+    second.client.subscribe("$share/workers/jobs/+", rumqttc::QoS::AtLeastOnce).await.unwrap();
+    second.expect(|p| matches!(p, rumqttc::Packet::SubAck(_))).await;
+    let (mut all, _) = V5::connect(v5_options(broker.addr, "audit")).await.unwrap();
+    all.client.subscribe("jobs/#", QoS::AtLeastOnce).await.unwrap();
+    all.suback().await;
+
+    let (publisher, _) = V5::connect(v5_options(broker.addr, "pub")).await.unwrap();
+    for n in 0..4 {
+        publisher
+            .client
+            .publish(format!("jobs/{n}"), QoS::AtLeastOnce, false, "job")
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(String::from_utf8_lossy(&all.publish().await.topic).into_owned());
+    }
+    assert_eq!(seen, ["jobs/0", "jobs/1", "jobs/2", "jobs/3"]);
+    // Two each, and together every job once.
+    let mut jobs: Vec<String> = Vec::new();
+    for _ in 0..2 {
+        jobs.push(String::from_utf8_lossy(&first.publish().await.topic).into_owned());
+        jobs.push(second.publish().await.topic);
+    }
+    jobs.sort();
+    assert_eq!(jobs, ["jobs/0", "jobs/1", "jobs/2", "jobs/3"]);
 }

@@ -1503,7 +1503,7 @@ mod v5 {
         assert!(session.retained_due().is_none(), "existing subscription: not sent");
     }
 
-    /// A forbidden publish is acknowledged 0x87; a shared subscription is refused 0x9E.
+    /// A forbidden publish is acknowledged 0x87; a device's shared subscription is refused 0x9E.
     #[test]
     fn reason_codes() {
         let now = Instant::now();
@@ -1514,10 +1514,22 @@ mod v5 {
             .unwrap();
         let Some(Packet::PubAck(ack)) = sent(&mut device).pop() else { panic!("PUBACK") };
         assert_eq!(ack.reason, PubAckReason::NotAuthorized);
-        let mut session = session(now, settings());
-        session.handle_packet(now, subscribe("$share/g/t", None, |_| {}), &view).unwrap();
-        let Some(Packet::SubAck(ack)) = sent(&mut session).pop() else { panic!("SUBACK") };
+        let shared = format!("$share/g/{}", device_topic("user/get"));
+        device.handle_packet(now, subscribe(&shared, None, |_| {}), &view).unwrap();
+        let Some(Packet::SubAck(ack)) = sent(&mut device).pop() else { panic!("SUBACK") };
         assert_eq!(ack.return_codes, vec![SubscribeReasonCode::SharedSubscriptionsNotSupported]);
+        // For a standard client a shared subscription is granted; No Local on one, or one
+        // without a filter, is a protocol error (MQTT-3.8.3-4, §4.8.2).
+        let mut session = session(now, settings());
+        session.handle_packet(now, subscribe("$share/g/t/#", None, |_| {}), &view).unwrap();
+        let Some(Packet::SubAck(ack)) = sent(&mut session).pop() else { panic!("SUBACK") };
+        assert_eq!(ack.return_codes, vec![SubscribeReasonCode::QoS1]);
+        let no_local =
+            session.handle_packet(now, subscribe("$share/g/t", None, |f| f.nolocal = true), &view);
+        assert!(matches!(no_local, Err(Close::ProtocolViolation(_))));
+        let mut session = super::standard_session(now).with_v5(settings());
+        let empty = session.handle_packet(now, subscribe("$share/g", None, |_| {}), &view);
+        assert!(matches!(empty, Err(Close::ProtocolViolation(_))));
     }
 
     /// DISCONNECT may change the session expiry (and set 0), not set one the CONNECT did not
