@@ -22,6 +22,7 @@ mod connection;
 pub mod daemon;
 pub mod kept;
 pub mod link;
+mod listener;
 pub mod memory;
 mod metrics;
 pub mod packet;

@@ -13,23 +13,11 @@ use meridian_registry::ids::AccountId;
 
 use crate::acl::{DOWNLINK_QOS, Origin, downlink_session};
 use crate::budget::{Load, QueueBudget, parked_cost, subscription_cost};
+pub use crate::link::Kick;
 use crate::link::{Link, Refused};
 use crate::retained::{Retained, RetainedCursor};
 use crate::session::{Delivery, Limits, Message, Parked};
 use crate::trie::SubscriptionIndex;
-
-/// Why the broker is closing a connection from outside its task.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kick {
-    /// A newer connection of the same client (or device) took the session over.
-    TakenOver,
-    /// The device may no longer connect here (distributed, disabled or deleted).
-    NotAllowed,
-    /// The client did not read its messages fast enough.
-    SlowConsumer,
-    /// The broker is shutting down.
-    Shutdown,
-}
 
 enum Slot {
     Online {

@@ -123,6 +123,13 @@ pub struct Delivery {
     pub retain: bool,
 }
 
+impl Load {
+    /// One delivery's load. (Here rather than in `budget`, which knows nothing of sessions.)
+    pub fn of(delivery: &Delivery) -> Load {
+        Load { messages: 1, bytes: delivery.message.payload.len() }
+    }
+}
+
 /// Work the session hands to the router.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
