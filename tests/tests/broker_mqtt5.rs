@@ -791,3 +791,49 @@ async fn v5_shared_subscriptions() {
     jobs.sort();
     assert_eq!(jobs, ["jobs/0", "jobs/1", "jobs/2", "jobs/3"]);
 }
+
+/// A 5.0 client silent for 1.5 × its keepalive gets DISCONNECT 0x8D before the close (3.1.1
+/// clients just see the close).
+#[tokio::test]
+async fn v5_keepalive_timeout_is_0x8d() {
+    let registry = TestRegistry::new().await;
+    let broker = registry.broker(SHANGHAI, |_| {}).await;
+    let connect = rumqttc::v5::mqttbytes::v5::Connect {
+        keep_alive: 1,
+        client_id: "silent".into(),
+        clean_start: true,
+        properties: None,
+    };
+    let (mut raw, _) = Raw::connect_with(broker.addr, connect, None, USER).await;
+    let reason = loop {
+        match raw.next().await.expect("DISCONNECT before the close") {
+            Packet::Disconnect(disconnect) => break disconnect.reason_code,
+            _ => continue,
+        }
+    };
+    assert_eq!(reason, rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::KeepAliveTimeout);
+    assert!(raw.next().await.is_none(), "then closed");
+}
+
+/// A broker shutting down tells each 5.0 client so: DISCONNECT 0x8B.
+#[tokio::test]
+async fn v5_shutdown_is_0x8b() {
+    let registry = TestRegistry::new().await;
+    let broker = registry.broker(SHANGHAI, |_| {}).await;
+    let connect = rumqttc::v5::mqttbytes::v5::Connect {
+        keep_alive: 60,
+        client_id: "bystander".into(),
+        clean_start: true,
+        properties: None,
+    };
+    let (mut raw, _) = Raw::connect_with(broker.addr, connect, None, USER).await;
+    let stopping = tokio::spawn(broker.daemon.shutdown());
+    let reason = loop {
+        match raw.next().await.expect("DISCONNECT before the close") {
+            Packet::Disconnect(disconnect) => break disconnect.reason_code,
+            _ => continue,
+        }
+    };
+    assert_eq!(reason, rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::ServerShuttingDown);
+    stopping.await.expect("shut down");
+}
