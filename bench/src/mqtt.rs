@@ -1,4 +1,6 @@
-//! A minimal MQTT 3.1.1 client over tokio and `mqttbytes`, for generating load.
+//! A minimal MQTT 3.1.1 (or, with `MERIDIAN_BENCH_MQTT=5` in the environment, 5.0) client over
+//! tokio and `mqttbytes`, for generating load. The protocol is read from the environment so
+//! that every scenario and the client processes `hold` starts speak the same one.
 //!
 //! Why not rumqttc: every rumqttc client is an event loop with its own request channel, state
 //! and buffers, which costs tens of KiB and a task wake-up per request. The load generator
@@ -19,6 +21,13 @@ use tokio::net::{TcpSocket, TcpStream};
 
 /// Largest packet the client accepts (the throughput payloads are at most a few KiB).
 const MAX_PACKET: usize = 1 << 20;
+
+/// Whether this process speaks MQTT 5.0 (`MERIDIAN_BENCH_MQTT=5`): CONNECT at level 5, an empty
+/// property list in what it sends, and what it reads taken as 5.0 and seen in 3.1.1's terms.
+pub fn v5() -> bool {
+    static V5: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *V5.get_or_init(|| std::env::var("MERIDIAN_BENCH_MQTT").is_ok_and(|v| v == "5"))
+}
 
 /// How a client logs in.
 #[derive(Clone, Debug)]
@@ -46,6 +55,19 @@ pub fn connect_packet(client_id: &str, login: &Login, keep_alive: u16) -> Bytes 
         }
     }
     let mut buffer = BytesMut::with_capacity(connect.len() + 8);
+    if v5() {
+        let v5 = mqttbytes::v5::Connect {
+            protocol: mqttbytes::Protocol::V5,
+            keep_alive: connect.keep_alive,
+            client_id: connect.client_id,
+            clean_session: connect.clean_session,
+            last_will: None,
+            login: connect.login.map(|l| mqttbytes::v5::Login::new(l.username, l.password)),
+            properties: None,
+        };
+        let _ = v5.write(&mut buffer);
+        return buffer.freeze();
+    }
     // Encoding a CONNECT into a growable buffer fails only for fields over 64 KiB.
     let _ = connect.write(&mut buffer);
     buffer.freeze()
@@ -129,6 +151,16 @@ impl Connection {
 
     /// A packet already in the read buffer, if a whole one is there.
     pub fn buffered(&mut self) -> Result<Option<Packet>, ReadError> {
+        if v5() {
+            return match mqttbytes::v5::read(&mut self.read, MAX_PACKET) {
+                Ok(packet) => match meridian_broker::packet::to_v4(&packet) {
+                    Some(packet) => Ok(Some(packet)),
+                    None => Err(ReadError::Closed),
+                },
+                Err(mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
+                Err(e) => Err(ReadError::Malformed(format!("{e:?}"))),
+            };
+        }
         match v4::read(&mut self.read, MAX_PACKET) {
             Ok(packet) => Ok(Some(packet)),
             Err(mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
@@ -150,7 +182,13 @@ impl Connection {
         let mut subscribe = v4::Subscribe::new(filter, qos);
         subscribe.pkid = 1;
         let mut buffer = BytesMut::new();
-        let _ = subscribe.write(&mut buffer);
+        if v5() {
+            let mut subscribe = mqttbytes::v5::Subscribe::new(filter, qos);
+            subscribe.pkid = 1;
+            let _ = subscribe.write(&mut buffer);
+        } else {
+            let _ = subscribe.write(&mut buffer);
+        }
         self.stream.write_all(&buffer).await.map_err(|_| ReadError::Closed)?;
         loop {
             match self.next().await? {
@@ -199,7 +237,8 @@ pub fn write_publish(
     size: usize,
 ) {
     let qos = qos as u8;
-    let remaining = 2 + topic.len() + if qos > 0 { 2 } else { 0 } + size;
+    let properties = usize::from(v5());
+    let remaining = 2 + topic.len() + if qos > 0 { 2 } else { 0 } + properties + size;
     buffer.reserve(remaining + 5);
     buffer.put_u8(0x30 | (qos << 1));
     let mut length = remaining;
@@ -218,6 +257,10 @@ pub fn write_publish(
     buffer.put_slice(topic.as_bytes());
     if qos > 0 {
         buffer.put_u16(pkid);
+    }
+    if properties > 0 {
+        // MQTT 5.0 §3.3.2.3: an empty property list.
+        buffer.put_u8(0);
     }
     let head = &head[..head.len().min(size)];
     buffer.put_slice(head);

@@ -30,6 +30,14 @@ pub struct Credentials<'a> {
 }
 
 /// A connection that may proceed.
+/// A refused CONNECT: its 3.1.1 return code, and the device it came from when that device
+/// signed correctly but is placed on another instance.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Refused {
+    pub code: ConnectReturnCode,
+    pub elsewhere: Option<DeviceKey>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Accepted {
     pub principal: Principal,
@@ -139,6 +147,14 @@ impl Authenticator {
     }
 
     pub fn authenticate(&self, offered: Credentials<'_>) -> Result<Accepted, ConnectReturnCode> {
+        self.authenticate_placed(offered).map_err(|refused| refused.code)
+    }
+
+    /// [`Authenticator::authenticate`], naming the device a correctly signed CONNECT came
+    /// from when it is refused only because it is placed elsewhere (an MQTT 5.0 device is then
+    /// redirected, PROTOCOL §11). Nothing is named for a wrong signature.
+    pub fn authenticate_placed(&self, offered: Credentials<'_>) -> Result<Accepted, Refused> {
+        let refused = |code| Refused { code, elsewhere: None };
         let standard = |principal| Accepted {
             principal,
             profile: self.profiles.standard,
@@ -148,7 +164,7 @@ impl Authenticator {
             return if self.allow_anonymous {
                 Ok(standard(Principal::Standard { username: None }))
             } else {
-                Err(ConnectReturnCode::NotAuthorized)
+                Err(refused(ConnectReturnCode::NotAuthorized))
             };
         };
         let password = offered.password.unwrap_or_default();
@@ -156,7 +172,7 @@ impl Authenticator {
             return if secret.matches(password) {
                 Ok(standard(Principal::Standard { username: Some(username.to_owned()) }))
             } else {
-                Err(ConnectReturnCode::BadUserNamePassword)
+                Err(refused(ConnectReturnCode::BadUserNamePassword))
             };
         }
         if let Some(application) = self.applications.get(username) {
@@ -167,7 +183,7 @@ impl Authenticator {
                     keep_alive: offered.keep_alive,
                 })
             } else {
-                Err(ConnectReturnCode::BadUserNamePassword)
+                Err(refused(ConnectReturnCode::BadUserNamePassword))
             };
         }
         if username.contains('&') {
@@ -178,7 +194,7 @@ impl Authenticator {
                 offered.keep_alive,
             );
         }
-        Err(ConnectReturnCode::BadUserNamePassword)
+        Err(refused(ConnectReturnCode::BadUserNamePassword))
     }
 
     fn authenticate_device(
@@ -187,10 +203,11 @@ impl Authenticator {
         username: &str,
         password: &[u8],
         keep_alive: u16,
-    ) -> Result<Accepted, ConnectReturnCode> {
+    ) -> Result<Accepted, Refused> {
+        let refused = |code| Refused { code, elsewhere: None };
         let login = DeviceLogin::parse(client_id, username).map_err(|error| {
             tracing::debug!(%error, "device CONNECT with a malformed clientId or username");
-            ConnectReturnCode::BadUserNamePassword
+            refused(ConnectReturnCode::BadUserNamePassword)
         })?;
         // A name no device can have is an unknown device.
         let key = match (login.username.product_key.parse(), login.username.device_name.parse()) {
@@ -205,10 +222,10 @@ impl Authenticator {
             device.as_ref().map_or(UNKNOWN_DEVICE_SECRET, |d| d.secret.expose().as_bytes());
         let signed = (self.verify)(&login, secret, password);
         let (Some(key), Some(_), true) = (key, device, signed) else {
-            return Err(ConnectReturnCode::BadUserNamePassword);
+            return Err(refused(ConnectReturnCode::BadUserNamePassword));
         };
         if keep_alive < DEVICE_MIN_KEEPALIVE {
-            return Err(ConnectReturnCode::ServiceUnavailable);
+            return Err(refused(ConnectReturnCode::ServiceUnavailable));
         }
         match self.view.admits(&key, &self.instance) {
             Admission::Allowed => Ok(Accepted {
@@ -216,8 +233,11 @@ impl Authenticator {
                 profile: self.profiles.device,
                 keep_alive: keep_alive.min(DEVICE_MAX_KEEPALIVE),
             }),
-            Admission::Unknown => Err(ConnectReturnCode::BadUserNamePassword),
-            Admission::Disabled | Admission::Elsewhere => Err(ConnectReturnCode::NotAuthorized),
+            Admission::Unknown => Err(refused(ConnectReturnCode::BadUserNamePassword)),
+            Admission::Disabled => Err(refused(ConnectReturnCode::NotAuthorized)),
+            Admission::Elsewhere => {
+                Err(Refused { code: ConnectReturnCode::NotAuthorized, elsewhere: Some(key) })
+            }
         }
     }
 }

@@ -1,15 +1,12 @@
-//! One broker instance: the shared state every connection task uses, the accept loops, and the
-//! force-offline API.
+//! One broker instance: the shared state every connection task uses, and the force-offline
+//! API. The accept loops are in `listener`, the connection tasks in `connection`.
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meridian_registry::ids::{AccountId, DeviceKey};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
@@ -20,12 +17,11 @@ use crate::budget::QueueBudget;
 use crate::config::LimitsConfig;
 use crate::kept::Keeper;
 use crate::link::Link;
-use crate::memory::Pressure;
+use crate::metrics as m;
 use crate::router::{Kick, Router};
 use crate::session::{Limits, Message};
 use crate::usage::Usage;
 use crate::view::{Changed, RegistryView};
-use crate::{connection, metrics as m};
 
 /// What a force-offline did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,7 +52,7 @@ pub struct Broker {
 
 /// How often idle rate buckets, expired back-off entries and expired persistent sessions are
 /// dropped, and the queue gauges refreshed.
-const HOUSEKEEPING: Duration = Duration::from_secs(10);
+pub(crate) const HOUSEKEEPING: Duration = Duration::from_secs(10);
 
 impl Broker {
     pub fn new(auth: Authenticator, limits: LimitsConfig) -> Arc<Broker> {
@@ -149,94 +145,6 @@ impl Broker {
         m::routed(routed.delivered, routed.dropped);
     }
 
-    /// Accepts plain TCP connections until `shutdown` resolves, then kicks every client and
-    /// waits for their tasks to finish.
-    pub async fn serve_tcp(
-        self: Arc<Self>,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()>,
-    ) {
-        self.serve(listener, |stream| async move { Ok(stream) }, shutdown).await;
-    }
-
-    /// Accepts connections, upgrading each with `wrap` (TLS handshake, WebSocket upgrade)
-    /// inside its own task so a slow handshake never blocks the accept loop.
-    pub async fn serve<W, F, S>(
-        self: Arc<Self>,
-        listener: TcpListener,
-        wrap: W,
-        shutdown: impl Future<Output = ()>,
-    ) where
-        W: Fn(tokio::net::TcpStream) -> F + Send + Sync + 'static,
-        F: Future<Output = std::io::Result<S>> + Send + 'static,
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let wrap = Arc::new(wrap);
-        let mut tasks = JoinSet::new();
-        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(accepted) => accepted,
-                        Err(error) => {
-                            // Out of file descriptors and the like: back off rather than spin.
-                            tracing::warn!(%error, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    // Before any handshake: a flood costs an accept and a close, nothing more.
-                    if self.router.budget().memory_pressure() == Pressure::Full {
-                        m::limited("memory_full");
-                        tracing::debug!(%peer, "connection refused at accept: memory cap");
-                        continue;
-                    }
-                    let slot = match self.admission.admit(peer.ip()) {
-                        Ok(slot) => slot,
-                        Err(refusal) => {
-                            m::limited(refusal.label());
-                            tracing::debug!(%peer, ?refusal, "connection refused at accept");
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let broker = self.clone();
-                    let wrap = wrap.clone();
-                    let handshake = self.limits.connect_timeout;
-                    tasks.spawn(async move {
-                        let _slot = slot;
-                        // Awaited in its own statement: a temporary in the `match` would keep
-                        // the handshake's timer and state in the future for the connection's
-                        // whole life.
-                        let wrapped = tokio::time::timeout(handshake, wrap(stream)).await;
-                        match wrapped {
-                            Ok(Ok(stream)) => connection::serve(broker, stream, peer).await,
-                            Ok(Err(error)) => tracing::debug!(%peer, %error, "handshake failed"),
-                            Err(_) => tracing::debug!(%peer, "handshake timed out"),
-                        }
-                    });
-                }
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                _ = housekeeping.tick() => {
-                    self.admission.forget_idle();
-                    self.auth_backoff.forget_idle(std::time::Instant::now());
-                    let expired = self.router.expire(std::time::Instant::now());
-                    if expired > 0 {
-                        m::expired_sessions(expired);
-                    }
-                    let queued = self.router.budget().used();
-                    m::queued(queued.messages, queued.bytes);
-                }
-                () = &mut shutdown => break,
-            }
-        }
-        drop(listener);
-        self.router.kick_all(Kick::Shutdown);
-        while tasks.join_next().await.is_some() {}
-    }
-
     /// Tells an online device to re-bootstrap (PROTOCOL §5), waits up to `reply_wait` for its
     /// `notify_reply`, then disconnects it.
     pub async fn force_offline(&self, device: &DeviceKey, reply_wait: Duration) -> ForcedOffline {
@@ -259,6 +167,8 @@ impl Broker {
             qos: 1,
             retain: false,
             origin: Origin::Broker,
+            properties: None,
+            sender: 0,
         });
         m::notify_sent();
 

@@ -24,7 +24,6 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::memory::{MemoryGuard, Pressure};
-use crate::session::Delivery;
 
 /// Why a delivery was not queued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,13 +60,6 @@ impl Shed {
 pub struct Load {
     pub messages: usize,
     pub bytes: usize,
-}
-
-impl Load {
-    /// One delivery's load.
-    pub fn of(delivery: &Delivery) -> Load {
-        Load { messages: 1, bytes: delivery.message.payload.len() }
-    }
 }
 
 #[derive(Debug)]

@@ -151,6 +151,15 @@ pub struct LimitsConfig {
     /// and new connections are closed at accept (`memory_full`). A backstop for what the other
     /// bounds do not see: set it below the memory the host or container gives the broker.
     pub max_rss: usize,
+    /// MQTT 5.0 Topic Alias Maximum the broker offers in CONNACK: aliases a 5.0 client may
+    /// set for its publications (0 allows none; PROTOCOL §11).
+    pub topic_alias_maximum: u16,
+    /// MQTT 5.0 Receive Maximum the broker offers in CONNACK: QoS 2 publications a 5.0 client
+    /// may leave unreleased at once (beyond it: DISCONNECT 0x93). QoS 1 is acknowledged at once.
+    pub receive_maximum: u16,
+    /// When set, every 5.0 client is told this Server Keep Alive instead of its own keepalive
+    /// (seconds; devices still within 30–1200).
+    pub server_keep_alive: Option<u16>,
 }
 
 impl Default for LimitsConfig {
@@ -184,6 +193,9 @@ impl Default for LimitsConfig {
             max_retained_messages: 1_000_000,
             max_retained_bytes: 256 * 1024 * 1024,
             max_rss: 0,
+            topic_alias_maximum: 64,
+            receive_maximum: 1024,
+            server_keep_alive: None,
         }
     }
 }

@@ -17,7 +17,7 @@ use std::task::{Poll, ready};
 use std::time::Instant;
 
 use bytes::BytesMut;
-use mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, Packet};
+use mqttbytes::v4::ConnectReturnCode as V4Code;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::acl::{self, DOWNLINK_QOS};
@@ -27,9 +27,14 @@ use crate::budget::Load;
 use crate::codec::{self, DecodeError};
 use crate::link::{FinishOnDrop, Link};
 use crate::metrics as m;
+use crate::packet::{
+    self, ConnAck, ConnAckProperties, Connect, ConnectReturnCode, DisconnectReasonCode, Packet,
+    Protocol, Version,
+};
 use crate::retained::RetainedCursor;
 use crate::router::Kick;
-use crate::session::{self, Close, Delivery, Event, Session, WillRefused};
+use crate::session::{self, Close, Delivery, Event, Session, V5Settings, WillRefused};
+use crate::view::Redirect;
 
 /// Bytes one read may take from a socket: the per-thread scratch buffer's size.
 const SCRATCH: usize = 32 * 1024;
@@ -59,8 +64,56 @@ enum Ended {
     PeerClosed,
 }
 
+impl Ended {
+    /// The DISCONNECT a 5.0 client is sent as the server closes (MQTT 5.0 §4.13: every
+    /// server-side close carries its reason); `None` when the client closed, or the socket did.
+    /// `redirect`: where a device kicked for its placement should go (PROTOCOL §11).
+    fn disconnect(&self, redirect: Option<Redirect>) -> Option<Packet> {
+        if let (Ended::Kicked(Kick::NotAllowed), Some(redirect)) = (self, redirect) {
+            let reason = if redirect.other_account {
+                DisconnectReasonCode::ServerMoved
+            } else {
+                DisconnectReasonCode::UseAnotherServer
+            };
+            return Some(packet::disconnect(reason, Some("placed elsewhere"), redirect.reference));
+        }
+        let (reason, what) = match self {
+            Ended::Session(close) => (close.reason()?, Some(close.reason_string())),
+            Ended::Kicked(Kick::TakenOver) => {
+                (DisconnectReasonCode::SessionTakenOver, Some("session taken over"))
+            }
+            Ended::Kicked(Kick::NotAllowed) => {
+                (DisconnectReasonCode::NotAuthorized, Some("no longer allowed here"))
+            }
+            Ended::Kicked(Kick::SlowConsumer) => {
+                (DisconnectReasonCode::QuotaExceeded, Some("slow consumer"))
+            }
+            Ended::Kicked(Kick::Shutdown) => {
+                (DisconnectReasonCode::ServerShuttingDown, Some("server shutting down"))
+            }
+            Ended::Decode(DecodeError::TooLarge(_)) => {
+                (DisconnectReasonCode::PacketTooLarge, Some("packet too large"))
+            }
+            Ended::Decode(DecodeError::Malformed(what)) => {
+                (DisconnectReasonCode::MalformedPacket, Some(*what))
+            }
+            Ended::Decode(DecodeError::Protocol(what)) => {
+                (DisconnectReasonCode::ProtocolError, Some(*what))
+            }
+            Ended::Decode(DecodeError::UnacceptableProtocol) => {
+                (DisconnectReasonCode::ProtocolError, Some("second CONNECT"))
+            }
+            Ended::Io(_) | Ended::PeerClosed => return None,
+        };
+        Some(packet::disconnect(reason, what, None))
+    }
+}
+
 /// A connection past CONNACK: what it needs for the rest of its life.
 struct Open {
+    version: Version,
+    /// MQTT 5.0 Will Delay Interval (zero for 3.1.1).
+    will_delay: std::time::Duration,
     session_id: Arc<str>,
     connection: u64,
     link: Arc<Link>,
@@ -100,8 +153,8 @@ where
         Ok(Ok(connect)) => connect,
         Ok(Err(Ended::Decode(DecodeError::UnacceptableProtocol))) => {
             m::connect_result("unacceptable_protocol");
-            let refused = ConnAck::new(ConnectReturnCode::RefusedProtocolVersion, false);
-            let _ = write_packet(stream, &Packet::ConnAck(refused)).await;
+            let refused = connack(Version::V311, ConnectReturnCode::UnsupportedProtocolVersion);
+            let _ = write_packet(stream, Version::V311, &refused).await;
             return None;
         }
         Ok(Err(ended)) => {
@@ -120,14 +173,39 @@ where
         }
     };
 
+    let version = if connect.protocol == Protocol::V5 { Version::V5 } else { Version::V311 };
+    let refuse = |code: ConnectReturnCode| connack(version, code);
+    let properties = connect.properties.clone().unwrap_or_else(empty_connect_properties);
+    // MQTT 5.0 §4.12: no enhanced authentication method is configured, so a CONNECT that asks
+    // for one is refused with 0x8C (PROTOCOL §11).
+    if properties.authentication_method.is_some() {
+        m::connect_result("bad_authentication_method");
+        let _ = write_packet(stream, version, &refuse(ConnectReturnCode::BadAuthenticationMethod))
+            .await;
+        return None;
+    }
+    // MQTT-3.1.2-24 / MQTT-3.3.4-8: 0 is a protocol error for both.
+    if properties.receive_maximum == Some(0) || properties.max_packet_size == Some(0) {
+        m::connect_result("malformed");
+        let _ = write_packet(stream, version, &refuse(ConnectReturnCode::ProtocolError)).await;
+        return None;
+    }
     let mut client_id = connect.client_id.clone();
+    let mut assigned = None;
     if client_id.is_empty() {
-        if !connect.clean_session {
+        // MQTT 3.1.1 assigns one only to a clean session; 5.0 to any (MQTT-3.1.3-6), and
+        // says which in CONNACK.
+        if !connect.clean_session && version == Version::V311 {
             m::connect_result("identifier_rejected");
-            let _ = write_packet(stream, &connack(ConnectReturnCode::BadClientId)).await;
+            let _ =
+                write_packet(stream, version, &refuse(ConnectReturnCode::ClientIdentifierNotValid))
+                    .await;
             return None;
         }
         client_id = broker.assign_client_id();
+        if version.is_v5() {
+            assigned = Some(client_id.clone());
+        }
     }
     let login = connect.login.as_ref();
     let username = login.map(|l| l.username.as_str());
@@ -135,9 +213,14 @@ where
     // backed off, so a guesser learns nothing and costs nothing.
     if let Err(backed_off) = broker.auth_backoff().check(peer.ip(), username, Instant::now()) {
         m::limited(backed_off.label());
-        m::connect_result(m::refusal(ConnectReturnCode::NotAuthorized));
+        m::connect_result(m::refusal(V4Code::NotAuthorized));
         tracing::info!(%peer, client_id = %client_id, "CONNECT refused: login back-off");
-        let _ = write_packet(stream, &connack(ConnectReturnCode::NotAuthorized)).await;
+        // PROTOCOL §11: 0x8A banned over 5.0.
+        let code = match version {
+            Version::V5 => ConnectReturnCode::Banned,
+            Version::V311 => ConnectReturnCode::NotAuthorized,
+        };
+        let _ = write_packet(stream, version, &refuse(code)).await;
         return None;
     }
     let offered = Credentials {
@@ -146,7 +229,40 @@ where
         password: login.map(|l| l.password.as_bytes()),
         keep_alive: connect.keep_alive,
     };
-    let accepted = match broker.authenticator().authenticate(offered) {
+    let mut authenticated = broker.authenticator().authenticate_placed(offered);
+    // PROTOCOL §11: over 5.0 a device's keepalive below 30 s is not refused but answered with
+    // a Server Keep Alive clamped into 30–1200 (the only refusal "server unavailable" stands for).
+    if version.is_v5()
+        && matches!(&authenticated, Err(refused) if refused.code == V4Code::ServiceUnavailable)
+    {
+        let clamped = Credentials { keep_alive: crate::auth::DEVICE_MIN_KEEPALIVE, ..offered };
+        authenticated = broker.authenticator().authenticate_placed(clamped);
+    }
+    // PROTOCOL §11: a 5.0 device that signed correctly but is placed elsewhere is told where
+    // to go (0x9C, or 0x9D for another account's instance) instead of "not authorized".
+    if version.is_v5()
+        && let Err(refused) = &authenticated
+        && let Some(device) = &refused.elsewhere
+        && let Some(redirect) = broker.view().redirect(device, broker.authenticator().instance())
+    {
+        broker.auth_backoff().succeeded(username);
+        m::connect_result("redirected");
+        tracing::info!(%peer, client_id = %client_id, reference = ?redirect.reference, "CONNECT redirected");
+        let code = if redirect.other_account {
+            ConnectReturnCode::ServerMoved
+        } else {
+            ConnectReturnCode::UseAnotherServer
+        };
+        let mut connack = ConnAck::new(code, false);
+        let mut properties = ConnAckProperties::new();
+        properties.server_reference = redirect.reference;
+        properties.reason_string = Some("placed elsewhere".into());
+        connack.properties = Some(properties);
+        let _ = write_packet(stream, version, &Packet::ConnAck(connack)).await;
+        return None;
+    }
+    let authenticated = authenticated.map_err(|refused| refused.code);
+    let accepted = match authenticated {
         Ok(accepted) => {
             broker.auth_backoff().succeeded(username);
             accepted
@@ -154,17 +270,24 @@ where
         Err(code) => {
             // Only a wrong credential is a guess; placement and keepalive refusals follow a
             // correct signature.
-            if code == ConnectReturnCode::BadUserNamePassword {
+            if code == V4Code::BadUserNamePassword {
                 broker.auth_backoff().failed(peer.ip(), username, Instant::now());
             }
             m::connect_result(m::refusal(code));
             // Never log credentials: the username is safe to name, the password is not.
             tracing::info!(%peer, client_id = %client_id, ?code, "CONNECT refused");
-            let _ = write_packet(stream, &connack(code)).await;
+            let _ = write_packet(stream, version, &refuse(packet::v5_return_code(code))).await;
             return None;
         }
     };
 
+    // MQTT 5.0 §3.1.3.2.2: the will waits this long after the connection ends (or until the
+    // session does), and is not sent if the session resumes meanwhile.
+    let will_delay = connect
+        .last_will
+        .as_ref()
+        .and_then(|will| will.properties.as_ref()?.delay_interval)
+        .map_or(std::time::Duration::ZERO, |secs| std::time::Duration::from_secs(u64::from(secs)));
     // Before the session is registered: a refused will takes nothing over.
     let will = connect.last_will.map(|will| {
         session::check_will(&accepted.principal, &accepted.profile, will, broker.view())
@@ -172,9 +295,9 @@ where
     let will = match will.transpose() {
         Ok(will) => will.flatten(),
         Err(WillRefused::NotPermitted) => {
-            m::connect_result(m::refusal(ConnectReturnCode::NotAuthorized));
+            m::connect_result(m::refusal(V4Code::NotAuthorized));
             tracing::info!(%peer, client_id = %client_id, "CONNECT refused: will topic not permitted");
-            let _ = write_packet(stream, &connack(ConnectReturnCode::NotAuthorized)).await;
+            let _ = write_packet(stream, version, &refuse(ConnectReturnCode::NotAuthorized)).await;
             return None;
         }
         Err(refused @ WillRefused::Malformed(_)) => {
@@ -186,10 +309,32 @@ where
         }
     };
 
+    // MQTT 5.0 §3.1.2.11.2: 0 (or absent) ends the session with the connection; more keeps it,
+    // up to what this kind of client may keep.
+    let profile_expiry = accepted.profile.session_expiry;
+    let asked_expiry = properties.session_expiry_interval.unwrap_or(0);
+    let session_expiry = (asked_expiry > 0)
+        .then(|| std::time::Duration::from_secs(u64::from(asked_expiry)).min(profile_expiry))
+        .filter(|expiry| !expiry.is_zero());
+    let (clean_start, persistent) = match version {
+        Version::V311 => (connect.clean_session, !connect.clean_session),
+        Version::V5 => (connect.clean_session, session_expiry.is_some()),
+    };
+    // The keepalive the session enforces: a configured Server Keep Alive for 5.0 clients, the
+    // authenticator's (devices clamped) otherwise.
+    let keep_alive = match (version, limits.server_keep_alive) {
+        (Version::V5, Some(server)) if accepted.principal.device().is_some() => {
+            server.clamp(crate::auth::DEVICE_MIN_KEEPALIVE, crate::auth::DEVICE_MAX_KEEPALIVE)
+        }
+        (Version::V5, Some(server)) => server,
+        _ => accepted.keep_alive,
+    };
+
     let session_id: Arc<str> = accepted.principal.session_id(&client_id).into();
     let connection = broker.next_connection_id();
     let link = Arc::new(Link::new(connection, limits.mailbox, limits.queued));
-    let parked = broker.router().connect(&session_id, connect.clean_session, link.clone()).await;
+    let parked =
+        broker.router().connect_with(&session_id, clean_start, persistent, link.clone()).await;
     // Expired since it was parked, and not yet swept: the client starts afresh.
     let parked = parked.and_then(|parked| {
         if parked.expired(Instant::now()) {
@@ -216,16 +361,29 @@ where
     // A device's downlink is subscribed from the start: its retained messages are due now.
     let downlink: Vec<(String, u8)> =
         accepted.principal.implicit_filters().into_iter().map(|f| (f, DOWNLINK_QOS)).collect();
+    let profile = accepted.profile;
     let mut session = Session::new(
         Instant::now(),
         accepted.principal,
         accepted.profile,
         *broker.router().limits(),
-        accepted.keep_alive,
+        keep_alive,
         will,
         parked,
     )
-    .with_budget(broker.router().budget().clone());
+    .with_budget(broker.router().budget().clone())
+    .with_connection(connection);
+    if version.is_v5() {
+        session = session.with_v5(V5Settings {
+            client_receive_maximum: properties.receive_maximum.unwrap_or(u16::MAX),
+            client_maximum_packet: properties.max_packet_size,
+            client_topic_alias_maximum: properties.topic_alias_max.unwrap_or(0),
+            receive_maximum: limits.receive_maximum.max(1),
+            topic_alias_maximum: limits.topic_alias_maximum,
+            session_expiry,
+            asked_expiry: asked_expiry > 0,
+        });
+    }
     // The platform keeps a device's subscriptions (PROTOCOL §2): they are back before CONNACK
     // goes out, whatever the clean-session flag and wherever they were made.
     let restored = match session.principal().device().cloned() {
@@ -240,12 +398,34 @@ where
     broker.usage().opened(connection, Instant::now());
     tracing::debug!(%peer, session = %session_id, session_present, "connected");
 
+    let mut connack = ConnAck::new(ConnectReturnCode::Success, session_present);
+    if version.is_v5() {
+        // MQTT 5.0 §3.2.2.3: what the broker supports, truthfully (PROTOCOL §11).
+        let mut p = ConnAckProperties::new();
+        if session_expiry.map(|e| e.as_secs()) != Some(u64::from(asked_expiry)) && asked_expiry > 0
+        {
+            p.session_expiry_interval =
+                Some(session_expiry.map_or(0, |e| u32::try_from(e.as_secs()).unwrap_or(u32::MAX)));
+        }
+        p.receive_max = Some(limits.receive_maximum.max(1));
+        if profile.max_qos < 2 {
+            p.max_qos = Some(profile.max_qos);
+        }
+        p.retain_available = Some(u8::from(profile.retain));
+        p.max_packet_size = u32::try_from(limits.max_packet).ok();
+        p.assigned_client_identifier = assigned;
+        p.topic_alias_max = Some(limits.topic_alias_maximum);
+        p.wildcard_subscription_available = Some(1);
+        p.subscription_identifiers_available = Some(1);
+        // Standard and application clients (a device gets 0x9E, its topics are its own).
+        p.shared_subscription_available = Some(u8::from(session.principal().device().is_none()));
+        if keep_alive != connect.keep_alive {
+            p.server_keep_alive = Some(keep_alive);
+        }
+        connack.properties = Some(p);
+    }
     let mut out = BytesMut::new();
-    codec::encode(
-        &Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, session_present)),
-        &mut out,
-    )
-    .unwrap_or_default();
+    codec::write(&Packet::ConnAck(connack), version, &mut out).unwrap_or_default();
     // Owed a page at a time like any subscription's; only what the implicit route carries.
     let downlink = broker.router().retained_cursors(&downlink);
     session.owe_retained(downlink.into_iter().map(RetainedCursor::for_downlink));
@@ -257,7 +437,7 @@ where
         buffer = BytesMut::new();
     }
     // Boxed: `serve` holds it only until `run` takes its fields apart.
-    Some(Box::new(Open { session_id, connection, link, session, buffer, out }))
+    Some(Box::new(Open { version, will_delay, session_id, connection, link, session, buffer, out }))
 }
 
 /// Moves packets both ways until the connection ends, then parks or forgets its session.
@@ -266,7 +446,16 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     // Unboxed by value, so the box is freed now rather than when `run` returns.
-    let Open { session_id, connection, link, mut session, mut buffer, mut out } = unbox(open);
+    let Open {
+        version,
+        will_delay,
+        session_id,
+        connection,
+        link,
+        mut session,
+        mut buffer,
+        mut out,
+    } = unbox(open);
     // However the task ends, a takeover waiting for it is released.
     let finish = FinishOnDrop(&link);
     let max_packet = broker.limits().max_packet;
@@ -284,6 +473,23 @@ where
     let mut unblocked: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
     let mut blocked_until: Option<tokio::time::Instant> = None;
 
+    // Packets the client sent right behind CONNECT, without waiting for CONNACK (paho does
+    // with SUBSCRIBE), arrived with it: handled now, not when the next bytes come (which for an
+    // idle client is its next PINGREQ).
+    let mut early = if buffer.is_empty() {
+        None
+    } else {
+        handle_input(
+            broker,
+            &session_id,
+            connection,
+            &mut session,
+            &mut buffer,
+            (max_packet, version),
+            &mut blocked,
+        )
+        .err()
+    };
     let ended = 'connection: loop {
         // Written as it is encoded, a bounded batch at a time: what the session has to send
         // is never all encoded at once.
@@ -295,7 +501,7 @@ where
                     broker.usage().message_out();
                 }
                 m::packet_out(&packet);
-                if let Err(error) = codec::encode(&packet, &mut out) {
+                if let Err(error) = codec::write(&packet, version, &mut out) {
                     tracing::warn!(?error, "could not encode an outgoing packet");
                 }
             }
@@ -331,6 +537,10 @@ where
             }
         }
 
+        // What the early packets answered is written: now the connection may end for them.
+        if let Some(ended) = early.take() {
+            break ended;
+        }
         let keepalive = session.poll_timeout().map(tokio::time::Instant::from_std);
         let deadline = match (keepalive, blocked_until) {
             (Some(keepalive), Some(until)) => Some(keepalive.min(until)),
@@ -343,7 +553,7 @@ where
                     Ok(n) => m::bytes_in(n),
                     Err(error) => break Ended::Io(error),
                 }
-                if let Err(ended) = handle_input(broker, &session_id, connection, &mut session, &mut buffer, max_packet, &mut blocked) {
+                if let Err(ended) = handle_input(broker, &session_id, connection, &mut session, &mut buffer, (max_packet, version), &mut blocked) {
                     break ended;
                 }
                 woken |= behind && session.room() > 0;
@@ -408,7 +618,21 @@ where
     broker.router().budget().adjust(held, session.load());
     let graceful =
         matches!(ended, Ended::Session(Close::Disconnect) | Ended::Kicked(Kick::Shutdown));
+    // MQTT 5.0 §4.13: the server's close carries its reason, after whatever was still queued.
+    let redirect = match (&ended, session.principal().device()) {
+        (Ended::Kicked(Kick::NotAllowed), Some(device)) if version.is_v5() => {
+            broker.view().redirect(device, broker.authenticator().instance())
+        }
+        _ => None,
+    };
+    if version.is_v5()
+        && let Some(disconnect) = ended.disconnect(redirect)
+    {
+        let _ = codec::write(&disconnect, version, &mut out);
+    }
     let will = if graceful { None } else { session.take_will() };
+    // Whichever comes first: the will delay, or the end of the session (MQTT-3.1.3-9).
+    let will_delay = will_delay.min(session.session_expiry());
     // Kept for the will's check after the session is parked.
     let principal = session.principal().clone();
     // Parked (or forgotten) before the last flush: the router closes the link as it parks, so
@@ -432,11 +656,24 @@ where
     if let Some(will) = will {
         // Checked at CONNECT, and again now: what a client may publish can change while it is
         // connected (a device transferred away from an application's account, PROTOCOL §6).
-        if principal.may_publish(&will.topic, broker.view()) {
-            broker.publish(will);
-        } else {
+        if !principal.may_publish(&will.topic, broker.view()) {
             m::publish_denied();
             tracing::debug!(%peer, session = %session_id, topic = %will.topic, "will no longer permitted: dropped");
+        } else if will_delay.is_zero() {
+            broker.publish(session::will_at(will, Instant::now()));
+        } else {
+            // Delayed: sent unless a connection resumed the session meanwhile. (A broker
+            // shutting down before the delay passes sends none.)
+            let broker = broker.clone();
+            let session_id = session_id.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(will_delay).await;
+                if broker.router().is_online(&session_id) {
+                    m::limited("will_resumed");
+                } else if principal.may_publish(&will.topic, broker.view()) {
+                    broker.publish(session::will_at(will, Instant::now()));
+                }
+            });
         }
     }
     drop(finish);
@@ -510,11 +747,11 @@ fn handle_input(
     connection: u64,
     session: &mut Session,
     buffer: &mut BytesMut,
-    max_packet: usize,
+    (max_packet, version): (usize, Version),
     blocked: &mut Vec<Arc<Link>>,
 ) -> Result<(), Ended> {
     loop {
-        let packet = match codec::decode(buffer, max_packet) {
+        let packet = match codec::read(buffer, max_packet, Some(version)) {
             Ok(Some(packet)) => packet,
             Ok(None) => break,
             Err(error) => {
@@ -550,7 +787,7 @@ where
     S: AsyncRead + Unpin,
 {
     loop {
-        match codec::decode(buffer, max_packet) {
+        match codec::read(buffer, max_packet, None) {
             Ok(Some(Packet::Connect(connect))) => return Ok(connect),
             Ok(Some(_)) => {
                 return Err(Ended::Session(Close::ProtocolViolation(
@@ -588,16 +825,36 @@ async fn read_some<S: AsyncRead + Unpin>(
 
 async fn write_packet<S: AsyncWrite + Unpin>(
     stream: &mut S,
+    version: Version,
     packet: &Packet,
 ) -> std::io::Result<()> {
     let mut out = BytesMut::new();
-    codec::encode(packet, &mut out).map_err(std::io::Error::other)?;
+    codec::write(packet, version, &mut out).map_err(std::io::Error::other)?;
     stream.write_all(&out).await?;
     stream.shutdown().await
 }
 
-fn connack(code: ConnectReturnCode) -> Packet {
-    Packet::ConnAck(ConnAck::new(code, false))
+/// A refusing CONNACK (a 5.0 one carries an empty property list, MQTT 5.0 §3.2.2.3).
+fn connack(version: Version, code: ConnectReturnCode) -> Packet {
+    let mut connack = ConnAck::new(code, false);
+    if version.is_v5() {
+        connack.properties = Some(ConnAckProperties::new());
+    }
+    Packet::ConnAck(connack)
+}
+
+fn empty_connect_properties() -> packet::ConnectProperties {
+    packet::ConnectProperties {
+        session_expiry_interval: None,
+        receive_maximum: None,
+        max_packet_size: None,
+        topic_alias_max: None,
+        request_response_info: None,
+        request_problem_info: None,
+        user_properties: Vec::new(),
+        authentication_method: None,
+        authentication_data: None,
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

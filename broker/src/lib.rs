@@ -1,13 +1,15 @@
-//! Meridian's MQTT 3.1.1 broker: device signature authentication, per-device ACL, persistent
-//! sessions, and force-offline for distribution.
+//! Meridian's MQTT broker, 3.1.1 and 5.0 on every listener: device signature authentication,
+//! per-device ACL, persistent sessions, force-offline and (over 5.0) redirect for distribution.
 //!
-//! Layout: `codec` frames bytes, `session` is the sans-I/O protocol state machine, `router`
-//! holds subscriptions, retained messages and sessions, `connection` drives one socket, `broker`
-//! accepts and offers the force-offline API, `tls` and `websocket` turn accepted sockets into
-//! byte streams for it; `auth` and `acl` decide who may do what from the
-//! in-memory registry `view`; `kept` writes each device's subscriptions to the registry and
-//! restores them when it connects (PROTOCOL §2). What it does not do: MQTT 5, clustering (one broker
-//! per instance), or write any other device state back into the registry.
+//! Layout: `codec` frames bytes into `packet`'s version-aware packets, `session` is the sans-I/O
+//! protocol state machine both versions share, `router` holds subscriptions (`trie`, with shared
+//! groups), retained messages and sessions, `link` is a connection's inbox; `connection` drives
+//! one socket, `listener` accepts, `broker` holds the shared state and offers the force-offline
+//! API; `tls` and `websocket` turn accepted sockets into byte streams; `auth` and `acl` decide who
+//! may do what from the in-memory registry `view`; `kept` writes each device's subscriptions to
+//! the registry and restores them when it connects (PROTOCOL §2). What it does not do:
+//! clustering (one broker per instance), enhanced authentication (AUTH: refused with 0x8C), or
+//! write any other device state back into the registry.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
@@ -22,8 +24,10 @@ mod connection;
 pub mod daemon;
 pub mod kept;
 pub mod link;
+mod listener;
 pub mod memory;
 mod metrics;
+pub mod packet;
 mod retained;
 pub mod router;
 pub mod session;

@@ -24,8 +24,20 @@ use std::sync::Mutex;
 
 use tokio::sync::Notify;
 
-use crate::router::Kick;
 use crate::session::Delivery;
+
+/// Why the broker is closing a connection from outside its task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kick {
+    /// A newer connection of the same client (or device) took the session over.
+    TakenOver,
+    /// The device may no longer connect here (distributed, disabled or deleted).
+    NotAllowed,
+    /// The client did not read its messages fast enough.
+    SlowConsumer,
+    /// The broker is shutting down.
+    Shutdown,
+}
 
 /// Why [`Link::push`] handed a delivery back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -270,6 +282,8 @@ mod tests {
             qos,
             retain: false,
             origin: Default::default(),
+            properties: None,
+            sender: 0,
         };
         Delivery { message: Arc::new(message), qos, retain: false }
     }

@@ -2,7 +2,9 @@
 //! exporter. Names are `meridian_broker_*`; label values are fixed strings, never client input.
 
 use metrics::{counter, gauge};
-use mqttbytes::v4::{ConnectReturnCode, Packet};
+use mqttbytes::v4::ConnectReturnCode;
+
+use crate::packet::Packet;
 
 pub fn connect_result(result: &'static str) {
     counter!("meridian_broker_connects_total", "result" => result).increment(1);

@@ -312,6 +312,8 @@ mod tests {
             qos: 1,
             retain: true,
             origin,
+            properties: None,
+            sender: 0,
         })
     }
 

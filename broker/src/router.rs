@@ -13,23 +13,11 @@ use meridian_registry::ids::AccountId;
 
 use crate::acl::{DOWNLINK_QOS, Origin, downlink_session};
 use crate::budget::{Load, QueueBudget, parked_cost, subscription_cost};
+pub use crate::link::Kick;
 use crate::link::{Link, Refused};
 use crate::retained::{Retained, RetainedCursor};
 use crate::session::{Delivery, Limits, Message, Parked};
 use crate::trie::SubscriptionIndex;
-
-/// Why the broker is closing a connection from outside its task.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kick {
-    /// A newer connection of the same client (or device) took the session over.
-    TakenOver,
-    /// The device may no longer connect here (distributed, disabled or deleted).
-    NotAllowed,
-    /// The client did not read its messages fast enough.
-    SlowConsumer,
-    /// The broker is shutting down.
-    Shutdown,
-}
 
 enum Slot {
     Online {
@@ -147,6 +135,20 @@ impl Router {
         clean: bool,
         link: Arc<Link>,
     ) -> Option<Parked> {
+        self.connect_with(session_id, clean, !clean, link).await
+    }
+
+    /// [`Router::connect`] with MQTT 5.0's two halves of clean session apart (MQTT 5.0
+    /// §3.1.2.4, §3.1.2.11.2): `clean_start` discards a parked session, `persistent` parks this
+    /// one when its connection ends.
+    pub async fn connect_with(
+        &self,
+        session_id: &Arc<str>,
+        clean_start: bool,
+        persistent: bool,
+        link: Arc<Link>,
+    ) -> Option<Parked> {
+        let clean = !persistent;
         let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
         loop {
             let old = {
@@ -189,7 +191,7 @@ impl Router {
                             }
                             None => None,
                         };
-                        return match (clean, parked) {
+                        return match (clean_start, parked) {
                             (false, parked) => parked,
                             (true, Some(old)) => {
                                 self.discard(session_id, old);

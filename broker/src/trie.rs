@@ -4,11 +4,33 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 #[derive(Default)]
 pub struct SubscriptionIndex {
     root: Node,
     filters: usize,
+    /// Shared subscriptions (MQTT 5.0 §4.8.2), by their full `$share/{group}/{filter}`: each
+    /// matching message goes to one member, in turn. Matched by a walk over the groups, so
+    /// they are for the few consumers that balance a stream, not for every device.
+    shared: HashMap<Box<str>, SharedGroup>,
+}
+
+struct SharedGroup {
+    /// The filter after `$share/{group}/`.
+    filter: Box<str>,
+    members: Vec<(Arc<str>, u8)>,
+    /// The member the next message goes to.
+    next: AtomicUsize,
+}
+
+/// The group and filter of a shared subscription `$share/{group}/{filter}` (MQTT 5.0 §4.8.2),
+/// or `None` for an ordinary filter. The group is at least one character with no wildcard.
+pub fn shared(filter: &str) -> Option<(&str, &str)> {
+    let rest = filter.strip_prefix("$share/")?;
+    let (group, filter) = rest.split_once('/')?;
+    let valid = !group.is_empty() && !group.contains(['+', '#']) && !filter.is_empty();
+    valid.then_some((group, filter))
 }
 
 #[derive(Default)]
@@ -29,6 +51,21 @@ impl Node {
 impl SubscriptionIndex {
     /// Adds or updates one subscription (filters are validated by the caller).
     pub fn insert(&mut self, filter: &str, session: Arc<str>, qos: u8) {
+        if let Some((_, inner)) = shared(filter) {
+            let group = self.shared.entry(filter.into()).or_insert_with(|| SharedGroup {
+                filter: inner.into(),
+                members: Vec::new(),
+                next: AtomicUsize::new(0),
+            });
+            match group.members.iter_mut().find(|(member, _)| *member == session) {
+                Some(member) => member.1 = qos,
+                None => {
+                    group.members.push((session, qos));
+                    self.filters += 1;
+                }
+            }
+            return;
+        }
         let mut node = &mut self.root;
         let mut levels = filter.split('/').peekable();
         while let Some(level) = levels.next() {
@@ -47,6 +84,17 @@ impl SubscriptionIndex {
 
     /// Removes one subscription, pruning branches left empty.
     pub fn remove(&mut self, filter: &str, session: &str) {
+        if shared(filter).is_some() {
+            if let Some(group) = self.shared.get_mut(filter) {
+                let before = group.members.len();
+                group.members.retain(|(member, _)| &**member != session);
+                self.filters -= before - group.members.len();
+                if group.members.is_empty() {
+                    self.shared.remove(filter);
+                }
+            }
+            return;
+        }
         let levels: Vec<&str> = filter.split('/').collect();
         if remove_at(&mut self.root, &levels, session) {
             self.filters -= 1;
@@ -58,7 +106,14 @@ impl SubscriptionIndex {
     /// filters the router cannot ask for (see [`crate::router::Router::connect`]).
     /// Returns the bytes of the filters removed, and how many.
     pub fn remove_session(&mut self, session: &str) -> (usize, usize) {
-        let (removed, bytes) = remove_session_at(&mut self.root, session, None);
+        let (mut removed, mut bytes) = remove_session_at(&mut self.root, session, None);
+        self.shared.retain(|filter, group| {
+            let before = group.members.len();
+            group.members.retain(|(member, _)| &**member != session);
+            removed += before - group.members.len();
+            bytes += (before - group.members.len()) * filter.len();
+            !group.members.is_empty()
+        });
         self.filters -= removed;
         (bytes, removed)
     }
@@ -71,6 +126,17 @@ impl SubscriptionIndex {
         // MQTT §4.7.2: wildcards at the first level do not match `$` topics.
         let system = topic.starts_with('$');
         collect(&self.root, &levels, system, &mut found);
+        // One member of each matching group, in turn; a session that also matches otherwise
+        // gets one delivery at the higher QoS.
+        for group in self.shared.values() {
+            if group.members.is_empty() || !crate::topic::matches(&group.filter, topic) {
+                continue;
+            }
+            let turn = group.next.fetch_add(1, Ordering::Relaxed) % group.members.len();
+            let (member, qos) = &group.members[turn];
+            let granted = found.entry(member.clone()).or_insert(*qos);
+            *granted = (*granted).max(*qos);
+        }
         found.into_iter().collect()
     }
 
@@ -199,6 +265,32 @@ mod tests {
         assert_eq!(ids(index.matches("a/b/c")), vec![("t".into(), 0)]);
         index.remove("a/#", "t");
         assert!(index.len() == 0 && index.root.is_empty());
+    }
+
+    #[test]
+    fn shared_groups_take_turns() {
+        let mut index = SubscriptionIndex::default();
+        index.insert("$share/g/a/+", "s1".into(), 1);
+        index.insert("$share/g/a/+", "s2".into(), 0);
+        index.insert("$share/h/a/#", "s3".into(), 1);
+        assert_eq!(index.len(), 3);
+        let mut turns = Vec::new();
+        for _ in 0..4 {
+            let mut got: Vec<String> =
+                index.matches("a/b").into_iter().map(|(s, _)| s.to_string()).collect();
+            got.sort();
+            turns.push(got);
+        }
+        assert_eq!(turns, [["s1", "s3"], ["s2", "s3"], ["s1", "s3"], ["s2", "s3"]]);
+        assert!(index.matches("b/c").is_empty());
+        index.remove("$share/g/a/+", "s1");
+        assert_eq!(index.remove_session("s3").1, 1);
+        let only: Vec<String> =
+            index.matches("a/b").into_iter().map(|(s, _)| s.to_string()).collect();
+        assert_eq!(only, ["s2"]);
+        assert_eq!(shared("$share//a"), None);
+        assert_eq!(shared("$share/g+/a"), None);
+        assert_eq!(shared("$share/g/a/#"), Some(("g", "a/#")));
     }
 
     #[test]

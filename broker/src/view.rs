@@ -12,7 +12,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use futures::StreamExt;
 use meridian_registry::ids::{AccountId, DeviceKey, InstanceId, ProductKey};
-use meridian_registry::model::{Device, DeviceStatus, Placement, Product};
+use meridian_registry::model::{Device, DeviceStatus, Instance, MqttEndpoint, Placement, Product};
 use meridian_registry::secret::{DeviceSecret, SecretKey};
 use meridian_registry::store::{Change, Revision, Store, StoreError};
 use meridian_registry::{decode, keys, subscriptions};
@@ -34,11 +34,31 @@ pub struct ProductEntry {
     pub home: InstanceId,
 }
 
+/// Where a device that is no longer placed here should go (PROTOCOL §11): the MQTT 5.0
+/// Server Reference, and whether the move is to another account (0x9D rather than 0x9C).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redirect {
+    /// `host:port` of its new instance; `None` when the broker cannot name one (a
+    /// nearest-access placement with several candidates: which is nearest is the edge's to
+    /// say, so the device re-bootstraps).
+    pub reference: Option<String>,
+    /// The new instance belongs to another account than this one.
+    pub other_account: bool,
+}
+
+#[derive(Clone, Debug)]
+struct InstanceEntry {
+    owner: AccountId,
+    endpoint: MqttEndpoint,
+}
+
 /// Credentials and ownership, readable from every connection task without blocking.
 #[derive(Default)]
 pub struct RegistryView {
     devices: DashMap<DeviceKey, DeviceEntry>,
     products: DashMap<ProductKey, ProductEntry>,
+    /// Instances' owners and endpoints, for the Server Reference of a redirect.
+    instances: DashMap<InstanceId, InstanceEntry>,
     /// Each device's kept subscriptions (filter → granted QoS), as last committed.
     subscriptions: DashMap<DeviceKey, Arc<BTreeMap<String, u8>>>,
     /// The feed revision applied so far; tests and the supervisor wait on it.
@@ -76,6 +96,36 @@ impl RegistryView {
         } else {
             Admission::Elsewhere
         }
+    }
+
+    /// Where a device placed elsewhere than `here` should connect (PROTOCOL §11): its
+    /// specified instance, its product's home, or the one candidate of a nearest-access
+    /// placement. `None` when the device is placed here, or unknown.
+    pub fn redirect(&self, key: &DeviceKey, here: &InstanceId) -> Option<Redirect> {
+        let device = self.devices.get(key)?;
+        let product = self.products.get(&key.product_key)?;
+        if device.placement.allows(here, &product.home) {
+            return None;
+        }
+        let target = match &device.placement {
+            Placement::Home => Some(product.home.clone()),
+            Placement::Specified { instance } => Some(instance.clone()),
+            Placement::Nearest { candidates } => match candidates.as_slice() {
+                [only] => Some(only.instance.clone()),
+                _ => None,
+            },
+        };
+        let here_owner = self.instances.get(here).map(|entry| entry.owner.clone());
+        let target = target.and_then(|id| self.instances.get(&id).map(|entry| entry.clone()));
+        Some(Redirect {
+            reference: target
+                .as_ref()
+                .map(|entry| format!("{}:{}", entry.endpoint.host, entry.endpoint.tcp_port)),
+            other_account: match (&target, &here_owner) {
+                (Some(target), Some(here)) => &target.owner != here,
+                _ => false,
+            },
+        })
     }
 
     pub fn account_owns_product(&self, account: &AccountId, product: &str) -> bool {
@@ -179,8 +229,15 @@ pub async fn follow(
     let products = store.scan_prefix(keys::PRODUCTS).await?;
     let devices = store.scan_prefix(keys::DEVICES).await?;
     let kept = store.scan_prefix(keys::SUBSCRIPTIONS).await?;
-    let from = products.revision.min(devices.revision).min(kept.revision);
-    for entry in products.entries.iter().chain(&devices.entries).chain(&kept.entries) {
+    let instances = store.scan_prefix(keys::INSTANCES).await?;
+    let from = products.revision.min(devices.revision).min(kept.revision).min(instances.revision);
+    for entry in instances
+        .entries
+        .iter()
+        .chain(&products.entries)
+        .chain(&devices.entries)
+        .chain(&kept.entries)
+    {
         let change = Change {
             revision: entry.revision,
             key: entry.key.clone(),
@@ -238,6 +295,25 @@ fn apply(
 ) {
     // The receiver going away only means nobody re-checks sessions (shutdown).
     let tell = |what| drop(changed.send(what));
+    if change.key.starts_with(keys::INSTANCES) {
+        match &change.value {
+            Some(value) => match decode::<Instance>(&change.key, value) {
+                Ok(instance) => {
+                    let entry =
+                        InstanceEntry { owner: instance.owner, endpoint: instance.endpoint };
+                    view.instances.insert(instance.id, entry);
+                }
+                Err(error) => tracing::warn!(key = %change.key, %error, "skipping instance record"),
+            },
+            None => {
+                let key = change.key.trim_start_matches(keys::INSTANCES);
+                if let Ok(key) = key.parse::<InstanceId>() {
+                    view.instances.remove(&key);
+                }
+            }
+        }
+        return;
+    }
     if change.key.starts_with(keys::PRODUCTS) {
         match &change.value {
             Some(value) => match decode::<Product>(&change.key, value) {

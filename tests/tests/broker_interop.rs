@@ -415,6 +415,74 @@ async fn mosquitto_over_tls_with_client_certificates() {
     assert!(!output.status.success(), "mosquitto_pub without a certificate: {}", describe(&output));
 }
 
+/// MQTT 5.0 over TLS (PROTOCOL §11): `mosquitto_sub`/`mosquitto_pub -V mqttv5` with client
+/// certificates. Before 5.0 support the broker answered their CONNECT with CONNACK 1.
+#[tokio::test]
+async fn mosquitto_v5_over_tls() {
+    if !mosquitto_present().await {
+        return;
+    }
+    let pki = Pki::new();
+    let registry = TestRegistry::new().await;
+    let broker = tls_broker(&registry, &pki, true).await;
+    let tls = broker.tls_addr.expect("TLS listener");
+    let ca = pki.path("ca.pem");
+    let (cert, key) = (pki.path("client.pem"), pki.path("client.key"));
+    let trusted = [
+        "-V",
+        "mqttv5",
+        "--cafile",
+        path_str(&ca),
+        "--cert",
+        path_str(&cert),
+        "--key",
+        path_str(&key),
+    ];
+    let mut sub =
+        MosquittoSub::start(tls, &[&trusted[..], &["-t", "tls5/#", "-q", "1"]].concat()).await;
+    mosquitto_pub(tls, &[&trusted[..], &["-t", "tls5/a", "-q", "1", "-m", "sealed"]].concat())
+        .await;
+    assert_eq!(sub.message().await, "1 0 tls5/a sealed");
+}
+
+/// MQTT 5.0 over WebSocket: a 5.0 CONNECT gets a 5.0 CONNACK (reason 0 and its properties),
+/// and the connection serves 5.0 packets.
+#[tokio::test]
+async fn websocket_v5_connect() {
+    let registry = TestRegistry::new().await;
+    let broker = websocket_broker(&registry).await;
+    let ws_addr = broker.websocket_addr.expect("WebSocket listener");
+    let (ws, _) = ws_handshake(ws_addr, Some("mqtt")).await.expect("upgrade");
+    let mut ws = WsClient { ws, buffer: BytesMut::new() };
+    let mut connect = vec![0x10, 0, 0, 4, b'M', b'Q', b'T', b'T', 5, 0xC2, 0, 30, 0, 0, 2];
+    connect.extend_from_slice(b"w5");
+    for field in [USER.0, USER.1] {
+        connect.extend_from_slice(&u16::try_from(field.len()).expect("short").to_be_bytes());
+        connect.extend_from_slice(field.as_bytes());
+    }
+    connect[1] = u8::try_from(connect.len() - 2).expect("short");
+    ws.send(&connect).await;
+    let mut got = Vec::new();
+    while got.len() < 2 || got.len() < 2 + usize::from(got[1]) {
+        match ws.next().await {
+            Message::Binary(data) => got.extend_from_slice(&data),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected WebSocket message {other:?}"),
+        }
+    }
+    assert_eq!(got[0], 0x20, "CONNACK: {got:02x?}");
+    assert!(got[1] > 2, "a 5.0 CONNACK carries properties: {got:02x?}");
+    assert_eq!(got[3], 0x00, "reason: success");
+    ws.send(&[0xC0, 0x00]).await;
+    let mut pong = Vec::new();
+    while pong.len() < 2 {
+        if let Message::Binary(data) = ws.next().await {
+            pong.extend_from_slice(&data);
+        }
+    }
+    assert_eq!(&pong[..2], &[0xD0, 0x00]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // paho-mqtt (Python)
 

@@ -185,9 +185,14 @@ async fn refusals_get_their_connack_codes() {
     assert_eq!(code(unknown).await, Code::BadUserNamePassword);
     let anonymous = raw::connect("x", None, 30);
     assert_eq!(code(anonymous.clone()).await, Code::NotAuthorized, "anonymous not allowed");
-    // An MQTT 5 protocol level on a 3.1.1 CONNECT.
-    let v5 = raw::Connect { protocol: mqttbytes::Protocol::V5, ..anonymous };
-    assert_eq!(code(v5).await, Code::RefusedProtocolVersion, "unacceptable protocol level");
+    // A protocol level the broker does not speak (6; 4 and 5 are 3.1.1 and 5.0, PROTOCOL §11).
+    let mut level_6 = raw::encode(&raw::Packet::Connect(anonymous));
+    level_6[8] = 6;
+    assert_eq!(
+        raw::open(broker.addr, &level_6).await.1.code,
+        Code::RefusedProtocolVersion,
+        "unacceptable protocol level"
+    );
     let persistent_empty = raw::Connect { clean_session: false, ..raw::connect("", None, 30) };
     assert_eq!(code(persistent_empty).await, Code::BadClientId, "empty id, clean session 0");
 }

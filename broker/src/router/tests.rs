@@ -49,6 +49,8 @@ fn message(topic: &str, qos: u8, payload: &str, retain: bool) -> Message {
         qos,
         retain,
         origin: Default::default(),
+        properties: None,
+        sender: 0,
     }
 }
 
@@ -266,7 +268,7 @@ async fn persistent_session_queues_qos1_while_offline_and_resumes() {
     );
     let payloads: Vec<Bytes> = std::iter::from_fn(|| session.poll_transmit())
         .map(|packet| match packet {
-            mqttbytes::v4::Packet::Publish(publish) => publish.payload,
+            crate::packet::Packet::Publish(publish) => publish.payload,
             other => panic!("unexpected {other:?}"),
         })
         .collect();
@@ -754,7 +756,13 @@ async fn parked_sessions_expire_with_everything_they_held() {
         let mut subscribe = subscribe;
         subscribe.pkid = 1;
         let view = crate::view::RegistryView::default();
-        session.handle_packet(now, mqttbytes::v4::Packet::Subscribe(subscribe), &view).unwrap();
+        session
+            .handle_packet(
+                now,
+                crate::packet::from_v4(mqttbytes::v4::Packet::Subscribe(subscribe)),
+                &view,
+            )
+            .unwrap();
         while let Some(event) = session.poll_event() {
             if let crate::session::Event::Subscribe(filters) = event {
                 router.subscribe_paced(&session_id, n, &filters);

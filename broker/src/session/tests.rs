@@ -2,9 +2,31 @@
 //! from it. No sockets, no sleeping.
 
 use meridian_registry::ids::DeviceKey;
-use mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, LastWill, SubscribeFilter};
+use mqttbytes::v4::{
+    ConnAck, Connect, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, PubRel, Publish, SubAck,
+    Subscribe, SubscribeFilter, SubscribeReasonCode, UnsubAck, Unsubscribe,
+};
 
 use super::*;
+use crate::packet;
+
+/// These tests drive the session as a 3.1.1 client would: packets go in as 3.1.1 reads them
+/// and come out as 3.1.1 writes them (the MQTT 5.0 ones are in `v5`).
+trait V4Session {
+    fn handle_v4(&mut self, now: Instant, packet: Packet, view: &RegistryView)
+    -> Result<(), Close>;
+}
+
+impl V4Session for Session {
+    fn handle_v4(
+        &mut self,
+        now: Instant,
+        packet: Packet,
+        view: &RegistryView,
+    ) -> Result<(), Close> {
+        self.handle_packet(now, packet::from_v4(packet), view)
+    }
+}
 
 const PK: &str = "a13FN5TplKq";
 const DN: &str = "dev1";
@@ -39,7 +61,7 @@ fn device_session(now: Instant) -> Session {
 }
 
 fn transmitted(session: &mut Session) -> Vec<Packet> {
-    std::iter::from_fn(|| session.poll_transmit()).collect()
+    std::iter::from_fn(|| session.poll_transmit()).filter_map(|p| packet::to_v4(&p)).collect()
 }
 
 fn events(session: &mut Session) -> Vec<Event> {
@@ -74,6 +96,8 @@ fn message(topic: &str, qos: u8, payload: &str) -> Message {
         qos,
         retain: false,
         origin: Default::default(),
+        properties: None,
+        sender: 0,
     }
 }
 
@@ -109,7 +133,7 @@ fn qos0_publish_is_routed_without_acknowledgement() {
     let now = Instant::now();
     let view = RegistryView::default();
     let mut session = standard_session(now);
-    session.handle_packet(now, publish("a/b", QoS::AtMostOnce, 0, "hi"), &view).unwrap();
+    session.handle_v4(now, publish("a/b", QoS::AtMostOnce, 0, "hi"), &view).unwrap();
     assert!(transmitted(&mut session).is_empty());
     assert_eq!(events(&mut session), vec![Event::Publish(message("a/b", 0, "hi"))]);
 }
@@ -119,7 +143,7 @@ fn qos1_publish_is_acknowledged_and_routed() {
     let now = Instant::now();
     let view = RegistryView::default();
     let mut session = standard_session(now);
-    session.handle_packet(now, publish("a/b", QoS::AtLeastOnce, 7, "hi"), &view).unwrap();
+    session.handle_v4(now, publish("a/b", QoS::AtLeastOnce, 7, "hi"), &view).unwrap();
     assert_eq!(transmitted(&mut session), vec![Packet::PubAck(PubAck::new(7))]);
     assert_eq!(events(&mut session), vec![Event::Publish(message("a/b", 1, "hi"))]);
 
@@ -128,7 +152,7 @@ fn qos1_publish_is_acknowledged_and_routed() {
     if let Packet::Publish(p) = &mut again {
         p.dup = true;
     }
-    session.handle_packet(now, again, &view).unwrap();
+    session.handle_v4(now, again, &view).unwrap();
     assert_eq!(transmitted(&mut session), vec![Packet::PubAck(PubAck::new(7))]);
     assert_eq!(events(&mut session).len(), 1);
 }
@@ -139,7 +163,7 @@ fn qos2_publish_handshake_routes_once() {
     let view = RegistryView::default();
     let mut session = standard_session(now);
 
-    session.handle_packet(now, publish("a/b", QoS::ExactlyOnce, 9, "once"), &view).unwrap();
+    session.handle_v4(now, publish("a/b", QoS::ExactlyOnce, 9, "once"), &view).unwrap();
     assert_eq!(transmitted(&mut session), vec![Packet::PubRec(PubRec::new(9))]);
     assert_eq!(events(&mut session), vec![Event::Publish(message("a/b", 2, "once"))]);
 
@@ -148,20 +172,20 @@ fn qos2_publish_handshake_routes_once() {
     if let Packet::Publish(p) = &mut again {
         p.dup = true;
     }
-    session.handle_packet(now, again, &view).unwrap();
+    session.handle_v4(now, again, &view).unwrap();
     assert_eq!(transmitted(&mut session), vec![Packet::PubRec(PubRec::new(9))]);
     assert!(events(&mut session).is_empty());
 
-    session.handle_packet(now, Packet::PubRel(PubRel::new(9)), &view).unwrap();
+    session.handle_v4(now, Packet::PubRel(PubRel::new(9)), &view).unwrap();
     assert_eq!(transmitted(&mut session), vec![Packet::PubComp(PubComp::new(9))]);
     assert!(events(&mut session).is_empty());
 
     // A repeated PUBREL is completed again (the client may have missed the PUBCOMP).
-    session.handle_packet(now, Packet::PubRel(PubRel::new(9)), &view).unwrap();
+    session.handle_v4(now, Packet::PubRel(PubRel::new(9)), &view).unwrap();
     assert_eq!(transmitted(&mut session), vec![Packet::PubComp(PubComp::new(9))]);
 
     // Once released, the id is free: a new message with it is a new message.
-    session.handle_packet(now, publish("a/b", QoS::ExactlyOnce, 9, "next"), &view).unwrap();
+    session.handle_v4(now, publish("a/b", QoS::ExactlyOnce, 9, "next"), &view).unwrap();
     assert_eq!(transmitted(&mut session), vec![Packet::PubRec(PubRec::new(9))]);
     assert_eq!(events(&mut session), vec![Event::Publish(message("a/b", 2, "next"))]);
 }
@@ -171,12 +195,12 @@ fn qos2_ids_are_tracked_independently() {
     let now = Instant::now();
     let view = RegistryView::default();
     let mut session = standard_session(now);
-    session.handle_packet(now, publish("a", QoS::ExactlyOnce, 1, "one"), &view).unwrap();
-    session.handle_packet(now, publish("a", QoS::ExactlyOnce, 2, "two"), &view).unwrap();
-    session.handle_packet(now, Packet::PubRel(PubRel::new(1)), &view).unwrap();
+    session.handle_v4(now, publish("a", QoS::ExactlyOnce, 1, "one"), &view).unwrap();
+    session.handle_v4(now, publish("a", QoS::ExactlyOnce, 2, "two"), &view).unwrap();
+    session.handle_v4(now, Packet::PubRel(PubRel::new(1)), &view).unwrap();
     // 2 is still awaiting PUBREL, so its duplicate is not routed; 1 is free again.
-    session.handle_packet(now, publish("a", QoS::ExactlyOnce, 2, "two"), &view).unwrap();
-    session.handle_packet(now, publish("a", QoS::ExactlyOnce, 1, "three"), &view).unwrap();
+    session.handle_v4(now, publish("a", QoS::ExactlyOnce, 2, "two"), &view).unwrap();
+    session.handle_v4(now, publish("a", QoS::ExactlyOnce, 1, "three"), &view).unwrap();
     let routed: Vec<_> = events(&mut session)
         .into_iter()
         .map(|event| match event {
@@ -194,14 +218,14 @@ fn packet_identifier_zero_is_refused() {
     for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
         let mut session = standard_session(now);
         assert_eq!(
-            session.handle_packet(now, publish("a", qos, 0, "x"), &view),
+            session.handle_v4(now, publish("a", qos, 0, "x"), &view),
             Err(Close::ProtocolViolation("packet identifier 0"))
         );
         assert!(events(&mut session).is_empty());
     }
     // QoS 0 has no packet identifier at all.
     let mut session = standard_session(now);
-    assert!(session.handle_packet(now, publish("a", QoS::AtMostOnce, 0, "x"), &view).is_ok());
+    assert!(session.handle_v4(now, publish("a", QoS::AtMostOnce, 0, "x"), &view).is_ok());
 }
 
 #[test]
@@ -211,7 +235,7 @@ fn invalid_topic_names_are_protocol_violations() {
     for topic in ["", "a/+", "a/#", "a\0b"] {
         let mut session = standard_session(now);
         assert_eq!(
-            session.handle_packet(now, publish(topic, QoS::AtMostOnce, 0, "x"), &view),
+            session.handle_v4(now, publish(topic, QoS::AtMostOnce, 0, "x"), &view),
             Err(Close::ProtocolViolation("invalid topic name")),
             "{topic:?}"
         );
@@ -220,7 +244,7 @@ fn invalid_topic_names_are_protocol_violations() {
     let mut session = device_session(now);
     let long = device_topic(&format!("user/{}", "x".repeat(128)));
     assert_eq!(
-        session.handle_packet(now, publish(&long, QoS::AtMostOnce, 0, "x"), &view),
+        session.handle_v4(now, publish(&long, QoS::AtMostOnce, 0, "x"), &view),
         Err(Close::ProtocolViolation("invalid topic name"))
     );
 }
@@ -235,7 +259,7 @@ fn retain_is_kept_for_standard_clients_and_stripped_for_devices() {
     if let Packet::Publish(p) = &mut packet {
         p.retain = true;
     }
-    standard.handle_packet(now, packet, &view).unwrap();
+    standard.handle_v4(now, packet, &view).unwrap();
     let Some(Event::Publish(routed)) = standard.poll_event() else { panic!("no publish") };
     assert!(routed.retain);
 
@@ -244,7 +268,7 @@ fn retain_is_kept_for_standard_clients_and_stripped_for_devices() {
     if let Packet::Publish(p) = &mut packet {
         p.retain = true;
     }
-    device.handle_packet(now, packet, &view).unwrap();
+    device.handle_v4(now, packet, &view).unwrap();
     let Some(Event::Publish(routed)) = device.poll_event() else { panic!("no publish") };
     assert!(!routed.retain);
 }
@@ -275,17 +299,17 @@ fn device_publish_outside_its_topics_is_denied_but_acknowledged() {
     let mut session = device_session(now);
     let foreign = format!("/sys/{PK}/dev2/thing/event/property/post");
 
-    session.handle_packet(now, publish(&foreign, QoS::AtLeastOnce, 3, "{}"), &view).unwrap();
+    session.handle_v4(now, publish(&foreign, QoS::AtLeastOnce, 3, "{}"), &view).unwrap();
     assert_eq!(transmitted(&mut session), vec![Packet::PubAck(PubAck::new(3))]);
     assert_eq!(events(&mut session), vec![Event::PublishDenied { topic: foreign.clone() }]);
 
-    session.handle_packet(now, publish(&foreign, QoS::AtMostOnce, 0, "{}"), &view).unwrap();
+    session.handle_v4(now, publish(&foreign, QoS::AtMostOnce, 0, "{}"), &view).unwrap();
     assert!(transmitted(&mut session).is_empty());
     assert_eq!(events(&mut session), vec![Event::PublishDenied { topic: foreign }]);
 
     // Its own topic goes through.
     let own = format!("/sys/{PK}/{DN}/thing/event/property/post");
-    session.handle_packet(now, publish(&own, QoS::AtLeastOnce, 4, "{}"), &view).unwrap();
+    session.handle_v4(now, publish(&own, QoS::AtLeastOnce, 4, "{}"), &view).unwrap();
     assert_eq!(transmitted(&mut session), vec![Packet::PubAck(PubAck::new(4))]);
     // Marked as the device's, so its own implicit downlink does not echo it.
     let origin = Origin::Device(crate::acl::device_session_id(PK, DN).into());
@@ -299,11 +323,7 @@ fn device_qos2_publish_is_a_protocol_violation() {
     let view = RegistryView::default();
     let mut session = device_session(now);
     assert_eq!(
-        session.handle_packet(
-            now,
-            publish(&device_topic("update"), QoS::ExactlyOnce, 1, "x"),
-            &view
-        ),
+        session.handle_v4(now, publish(&device_topic("update"), QoS::ExactlyOnce, 1, "x"), &view),
         Err(Close::ProtocolViolation("QoS above this client's profile"))
     );
     assert!(transmitted(&mut session).is_empty());
@@ -317,12 +337,12 @@ fn payload_above_the_profile_limit_is_a_protocol_violation() {
     let mut session = device_session(now);
     let topic = device_topic("update");
     let at_limit = "x".repeat(Profile::DEVICE.max_payload);
-    session.handle_packet(now, publish(&topic, QoS::AtMostOnce, 0, &at_limit), &view).unwrap();
+    session.handle_v4(now, publish(&topic, QoS::AtMostOnce, 0, &at_limit), &view).unwrap();
     assert_eq!(events(&mut session).len(), 1);
 
     let over = "x".repeat(Profile::DEVICE.max_payload + 1);
     assert_eq!(
-        session.handle_packet(now, publish(&topic, QoS::AtLeastOnce, 1, &over), &view),
+        session.handle_v4(now, publish(&topic, QoS::AtLeastOnce, 1, &over), &view),
         Err(Close::ProtocolViolation("payload above this client's limit"))
     );
     assert!(transmitted(&mut session).is_empty(), "not acknowledged");
@@ -330,8 +350,8 @@ fn payload_above_the_profile_limit_is_a_protocol_violation() {
 
     let profile = Profile { max_payload: 4, ..standard_profile() };
     let mut session = Session::new(now, standard(), profile, limits(), 0, None, None);
-    assert!(session.handle_packet(now, publish("a", QoS::AtMostOnce, 0, "four"), &view).is_ok());
-    assert!(session.handle_packet(now, publish("a", QoS::AtMostOnce, 0, "five!"), &view).is_err());
+    assert!(session.handle_v4(now, publish("a", QoS::AtMostOnce, 0, "four"), &view).is_ok());
+    assert!(session.handle_v4(now, publish("a", QoS::AtMostOnce, 0, "five!"), &view).is_err());
 }
 
 // ---- subscribe and unsubscribe ----
@@ -343,7 +363,7 @@ fn granted_qos_is_capped_by_the_profile() {
 
     let mut device = device_session(now);
     let filter = device_topic("user/#");
-    device.handle_packet(now, subscribe(1, &[(&filter, QoS::ExactlyOnce)]), &view).unwrap();
+    device.handle_v4(now, subscribe(1, &[(&filter, QoS::ExactlyOnce)]), &view).unwrap();
     assert_eq!(
         transmitted(&mut device),
         vec![Packet::SubAck(SubAck::new(1, vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]))]
@@ -352,11 +372,7 @@ fn granted_qos_is_capped_by_the_profile() {
 
     let mut standard = standard_session(now);
     standard
-        .handle_packet(
-            now,
-            subscribe(2, &[("a/#", QoS::ExactlyOnce), ("b", QoS::AtMostOnce)]),
-            &view,
-        )
+        .handle_v4(now, subscribe(2, &[("a/#", QoS::ExactlyOnce), ("b", QoS::AtMostOnce)]), &view)
         .unwrap();
     assert_eq!(
         transmitted(&mut standard),
@@ -382,7 +398,7 @@ fn forbidden_filter_gets_failure_and_the_rest_are_granted() {
     let own = device_topic("user/#");
     let broadcast = format!("/broadcast/{PK}/#");
     session
-        .handle_packet(
+        .handle_v4(
             now,
             subscribe(
                 5,
@@ -411,7 +427,7 @@ fn forbidden_filter_gets_failure_and_the_rest_are_granted() {
     assert_eq!(events(&mut session), vec![Event::Subscribe(vec![(own, 1), (broadcast, 0)])]);
 
     // A SUBSCRIBE refused entirely still gets its SUBACK, and no event.
-    session.handle_packet(now, subscribe(6, &[("#", QoS::AtMostOnce)]), &view).unwrap();
+    session.handle_v4(now, subscribe(6, &[("#", QoS::AtMostOnce)]), &view).unwrap();
     assert_eq!(
         transmitted(&mut session),
         vec![Packet::SubAck(SubAck::new(6, vec![SubscribeReasonCode::Failure]))]
@@ -432,7 +448,7 @@ fn invalid_filter_is_a_protocol_violation_and_changes_nothing() {
     let view = RegistryView::default();
     let mut session = standard_session(now);
     assert_eq!(
-        session.handle_packet(
+        session.handle_v4(
             now,
             subscribe(1, &[("ok/#", QoS::AtLeastOnce), ("a/#/b", QoS::AtLeastOnce)]),
             &view
@@ -448,7 +464,7 @@ fn invalid_filter_is_a_protocol_violation_and_changes_nothing() {
     for bad in ["a+", "", "#/a"] {
         let mut session = standard_session(now);
         assert!(
-            session.handle_packet(now, subscribe(1, &[(bad, QoS::AtMostOnce)]), &view).is_err(),
+            session.handle_v4(now, subscribe(1, &[(bad, QoS::AtMostOnce)]), &view).is_err(),
             "{bad:?}"
         );
     }
@@ -456,7 +472,7 @@ fn invalid_filter_is_a_protocol_violation_and_changes_nothing() {
     let mut session = device_session(now);
     let long = device_topic(&format!("user/{}", "x".repeat(128)));
     assert_eq!(
-        session.handle_packet(now, subscribe(1, &[(&long, QoS::AtMostOnce)]), &view),
+        session.handle_v4(now, subscribe(1, &[(&long, QoS::AtMostOnce)]), &view),
         Err(Close::ProtocolViolation("invalid topic filter"))
     );
 }
@@ -467,19 +483,19 @@ fn malformed_subscribe_and_unsubscribe_are_protocol_violations() {
     let view = RegistryView::default();
     let mut session = standard_session(now);
     assert_eq!(
-        session.handle_packet(now, subscribe(0, &[("a", QoS::AtMostOnce)]), &view),
+        session.handle_v4(now, subscribe(0, &[("a", QoS::AtMostOnce)]), &view),
         Err(Close::ProtocolViolation("packet identifier 0"))
     );
     assert_eq!(
-        session.handle_packet(now, subscribe(1, &[]), &view),
+        session.handle_v4(now, subscribe(1, &[]), &view),
         Err(Close::ProtocolViolation("SUBSCRIBE without filters"))
     );
     assert_eq!(
-        session.handle_packet(now, unsubscribe(0, &["a"]), &view),
+        session.handle_v4(now, unsubscribe(0, &["a"]), &view),
         Err(Close::ProtocolViolation("packet identifier 0"))
     );
     assert_eq!(
-        session.handle_packet(now, unsubscribe(1, &[]), &view),
+        session.handle_v4(now, unsubscribe(1, &[]), &view),
         Err(Close::ProtocolViolation("UNSUBSCRIBE without filters"))
     );
 }
@@ -502,7 +518,7 @@ fn a_filter_repeated_in_one_subscribe_is_one_subscription() {
     let mut session = Session::new(now, standard(), profile, limits(), 60, None, None);
     let (q0, q1) = (QoS::AtMostOnce, QoS::AtLeastOnce);
     let filters = [("r/#", q1), ("r/#", q1), ("b", q0), ("r/#", q0), ("c", q0), ("r/#", q1)];
-    session.handle_packet(now, subscribe(1, &filters), &view).unwrap();
+    session.handle_v4(now, subscribe(1, &filters), &view).unwrap();
     let ok = |qos| SubscribeReasonCode::Success(qos);
     assert_eq!(
         suback_codes(&mut session),
@@ -524,15 +540,15 @@ fn subscription_memory_is_bounded_per_session_and_broker_wide() {
     let q0 = QoS::AtMostOnce;
     let ok = SubscribeReasonCode::Success(q0);
     session
-        .handle_packet(now, subscribe(1, &[("aaaaa", q0), ("bbbbb", q0), ("c", q0)]), &view)
+        .handle_v4(now, subscribe(1, &[("aaaaa", q0), ("bbbbb", q0), ("c", q0)]), &view)
         .unwrap();
     assert_eq!(suback_codes(&mut session), [ok, ok, SubscribeReasonCode::Failure]);
     assert!(events(&mut session).contains(&Event::Limited("subscription_bytes")));
     // Re-subscribing costs nothing more; unsubscribing frees its bytes.
-    session.handle_packet(now, subscribe(2, &[("aaaaa", q0)]), &view).unwrap();
+    session.handle_v4(now, subscribe(2, &[("aaaaa", q0)]), &view).unwrap();
     assert_eq!(suback_codes(&mut session), [ok]);
-    session.handle_packet(now, unsubscribe(3, &["aaaaa"]), &view).unwrap();
-    session.handle_packet(now, subscribe(4, &[("c", q0)]), &view).unwrap();
+    session.handle_v4(now, unsubscribe(3, &["aaaaa"]), &view).unwrap();
+    session.handle_v4(now, subscribe(4, &[("c", q0)]), &view).unwrap();
     transmitted(&mut session);
     events(&mut session);
 
@@ -541,7 +557,7 @@ fn subscription_memory_is_bounded_per_session_and_broker_wide() {
     let budget = Arc::new(QueueBudget::unlimited().with_state_cap(cap));
     let mut session = standard_session(now).with_budget(budget.clone());
     session
-        .handle_packet(now, subscribe(1, &[("x", q0), ("y", q0), ("z", q0), ("x", q0)]), &view)
+        .handle_v4(now, subscribe(1, &[("x", q0), ("y", q0), ("z", q0), ("x", q0)]), &view)
         .unwrap();
     assert_eq!(suback_codes(&mut session), [ok, ok, SubscribeReasonCode::Failure, ok]);
     assert!(events(&mut session).contains(&Event::Limited("session_state_full")));
@@ -576,7 +592,7 @@ fn retained_cursors_are_owed_per_filter() {
     session.owe_retained([store.cursor("a/#".into(), 1), store.cursor("b".into(), 0)]);
     session.owe_retained([store.cursor("a/#".into(), 0)]);
     assert_eq!(session.retained_due().map(|cursor| cursor.filter.clone()), Some("b".into()));
-    session.handle_packet(now, unsubscribe(1, &["b"]), &view).unwrap();
+    session.handle_v4(now, unsubscribe(1, &["b"]), &view).unwrap();
     // `b` was not subscribed in this session, so it is still owed; a subscribed one goes.
     session.retained_done();
     assert_eq!(session.retained_due().map(|cursor| cursor.qos), Some(0));
@@ -590,10 +606,10 @@ fn retained_cursors_are_owed_per_filter() {
     }
     assert_eq!(session.room(), 0);
     assert!(session.retained_due().is_none(), "no room: not due");
-    session.handle_packet(now, Packet::PubAck(PubAck::new(1)), &view).unwrap();
+    session.handle_v4(now, Packet::PubAck(PubAck::new(1)), &view).unwrap();
     assert!(session.retained_due().is_some());
-    session.handle_packet(now, subscribe(2, &[("q", QoS::AtLeastOnce)]), &view).unwrap();
-    session.handle_packet(now, unsubscribe(3, &["q"]), &view).unwrap();
+    session.handle_v4(now, subscribe(2, &[("q", QoS::AtLeastOnce)]), &view).unwrap();
+    session.handle_v4(now, unsubscribe(3, &["q"]), &view).unwrap();
     assert!(session.retained_due().is_none(), "unsubscribed: no longer owed");
 }
 
@@ -610,7 +626,7 @@ fn subscription_limit_refuses_the_extra_filters() {
     };
 
     session
-        .handle_packet(
+        .handle_v4(
             now,
             subscribe(1, &[("a", QoS::AtMostOnce), ("b", QoS::AtMostOnce), ("c", QoS::AtMostOnce)]),
             &view,
@@ -623,17 +639,17 @@ fn subscription_limit_refuses_the_extra_filters() {
     );
 
     // Re-subscribing an existing filter replaces it and does not count twice.
-    session.handle_packet(now, subscribe(2, &[("a", QoS::AtLeastOnce)]), &view).unwrap();
+    session.handle_v4(now, subscribe(2, &[("a", QoS::AtLeastOnce)]), &view).unwrap();
     assert_eq!(suback(&mut session), vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
     assert_eq!(events(&mut session), vec![Event::Subscribe(vec![("a".into(), 1)])]);
-    session.handle_packet(now, subscribe(3, &[("d", QoS::AtMostOnce)]), &view).unwrap();
+    session.handle_v4(now, subscribe(3, &[("d", QoS::AtMostOnce)]), &view).unwrap();
     assert_eq!(suback(&mut session), vec![SubscribeReasonCode::Failure]);
 
     // Unsubscribing makes room.
-    session.handle_packet(now, unsubscribe(4, &["b"]), &view).unwrap();
+    session.handle_v4(now, unsubscribe(4, &["b"]), &view).unwrap();
     let _ = transmitted(&mut session);
     let _ = events(&mut session);
-    session.handle_packet(now, subscribe(5, &[("d", QoS::AtMostOnce)]), &view).unwrap();
+    session.handle_v4(now, subscribe(5, &[("d", QoS::AtMostOnce)]), &view).unwrap();
     assert_eq!(suback(&mut session), vec![ok]);
     let mut filters: Vec<_> = session.filters().collect();
     filters.sort_unstable();
@@ -650,7 +666,7 @@ fn subscription_bombs_are_refused() {
     let many: Vec<String> = (0..17).map(|i| format!("bomb/{i}")).collect();
     let filters: Vec<(&str, QoS)> = many.iter().map(|f| (f.as_str(), QoS::AtMostOnce)).collect();
     assert_eq!(
-        session.handle_packet(now, subscribe(1, &filters), &view),
+        session.handle_v4(now, subscribe(1, &filters), &view),
         Err(Close::ProtocolViolation("too many filters in one SUBSCRIBE"))
     );
     assert!(transmitted(&mut session).is_empty());
@@ -661,7 +677,7 @@ fn subscription_bombs_are_refused() {
     let deep = "+/".repeat(8) + "#";
     let just_deep_enough = "+/".repeat(7) + "#";
     session
-        .handle_packet(
+        .handle_v4(
             now,
             subscribe(2, &[(&deep, QoS::AtMostOnce), (&just_deep_enough, QoS::AtMostOnce)]),
             &view,
@@ -690,7 +706,7 @@ fn device_downlink_does_not_count_against_its_subscription_limit() {
         .collect();
     for (i, filter) in filters.iter().enumerate() {
         let pkid = u16::try_from(i + 1).unwrap();
-        session.handle_packet(now, subscribe(pkid, &[(filter, QoS::AtLeastOnce)]), &view).unwrap();
+        session.handle_v4(now, subscribe(pkid, &[(filter, QoS::AtLeastOnce)]), &view).unwrap();
     }
     let granted = transmitted(&mut session)
         .into_iter()
@@ -702,7 +718,7 @@ fn device_downlink_does_not_count_against_its_subscription_limit() {
     assert_eq!(granted, Profile::DEVICE.max_subscriptions);
 
     let extra = device_topic("user/extra");
-    session.handle_packet(now, subscribe(999, &[(&extra, QoS::AtLeastOnce)]), &view).unwrap();
+    session.handle_v4(now, subscribe(999, &[(&extra, QoS::AtLeastOnce)]), &view).unwrap();
     assert_eq!(
         transmitted(&mut session),
         vec![Packet::SubAck(SubAck::new(999, vec![SubscribeReasonCode::Failure]))]
@@ -716,22 +732,18 @@ fn unsubscribe_acknowledges_and_reports_what_was_removed() {
     let view = RegistryView::default();
     let mut session = standard_session(now);
     session
-        .handle_packet(
-            now,
-            subscribe(1, &[("a/#", QoS::AtLeastOnce), ("b", QoS::AtMostOnce)]),
-            &view,
-        )
+        .handle_v4(now, subscribe(1, &[("a/#", QoS::AtLeastOnce), ("b", QoS::AtMostOnce)]), &view)
         .unwrap();
     let _ = transmitted(&mut session);
     let _ = events(&mut session);
 
-    session.handle_packet(now, unsubscribe(2, &["a/#", "never"]), &view).unwrap();
+    session.handle_v4(now, unsubscribe(2, &["a/#", "never"]), &view).unwrap();
     assert_eq!(transmitted(&mut session), vec![Packet::UnsubAck(UnsubAck::new(2))]);
     assert_eq!(events(&mut session), vec![Event::Unsubscribe(vec!["a/#".into()])]);
     assert_eq!(session.filters().collect::<Vec<_>>(), ["b"]);
 
     // Unsubscribing only unknown filters is still acknowledged, with nothing for the router.
-    session.handle_packet(now, unsubscribe(3, &["a/#"]), &view).unwrap();
+    session.handle_v4(now, unsubscribe(3, &["a/#"]), &view).unwrap();
     assert_eq!(transmitted(&mut session), vec![Packet::UnsubAck(UnsubAck::new(3))]);
     assert!(events(&mut session).is_empty());
 }
@@ -742,7 +754,7 @@ fn device_unsubscribing_its_downlink_removes_only_the_explicit_subscription() {
     let view = RegistryView::default();
     let mut session = device_session(now);
     let downlink = format!("/sys/{PK}/{DN}/#");
-    session.handle_packet(now, subscribe(1, &[(&downlink, QoS::AtLeastOnce)]), &view).unwrap();
+    session.handle_v4(now, subscribe(1, &[(&downlink, QoS::AtLeastOnce)]), &view).unwrap();
     assert_eq!(
         transmitted(&mut session),
         vec![Packet::SubAck(SubAck::new(1, vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]))]
@@ -750,7 +762,7 @@ fn device_unsubscribing_its_downlink_removes_only_the_explicit_subscription() {
     assert_eq!(events(&mut session), vec![Event::Subscribe(vec![(downlink.clone(), 1)])]);
 
     // The index entry goes; the downlink itself is routed by session id and stays.
-    session.handle_packet(now, unsubscribe(2, &[&downlink]), &view).unwrap();
+    session.handle_v4(now, unsubscribe(2, &[&downlink]), &view).unwrap();
     assert_eq!(transmitted(&mut session), vec![Packet::UnsubAck(UnsubAck::new(2))]);
     assert_eq!(events(&mut session), vec![Event::Unsubscribe(vec![downlink])]);
     assert_eq!(session.filters().count(), 0);
@@ -788,15 +800,15 @@ fn qos1_deliveries_respect_the_window_and_the_queue() {
     assert_eq!(publishes(&transmitted(&mut session)), [(0, QoS::AtMostOnce, false, "fast".into())]);
 
     // A PUBACK frees one slot, filled from the queue in order.
-    session.handle_packet(now, Packet::PubAck(PubAck::new(1)), &view).unwrap();
+    session.handle_v4(now, Packet::PubAck(PubAck::new(1)), &view).unwrap();
     assert_eq!(publishes(&transmitted(&mut session)), [(3, QoS::AtLeastOnce, false, "m2".into())]);
     // Unknown and repeated PUBACKs change nothing.
-    session.handle_packet(now, Packet::PubAck(PubAck::new(1)), &view).unwrap();
-    session.handle_packet(now, Packet::PubAck(PubAck::new(77)), &view).unwrap();
+    session.handle_v4(now, Packet::PubAck(PubAck::new(1)), &view).unwrap();
+    session.handle_v4(now, Packet::PubAck(PubAck::new(77)), &view).unwrap();
     assert!(transmitted(&mut session).is_empty());
 
-    session.handle_packet(now, Packet::PubAck(PubAck::new(2)), &view).unwrap();
-    session.handle_packet(now, Packet::PubAck(PubAck::new(3)), &view).unwrap();
+    session.handle_v4(now, Packet::PubAck(PubAck::new(2)), &view).unwrap();
+    session.handle_v4(now, Packet::PubAck(PubAck::new(3)), &view).unwrap();
     assert_eq!(
         publishes(&transmitted(&mut session)),
         [(4, QoS::AtLeastOnce, false, "m3".into()), (5, QoS::AtLeastOnce, false, "m4".into())]
@@ -817,7 +829,7 @@ fn qos1_delivery_is_sent_when_the_window_has_room_even_without_a_queue() {
     // The window is full and nothing may wait behind it.
     assert!(!session.handle_delivery(delivery("a", 1, "m1")));
     assert_eq!(session.dropped(), 1);
-    session.handle_packet(now, Packet::PubAck(PubAck::new(1)), &view).unwrap();
+    session.handle_v4(now, Packet::PubAck(PubAck::new(1)), &view).unwrap();
     assert!(session.handle_delivery(delivery("a", 1, "m2")));
     assert_eq!(publishes(&transmitted(&mut session)), [(2, QoS::AtLeastOnce, false, "m2".into())]);
 }
@@ -837,23 +849,23 @@ fn qos2_delivery_handshake() {
     );
 
     // A PUBACK does not complete a QoS 2 delivery.
-    session.handle_packet(now, Packet::PubAck(PubAck::new(1)), &view).unwrap();
+    session.handle_v4(now, Packet::PubAck(PubAck::new(1)), &view).unwrap();
     assert!(transmitted(&mut session).is_empty());
     // Neither does a PUBCOMP before PUBREC.
-    session.handle_packet(now, Packet::PubComp(PubComp::new(1)), &view).unwrap();
+    session.handle_v4(now, Packet::PubComp(PubComp::new(1)), &view).unwrap();
     assert!(transmitted(&mut session).is_empty());
 
-    session.handle_packet(now, Packet::PubRec(PubRec::new(1)), &view).unwrap();
+    session.handle_v4(now, Packet::PubRec(PubRec::new(1)), &view).unwrap();
     assert_eq!(transmitted(&mut session), vec![Packet::PubRel(PubRel::new(1))]);
     // Still in the window until PUBCOMP.
-    session.handle_packet(now, Packet::PubComp(PubComp::new(1)), &view).unwrap();
+    session.handle_v4(now, Packet::PubComp(PubComp::new(1)), &view).unwrap();
     assert_eq!(
         publishes(&transmitted(&mut session)),
         [(2, QoS::ExactlyOnce, false, "second".into())]
     );
 
     // A PUBREC for an id we do not know is still released, so the client can finish.
-    session.handle_packet(now, Packet::PubRec(PubRec::new(500)), &view).unwrap();
+    session.handle_v4(now, Packet::PubRec(PubRec::new(500)), &view).unwrap();
     assert_eq!(transmitted(&mut session), vec![Packet::PubRel(PubRel::new(500))]);
 }
 
@@ -891,7 +903,7 @@ fn packet_ids_skip_ids_in_use_and_zero() {
 
     // Once acknowledged, ids are reused.
     for pkid in [1, u16::MAX, 2] {
-        session.handle_packet(now, Packet::PubAck(PubAck::new(pkid)), &view).unwrap();
+        session.handle_v4(now, Packet::PubAck(PubAck::new(pkid)), &view).unwrap();
     }
     session.next_pkid = u16::MAX;
     session.handle_delivery(delivery("a", 1, "again"));
@@ -910,7 +922,7 @@ fn keepalive_deadline_is_one_and_a_half_periods_after_the_last_packet() {
 
     // Any packet from the client moves the deadline.
     let later = now + Duration::from_secs(30);
-    session.handle_packet(later, Packet::PingReq, &view).unwrap();
+    session.handle_v4(later, Packet::PingReq, &view).unwrap();
     assert_eq!(transmitted(&mut session), vec![Packet::PingResp]);
     assert_eq!(session.poll_timeout(), Some(later + Duration::from_secs(90)));
     assert_eq!(session.handle_timeout(now + Duration::from_secs(100)), Ok(()));
@@ -950,7 +962,7 @@ fn keepalive_zero_disables_the_deadline() {
     assert_eq!(session.poll_timeout(), None);
     let much_later = now + Duration::from_secs(365 * 24 * 3600);
     assert_eq!(session.handle_timeout(much_later), Ok(()));
-    session.handle_packet(much_later, Packet::PingReq, &view).unwrap();
+    session.handle_v4(much_later, Packet::PingReq, &view).unwrap();
     assert_eq!(session.poll_timeout(), None);
 }
 
@@ -963,6 +975,8 @@ fn will() -> Message {
         qos: 1,
         retain: true,
         origin: Default::default(),
+        properties: None,
+        sender: 0,
     }
 }
 
@@ -972,7 +986,7 @@ fn disconnect_discards_the_will() {
     let view = RegistryView::default();
     let mut session =
         Session::new(now, standard(), standard_profile(), limits(), 60, Some(will()), None);
-    assert_eq!(session.handle_packet(now, Packet::Disconnect, &view), Err(Close::Disconnect));
+    assert_eq!(session.handle_v4(now, Packet::Disconnect, &view), Err(Close::Disconnect));
     assert_eq!(session.take_will(), None);
 }
 
@@ -989,7 +1003,7 @@ fn other_closes_keep_the_will() {
 
     let mut violated =
         Session::new(now, standard(), standard_profile(), limits(), 60, Some(will()), None);
-    assert!(violated.handle_packet(now, connect_packet(), &view).is_err());
+    assert!(violated.handle_v4(now, connect_packet(), &view).is_err());
     assert_eq!(violated.take_will(), Some(will()));
 
     // Closed from outside (kick, socket error): the session saw nothing, the will stands.
@@ -1011,7 +1025,8 @@ fn device_profile_never_keeps_a_will() {
 #[test]
 fn wills_are_checked_like_publishes() {
     let view = RegistryView::default();
-    let last_will = |topic: &str, qos: QoS, retain: bool| LastWill::new(topic, "bye", qos, retain);
+    let last_will =
+        |topic: &str, qos: QoS, retain: bool| packet::LastWill::new(topic, "bye", qos, retain);
     let standard_profile = standard_profile();
     let check = |principal: &Principal, profile: &Profile, will| {
         check_will(principal, profile, will, &view)
@@ -1084,7 +1099,7 @@ fn second_connect_is_a_protocol_violation() {
     let view = RegistryView::default();
     let mut session = standard_session(now);
     assert_eq!(
-        session.handle_packet(now, connect_packet(), &view),
+        session.handle_v4(now, connect_packet(), &view),
         Err(Close::ProtocolViolation("second CONNECT"))
     );
 }
@@ -1102,7 +1117,7 @@ fn server_packets_from_the_client_are_protocol_violations() {
         let mut session = standard_session(now);
         assert!(
             matches!(
-                session.handle_packet(now, packet.clone(), &view),
+                session.handle_v4(now, packet.clone(), &view),
                 Err(Close::ProtocolViolation(_))
             ),
             "{packet:?}"
@@ -1118,9 +1133,9 @@ fn parked_session_resumes_with_its_state() {
     let view = RegistryView::default();
     let mut session = standard_session(now); // inflight 2, queued 3
 
-    session.handle_packet(now, subscribe(1, &[("a/#", QoS::ExactlyOnce)]), &view).unwrap();
+    session.handle_v4(now, subscribe(1, &[("a/#", QoS::ExactlyOnce)]), &view).unwrap();
     // An inbound QoS 2 message awaiting PUBREL when the connection drops.
-    session.handle_packet(now, publish("in", QoS::ExactlyOnce, 7, "in"), &view).unwrap();
+    session.handle_v4(now, publish("in", QoS::ExactlyOnce, 7, "in"), &view).unwrap();
     let _ = transmitted(&mut session);
     let _ = events(&mut session);
 
@@ -1130,7 +1145,7 @@ fn parked_session_resumes_with_its_state() {
     session.handle_delivery(delivery("a/x", 1, "pending2"));
     assert_eq!(transmitted(&mut session).len(), 2);
     // The client received the QoS 2 one: the server released it, PUBCOMP never arrived.
-    session.handle_packet(now, Packet::PubRec(PubRec::new(1)), &view).unwrap();
+    session.handle_v4(now, Packet::PubRec(PubRec::new(1)), &view).unwrap();
     assert_eq!(transmitted(&mut session), vec![Packet::PubRel(PubRel::new(1))]);
 
     let parked = session.park();
@@ -1150,8 +1165,8 @@ fn parked_session_resumes_with_its_state() {
     assert_eq!(publishes(&resent[1..]), [(2, QoS::AtLeastOnce, true, "q1".into())]);
 
     // Completing them lets the pending queue through, as fresh sends with new ids.
-    resumed.handle_packet(later, Packet::PubComp(PubComp::new(1)), &view).unwrap();
-    resumed.handle_packet(later, Packet::PubAck(PubAck::new(2)), &view).unwrap();
+    resumed.handle_v4(later, Packet::PubComp(PubComp::new(1)), &view).unwrap();
+    resumed.handle_v4(later, Packet::PubAck(PubAck::new(2)), &view).unwrap();
     assert_eq!(
         publishes(&transmitted(&mut resumed)),
         [
@@ -1161,7 +1176,7 @@ fn parked_session_resumes_with_its_state() {
     );
 
     // The inbound QoS 2 id survived: its duplicate is acknowledged, not routed again.
-    resumed.handle_packet(later, publish("in", QoS::ExactlyOnce, 7, "in"), &view).unwrap();
+    resumed.handle_v4(later, publish("in", QoS::ExactlyOnce, 7, "in"), &view).unwrap();
     assert_eq!(transmitted(&mut resumed), vec![Packet::PubRec(PubRec::new(7))]);
     assert!(events(&mut resumed).is_empty());
 }
@@ -1223,7 +1238,7 @@ fn parked_enqueue_drops_qos0_and_respects_the_queue_bound() {
     );
     assert_eq!(session.dropped(), 2, "offline drops stay counted");
     let view = RegistryView::default();
-    session.handle_packet(now, Packet::PubAck(PubAck::new(1)), &view).unwrap();
+    session.handle_v4(now, Packet::PubAck(PubAck::new(1)), &view).unwrap();
     assert_eq!(publishes(&transmitted(&mut session)), [(3, QoS::AtLeastOnce, false, "m2".into())]);
 }
 
@@ -1233,7 +1248,7 @@ fn resumed_session_continues_packet_ids() {
     let view = RegistryView::default();
     let mut session = standard_session(now);
     session.handle_delivery(delivery("a", 1, "m0"));
-    session.handle_packet(now, Packet::PubAck(PubAck::new(1)), &view).unwrap();
+    session.handle_v4(now, Packet::PubAck(PubAck::new(1)), &view).unwrap();
     let _ = transmitted(&mut session);
     let mut resumed =
         Session::new(now, standard(), standard_profile(), limits(), 60, None, Some(session.park()));
@@ -1264,7 +1279,7 @@ fn restored_filters_pass_the_subscribe_checks() {
     assert!(session.restore(kept.iter(), &view).is_empty());
     assert!(transmitted(&mut session).is_empty(), "no SUBACK for what was never sent");
 
-    session.handle_packet(now, unsubscribe(7, &[&device_topic("user/get")]), &view).unwrap();
+    session.handle_v4(now, unsubscribe(7, &[&device_topic("user/get")]), &view).unwrap();
     assert!(session.subscription_set().is_empty());
 }
 
@@ -1299,15 +1314,273 @@ fn filters_a_full_budget_defers_stay_in_the_kept_set() {
 
     // Room again (another session let go): the device subscribes something new.
     budget.release_state(crate::budget::subscription_cost(&get));
-    session.handle_packet(now, subscribe(1, &[(&post, QoS::AtMostOnce)]), &view).unwrap();
+    session.handle_v4(now, subscribe(1, &[(&post, QoS::AtMostOnce)]), &view).unwrap();
     let mut expected = kept.clone();
     expected.insert(post.clone(), 0);
     assert_eq!(session.subscription_set(), expected);
 
     // Unsubscribing the deferred filter gives it up, and says so to the driver.
     let _ = events(&mut session);
-    session.handle_packet(now, unsubscribe(2, &[&set]), &view).unwrap();
+    session.handle_v4(now, unsubscribe(2, &[&set]), &view).unwrap();
     assert!(events(&mut session).iter().any(|event| matches!(event, Event::Unsubscribe(_))));
     expected.remove(&set);
     assert_eq!(session.subscription_set(), expected);
+}
+
+// ---- MQTT 5.0 (PROTOCOL §11), in virtual time ----
+
+mod v5 {
+    use super::*;
+    use crate::packet::{
+        self as p, DisconnectProperties, DisconnectReasonCode, Packet, PubAckReason,
+        RetainForwardRule, SubscribeProperties, SubscribeReasonCode,
+    };
+
+    fn settings() -> V5Settings {
+        V5Settings {
+            client_receive_maximum: 1,
+            client_maximum_packet: None,
+            client_topic_alias_maximum: 0,
+            receive_maximum: 2,
+            topic_alias_maximum: 4,
+            session_expiry: Some(Duration::from_secs(60)),
+            asked_expiry: true,
+        }
+    }
+
+    fn session(now: Instant, settings: V5Settings) -> Session {
+        standard_session(now).with_connection(7).with_v5(settings)
+    }
+
+    fn sent(session: &mut Session) -> Vec<Packet> {
+        std::iter::from_fn(|| session.poll_transmit()).collect()
+    }
+
+    fn publish(
+        topic: &str,
+        qos: QoS,
+        pkid: u16,
+        properties: Option<p::PublishProperties>,
+    ) -> Packet {
+        let mut publish = p::Publish::new(topic, qos, b"x".to_vec());
+        publish.pkid = pkid;
+        publish.properties = properties;
+        Packet::Publish(publish)
+    }
+
+    fn subscribe(filter: &str, id: Option<usize>, set: impl Fn(&mut p::SubscribeFilter)) -> Packet {
+        let mut entry = p::SubscribeFilter::new(filter.into(), QoS::AtLeastOnce);
+        set(&mut entry);
+        let properties = id.map(|id| SubscribeProperties { id: Some(id), user_properties: vec![] });
+        Packet::Subscribe(p::Subscribe { pkid: 1, filters: vec![entry], properties })
+    }
+
+    fn with_expiry(secs: u32) -> Option<Arc<Properties>> {
+        Some(Arc::new(Properties {
+            expiry: Some((Instant::now() + Duration::from_secs(u64::from(secs)), secs)),
+            ..Properties::default()
+        }))
+    }
+
+    /// The broker never has more unacknowledged QoS 1 deliveries out than the client's Receive
+    /// Maximum (here 1, the broker's window 2).
+    #[test]
+    fn client_receive_maximum_bounds_the_window() {
+        let now = Instant::now();
+        let view = RegistryView::default();
+        let mut session = session(now, settings());
+        assert!(session.handle_delivery(delivery("t", 1, "a")));
+        assert!(session.handle_delivery(delivery("t", 1, "b")));
+        assert_eq!(sent(&mut session).len(), 1, "one out until it is acknowledged");
+        session.handle_packet(now, Packet::PubAck(p::PubAck::new(1)), &view).unwrap();
+        assert_eq!(sent(&mut session).len(), 1);
+    }
+
+    /// More QoS 2 publications unreleased than the broker's Receive Maximum: DISCONNECT 0x93.
+    #[test]
+    fn broker_receive_maximum_is_enforced() {
+        let now = Instant::now();
+        let view = RegistryView::default();
+        let mut session = session(now, settings());
+        for pkid in 1..=2 {
+            session.handle_packet(now, publish("t", QoS::ExactlyOnce, pkid, None), &view).unwrap();
+        }
+        let third = session.handle_packet(now, publish("t", QoS::ExactlyOnce, 3, None), &view);
+        assert_eq!(third, Err(Close::Refused(0x93, "receive maximum exceeded")));
+        assert_eq!(third.unwrap_err().reason(), Some(DisconnectReasonCode::ReceiveMaximumExceeded));
+    }
+
+    /// Forwarded with the time held taken off; once expired, never delivered.
+    #[test]
+    fn message_expiry_counts_down_and_drops() {
+        let now = Instant::now();
+        let view = RegistryView::default();
+        let mut session = session(now, V5Settings { client_receive_maximum: 10, ..settings() });
+        let message = Message { properties: with_expiry(10), ..message("t", 1, "soon") };
+        let later = now + Duration::from_secs(4);
+        session.handle_packet(later, Packet::PingReq, &view).unwrap();
+        sent(&mut session);
+        session.handle_delivery(Delivery {
+            message: Arc::new(message.clone()),
+            qos: 1,
+            retain: false,
+        });
+        let Some(Packet::Publish(publish)) = sent(&mut session).pop() else { panic!("delivered") };
+        let left = publish.properties.and_then(|p| p.message_expiry_interval).unwrap();
+        assert!((6..=7).contains(&left), "{left}");
+        // Past its expiry (virtual time moved on): dropped, not sent.
+        session.handle_packet(now + Duration::from_secs(11), Packet::PingReq, &view).unwrap();
+        sent(&mut session);
+        session.handle_delivery(Delivery { message: Arc::new(message), qos: 1, retain: false });
+        assert!(sent(&mut session).is_empty(), "expired messages are never delivered");
+    }
+
+    /// A delivery larger than the client's Maximum Packet Size is dropped for it, not sent.
+    #[test]
+    fn client_maximum_packet_size() {
+        let now = Instant::now();
+        let settings = V5Settings { client_maximum_packet: Some(20), ..settings() };
+        let mut session = session(now, settings);
+        session.handle_delivery(delivery("t", 0, "small"));
+        session.handle_delivery(delivery("t", 0, &"x".repeat(40)));
+        assert_eq!(sent(&mut session).len(), 1);
+        assert!(events(&mut session).contains(&Event::Limited("client_maximum_packet")));
+    }
+
+    /// No Local: the client's own publication is not sent back to it; Retain As Published keeps
+    /// a live message's retain flag; every matching subscription identifier comes with it.
+    #[test]
+    fn subscription_options_and_identifiers() {
+        let now = Instant::now();
+        let view = RegistryView::default();
+        let mut session = session(now, V5Settings { client_receive_maximum: 10, ..settings() });
+        session.handle_packet(now, subscribe("a/#", Some(1), |f| f.nolocal = true), &view).unwrap();
+        session
+            .handle_packet(now, subscribe("a/+", Some(2), |f| f.preserve_retain = true), &view)
+            .unwrap();
+        sent(&mut session);
+        let own = Message { sender: 7, retain: true, ..message("a/b", 1, "own") };
+        session.handle_delivery(Delivery { message: Arc::new(own), qos: 1, retain: false });
+        let Some(Packet::Publish(publish)) = sent(&mut session).pop() else {
+            panic!("a/+ has no No Local: delivered")
+        };
+        assert!(publish.retain, "retain as published");
+        assert_eq!(publish.properties.unwrap().subscription_identifiers, vec![1, 2]);
+
+        let mut alone = super::standard_session(now).with_connection(7).with_v5(settings());
+        alone.handle_packet(now, subscribe("a/#", None, |f| f.nolocal = true), &view).unwrap();
+        sent(&mut alone);
+        let own = Message { sender: 7, ..message("a/b", 1, "own") };
+        alone.handle_delivery(Delivery { message: Arc::new(own), qos: 1, retain: false });
+        assert!(sent(&mut alone).is_empty(), "no local");
+    }
+
+    /// Retain handling 2 sends no retained messages; 1 only for a new subscription.
+    #[test]
+    fn retain_handling() {
+        let now = Instant::now();
+        let view = RegistryView::default();
+        let mut session = session(now, settings());
+        let store = crate::retained::Retained::new(10, 1024);
+        let cursor = |filter: &str| store.cursor(filter.into(), 1);
+        session
+            .handle_packet(
+                now,
+                subscribe("r/1", None, |f| f.retain_forward_rule = RetainForwardRule::Never),
+                &view,
+            )
+            .unwrap();
+        session.owe_retained([cursor("r/1")]);
+        assert!(session.retained_due().is_none());
+        let once =
+            |f: &mut p::SubscribeFilter| f.retain_forward_rule = RetainForwardRule::OnNewSubscribe;
+        session.handle_packet(now, subscribe("r/2", None, once), &view).unwrap();
+        session.owe_retained([cursor("r/2")]);
+        assert!(session.retained_due().is_some(), "new subscription: sent");
+        session.retained_done();
+        session.handle_packet(now, subscribe("r/2", None, once), &view).unwrap();
+        session.owe_retained([cursor("r/2")]);
+        assert!(session.retained_due().is_none(), "existing subscription: not sent");
+    }
+
+    /// A forbidden publish is acknowledged 0x87; a device's shared subscription is refused 0x9E.
+    #[test]
+    fn reason_codes() {
+        let now = Instant::now();
+        let view = RegistryView::default();
+        let mut device = device_session(now).with_v5(settings());
+        device
+            .handle_packet(now, publish("/other/x/user/y", QoS::AtLeastOnce, 1, None), &view)
+            .unwrap();
+        let Some(Packet::PubAck(ack)) = sent(&mut device).pop() else { panic!("PUBACK") };
+        assert_eq!(ack.reason, PubAckReason::NotAuthorized);
+        let shared = format!("$share/g/{}", device_topic("user/get"));
+        device.handle_packet(now, subscribe(&shared, None, |_| {}), &view).unwrap();
+        let Some(Packet::SubAck(ack)) = sent(&mut device).pop() else { panic!("SUBACK") };
+        assert_eq!(ack.return_codes, vec![SubscribeReasonCode::SharedSubscriptionsNotSupported]);
+        // For a standard client a shared subscription is granted; No Local on one, or one
+        // without a filter, is a protocol error (MQTT-3.8.3-4, §4.8.2).
+        let mut session = session(now, settings());
+        session.handle_packet(now, subscribe("$share/g/t/#", None, |_| {}), &view).unwrap();
+        let Some(Packet::SubAck(ack)) = sent(&mut session).pop() else { panic!("SUBACK") };
+        assert_eq!(ack.return_codes, vec![SubscribeReasonCode::QoS1]);
+        let no_local =
+            session.handle_packet(now, subscribe("$share/g/t", None, |f| f.nolocal = true), &view);
+        assert!(matches!(no_local, Err(Close::ProtocolViolation(_))));
+        let mut session = super::standard_session(now).with_v5(settings());
+        let empty = session.handle_packet(now, subscribe("$share/g", None, |_| {}), &view);
+        assert!(matches!(empty, Err(Close::ProtocolViolation(_))));
+    }
+
+    /// DISCONNECT may change the session expiry (and set 0), not set one the CONNECT did not
+    /// ask for; 0x04 keeps the will.
+    #[test]
+    fn disconnect_changes_the_session_expiry() {
+        let now = Instant::now();
+        let view = RegistryView::default();
+        let disconnect = |reason, secs| {
+            Packet::Disconnect(p::Disconnect {
+                reason_code: reason,
+                properties: Some(DisconnectProperties {
+                    session_expiry_interval: secs,
+                    reason_string: None,
+                    user_properties: vec![],
+                    server_reference: None,
+                }),
+            })
+        };
+        let mut session = session(now, settings());
+        let closed = session.handle_packet(
+            now,
+            disconnect(DisconnectReasonCode::NormalDisconnection, Some(0)),
+            &view,
+        );
+        assert_eq!(closed, Err(Close::Disconnect));
+        let parked = session.park_at(now);
+        assert_eq!(parked.expires, Some(now), "expiry 0: forgotten at once");
+
+        let unasked = V5Settings { session_expiry: None, asked_expiry: false, ..settings() };
+        let mut session = super::standard_session(now).with_v5(unasked);
+        let closed = session.handle_packet(
+            now,
+            disconnect(DisconnectReasonCode::NormalDisconnection, Some(30)),
+            &view,
+        );
+        assert!(matches!(closed, Err(Close::ProtocolViolation(_))));
+
+        let mut session = session_with_will(now);
+        let closed = session.handle_packet(
+            now,
+            disconnect(DisconnectReasonCode::DisconnectWithWillMessage, None),
+            &view,
+        );
+        assert_eq!(closed, Err(Close::DisconnectWithWill));
+        assert!(session.take_will().is_some());
+    }
+
+    fn session_with_will(now: Instant) -> Session {
+        let will = message("will/t", 0, "bye");
+        Session::new(now, standard(), standard_profile(), limits(), 60, Some(will), None)
+            .with_v5(settings())
+    }
 }
