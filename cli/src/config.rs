@@ -162,6 +162,17 @@ pub enum StoreBackend {
     Nats,
 }
 
+/// `url` without the `user:password@` part, for logs and errors.
+fn without_userinfo(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((_, host)) => format!("{scheme}://{host}"),
+            None => url.to_owned(),
+        },
+        None => url.rsplit_once('@').map_or_else(|| url.to_owned(), |(_, host)| host.to_owned()),
+    }
+}
+
 fn default_store_path() -> PathBuf {
     "../data/meridian.redb".into()
 }
@@ -182,7 +193,10 @@ impl StoreConfig {
             }
             StoreBackend::Nats => {
                 let nats = self.nats.clone().context("backend = \"nats\" needs [store.nats]")?;
-                let servers = nats.servers.join(",");
+                // Never the credentials a URL may carry (`nats://user:pass@host`).
+                let servers: Vec<String> =
+                    nats.servers.iter().map(|url| without_userinfo(url)).collect();
+                let servers = servers.join(",");
                 let store = JetStreamStore::connect(nats)
                     .await
                     .with_context(|| format!("connecting to NATS at {servers}"))?;
@@ -463,6 +477,16 @@ mod tests {
             Some(PathBuf::from("/etc/meridian/nats-ca.pem"))
         );
         assert_eq!(nats.read.map(|read| read.stream).as_deref(), Some("KV_meridian_cn-shanghai"));
+    }
+
+    #[test]
+    fn nats_urls_are_logged_without_credentials() {
+        assert_eq!(
+            without_userinfo("nats://meridian:s3cret@10.0.0.1:4222"),
+            "nats://10.0.0.1:4222"
+        );
+        assert_eq!(without_userinfo("tls://10.0.0.1:4222"), "tls://10.0.0.1:4222");
+        assert_eq!(without_userinfo("token@10.0.0.1:4222"), "10.0.0.1:4222");
     }
 
     #[test]
