@@ -512,24 +512,40 @@ where
             // A client that stops reading blocks this write; a kick (slow consumer, takeover,
             // shutdown) must still get through, and deliveries arriving meanwhile must not
             // cancel it.
-            let write = async {
-                stream.write_all(&out).await?;
-                stream.flush().await
-            };
-            tokio::pin!(write);
-            let written = loop {
-                tokio::select! {
-                    written = &mut write => break Ok(written),
-                    () = link.woken() => match link.kicked() {
-                        Some(kick) => break Err(kick),
-                        None => woken = true,
-                    },
+            // What a write cut short by a kick already sent is counted, so the final flush
+            // sends the rest of the buffer, not all of it again (which would repeat a partly
+            // sent packet's first bytes and garble the stream).
+            // (An atomic only because the connection's future must be `Send`; one task touches it.)
+            let sent = std::sync::atomic::AtomicUsize::new(0);
+            let written = {
+                let write = async {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    while sent.load(Relaxed) < out.len() {
+                        match stream.write(&out[sent.load(Relaxed)..]).await? {
+                            0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                            n => drop(sent.fetch_add(n, Relaxed)),
+                        }
+                    }
+                    stream.flush().await
+                };
+                tokio::pin!(write);
+                loop {
+                    tokio::select! {
+                        written = &mut write => break Ok(written),
+                        () = link.woken() => match link.kicked() {
+                            Some(kick) => break Err(kick),
+                            None => woken = true,
+                        },
+                    }
                 }
             };
             match written {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => break 'connection Ended::Io(error),
-                Err(kick) => break 'connection Ended::Kicked(kick),
+                Err(kick) => {
+                    bytes::Buf::advance(&mut out, sent.into_inner());
+                    break 'connection Ended::Kicked(kick);
+                }
             }
             out.clear();
             if out.capacity() > KEEP_BUFFER {

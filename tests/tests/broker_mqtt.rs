@@ -340,6 +340,30 @@ async fn slow_consumer_is_dropped_without_hurting_others() {
     // The good subscriber kept receiving every message in order the whole time.
     writer.write_all(&publish).await.unwrap();
     assert_eq!(good.publish().await.topic, "flood/");
+
+    // The sloth reads what it was sent, now, while the broker's last flush runs: whole packets
+    // only (the last may be cut off by the close), none garbled by a write cut short by the
+    // kick and sent again from its start.
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), sloth.read_to_end(&mut received)).await;
+    let mut bytes = bytes::BytesMut::from(&received[..]);
+    let mut publishes = 0;
+    loop {
+        match mqttbytes::v4::read(&mut bytes, 1 << 20) {
+            Ok(raw::Packet::SubAck(_)) => {}
+            Ok(raw::Packet::Publish(publish)) => {
+                assert_eq!(publish.topic, "flood/");
+                assert!(
+                    publish.payload.iter().all(|b| *b == b'x') && publish.payload.len() == 8000
+                );
+                publishes += 1;
+            }
+            Ok(other) => panic!("unexpected packet after {publishes} publishes: {other:?}"),
+            Err(mqttbytes::Error::InsufficientBytes(_)) => break,
+            Err(error) => panic!("the stream is garbled after {publishes} publishes: {error:?}"),
+        }
+    }
+    assert!(publishes > 0);
 }
 
 /// QoS 1 fan-in faster than the subscriber reads, with small queues: the broker holds the
