@@ -67,73 +67,85 @@ impl Fleet {
         );
         let sealer = SecretKey::from_hex(&SecretKey::generate_hex()?)?;
         let registry = Registry::new(store.clone(), sealer.clone(), Arc::new(SystemClock));
-        let now = SystemClock.now();
-        registry
-            .create_account(Account {
-                id: ACCOUNT.parse()?,
-                name: "Bench".into(),
-                kind: AccountKind::Enterprise,
-                verified_entity: Some("Bench Ltd".into()),
-                organisation: None,
-                organisation_admin: false,
-                created_at: now,
-            })
-            .await?;
-        for (region, lat, lon, instance) in
-            [(SOURCE_REGION, 31.23, 121.47, SOURCE), (DESTINATION_REGION, 50.11, 8.68, DESTINATION)]
-        {
-            registry
-                .put_region(Region {
-                    id: region.parse()?,
-                    display_name: region.into(),
-                    latitude: lat,
-                    longitude: lon,
-                    bias_km: 0.0,
-                    public_endpoint: None,
-                })
-                .await?;
-            registry
-                .create_instance(Instance {
-                    id: instance.parse()?,
-                    region: region.parse()?,
-                    owner: ACCOUNT.parse()?,
-                    edition: Edition::Public,
-                    // Replaced with the real listener address once the broker is bound.
-                    endpoint: MqttEndpoint {
-                        host: "127.0.0.1".into(),
-                        tcp_port: 1883,
-                        tls_port: None,
-                    },
-                    created_at: now,
-                    expires_at: now.after(Duration::from_secs(86_400 * 365)),
-                })
-                .await?;
-        }
-        registry
-            .create_product(Product {
-                key: PRODUCT.parse()?,
-                name: "Bench lamp".into(),
-                owner: ACCOUNT.parse()?,
-                home_instance: SOURCE.parse()?,
-                published: true,
-                topic_categories: Vec::new(),
-                tsl: serde_json::Value::Null,
-                parsing_script: None,
-                created_at: now,
-            })
-            .await?;
-        let product = PRODUCT.parse()?;
-        for start in (0..devices).step_by(SEED_BATCH) {
-            let batch = (start..devices.min(start + SEED_BATCH))
-                .map(|n| {
-                    Ok(NewDevice {
-                        name: device_name(n).parse()?,
-                        secret: Some(DeviceSecret::new(device_secret(n))?),
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            registry.create_devices(&product, batch).await.context("creating devices")?;
-        }
+        seed_catalogue(&registry).await?;
+        create_devices(&registry, 0..devices, SEED_BATCH).await?;
         Ok(Fleet { registry, store, sealer, _dir: dir })
     }
+}
+
+/// The account, both regions and their instances, and [`PRODUCT`] homed at [`SOURCE`].
+pub async fn seed_catalogue(registry: &Registry) -> Result<()> {
+    let now = SystemClock.now();
+    registry
+        .create_account(Account {
+            id: ACCOUNT.parse()?,
+            name: "Bench".into(),
+            kind: AccountKind::Enterprise,
+            verified_entity: Some("Bench Ltd".into()),
+            organisation: None,
+            organisation_admin: false,
+            created_at: now,
+        })
+        .await?;
+    for (region, lat, lon, instance) in
+        [(SOURCE_REGION, 31.23, 121.47, SOURCE), (DESTINATION_REGION, 50.11, 8.68, DESTINATION)]
+    {
+        registry
+            .put_region(Region {
+                id: region.parse()?,
+                display_name: region.into(),
+                latitude: lat,
+                longitude: lon,
+                bias_km: 0.0,
+                public_endpoint: None,
+            })
+            .await?;
+        registry
+            .create_instance(Instance {
+                id: instance.parse()?,
+                region: region.parse()?,
+                owner: ACCOUNT.parse()?,
+                edition: Edition::Public,
+                // Replaced with the real listener address once the broker is bound.
+                endpoint: MqttEndpoint { host: "127.0.0.1".into(), tcp_port: 1883, tls_port: None },
+                created_at: now,
+                expires_at: now.after(Duration::from_secs(86_400 * 365)),
+            })
+            .await?;
+    }
+    registry
+        .create_product(Product {
+            key: PRODUCT.parse()?,
+            name: "Bench lamp".into(),
+            owner: ACCOUNT.parse()?,
+            home_instance: SOURCE.parse()?,
+            published: true,
+            topic_categories: Vec::new(),
+            tsl: serde_json::Value::Null,
+            parsing_script: None,
+            created_at: now,
+        })
+        .await?;
+    Ok(())
+}
+
+/// Creates devices `range` of [`PRODUCT`], `per_call` per registry call.
+pub async fn create_devices(
+    registry: &Registry,
+    range: std::ops::Range<usize>,
+    per_call: usize,
+) -> Result<()> {
+    let product = PRODUCT.parse()?;
+    for start in range.clone().step_by(per_call.max(1)) {
+        let batch = (start..range.end.min(start + per_call))
+            .map(|n| {
+                Ok(NewDevice {
+                    name: device_name(n).parse()?,
+                    secret: Some(DeviceSecret::new(device_secret(n))?),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        registry.create_devices(&product, batch).await.context("creating devices")?;
+    }
+    Ok(())
 }

@@ -21,6 +21,7 @@ mod report;
 mod serve;
 mod sources;
 mod stats;
+mod store;
 mod throughput;
 mod world;
 
@@ -50,6 +51,8 @@ enum Command {
     Hold(hold::HoldArgs),
     /// A fleet moved between regions by one distribution task (Meridian only).
     Migrate(migrate::MigrateArgs),
+    /// The registry on NATS JetStream against redb: writes, feed lag, a distribution (issue 13).
+    Store(store::StoreArgs),
     /// Markdown tables and PNG plots from the JSON results in --out.
     Report(report::ReportArgs),
     /// Meridian's broker in its own process (started by the scenarios).
@@ -76,6 +79,7 @@ fn main() -> Result<()> {
             }
             Command::Hold(args) => save(&cli.out, "hold", &hold::run(&args).await?),
             Command::Migrate(args) => save(&cli.out, "migrate", &migrate::run(&args).await?),
+            Command::Store(args) => save(&cli.out, "store", &store::run(&args).await?),
             Command::Report(args) => report::run(&cli.out, &args),
             Command::ServeWorld(args) => world::serve_world(args).await,
             Command::ServeBroker(args) => serve::serve_broker(args).await,

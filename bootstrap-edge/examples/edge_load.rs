@@ -2,7 +2,12 @@
 //! on, trusted proxy, real GeoIP data when present), over a registry seeded with a fleet, for
 //! `bench/bootstrap-http.sh`.
 //!
-//! `cargo run --release -p meridian-edge --example edge_load -- [listen] [devices] [geoip-dir]`
+//! `cargo run --release -p meridian-edge --example edge_load -- [listen] [devices] [geoip-dir] [nats-url]`
+//!
+//! With a NATS URL the registry is a JetStream key/value bucket (`edgeload`, R1) on that server
+//! instead of a temporary redb file: the fleet is seeded through `JetStreamStore` in calls that
+//! fit one atomic batch, and the routing table follows the bucket over a second connection of its
+//! own, as a stateless `meridian bootstrap-edge` does.
 //!
 //! The fleet: ten products `loadtest000` … `loadtest009`; device `i` is `dev-{i:06}` of product
 //! `i % 10`. 60 % are placed at home, 20 % on a specified instance, 20 % by nearest access over
@@ -23,7 +28,7 @@ use meridian_registry::model::{
     Region,
 };
 use meridian_registry::secret::SecretKey;
-use meridian_registry::store::{Op, RedbStore};
+use meridian_registry::store::{JetStreamStore, NatsConfig, Op, RedbStore, Store};
 use meridian_registry::{NewDevice, Registry, keys};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
@@ -42,6 +47,7 @@ async fn main() {
         args.next().unwrap_or_else(|| "127.0.0.1:18080".into()).parse().expect("listen address");
     let devices: usize = args.next().map_or(100_000, |n| n.parse().expect("device count"));
     let geoip = PathBuf::from(args.next().unwrap_or_else(|| "data/geoip".into()));
+    let nats = args.next();
 
     let prometheus = PrometheusBuilder::new()
         .set_buckets_for_metric(
@@ -61,15 +67,33 @@ async fn main() {
     });
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = RedbStore::open(dir.path().join("registry.redb")).expect("store");
+    // The store the table follows: the seeding one for redb (as `meridian up` shares it), a
+    // connection of its own for NATS.
+    let (store, feed): (Arc<dyn Store>, Arc<dyn Store>) = match &nats {
+        None => {
+            let store: Arc<dyn Store> =
+                Arc::new(RedbStore::open(dir.path().join("registry.redb")).expect("store"));
+            (Arc::clone(&store), store)
+        }
+        Some(url) => {
+            let config: NatsConfig = toml::from_str(&format!(
+                "servers = [{url:?}]\nbucket = \"edgeload\"\nreplicas = 1\n"
+            ))
+            .expect("nats config");
+            let writer = JetStreamStore::connect(config.clone()).await.expect("connect");
+            writer.provision().await.expect("bucket");
+            let reader = JetStreamStore::connect(config).await.expect("connect");
+            (Arc::new(writer), Arc::new(reader))
+        }
+    };
     let key = SecretKey::from_hex(&SecretKey::generate_hex().expect("key")).expect("key");
-    let registry = Registry::new(Arc::new(store), key, Arc::new(SystemClock));
+    let registry = Registry::new(store, key, Arc::new(SystemClock));
     let started = Instant::now();
     seed(&registry, devices).await;
     println!("seeded {devices} devices in {:.1?}", started.elapsed());
 
     let (table, writer) = RoutingTable::new();
-    tokio::spawn(follow(Arc::clone(registry.store()), writer));
+    tokio::spawn(follow(Arc::clone(&feed), writer));
     table.caught_up(registry.store().revision().await.expect("revision")).await;
 
     let mut config = EdgeConfig {
@@ -169,7 +193,10 @@ async fn seed(registry: &Registry, devices: usize) {
             .await
             .expect("product");
         let names: Vec<usize> = (p..devices).step_by(PRODUCTS).collect();
-        for chunk in names.chunks(meridian_registry::MAX_DEVICES_PER_BATCH) {
+        // Two ops per created device must fit one atomic batch of the store.
+        let per_call =
+            (registry.store().max_batch() / 2 - 100).min(meridian_registry::MAX_DEVICES_PER_BATCH);
+        for chunk in names.chunks(per_call) {
             let new = chunk
                 .iter()
                 .map(|i| NewDevice {
