@@ -12,7 +12,9 @@
 //! 3. **Distribution**: the control plane's task executor, in this process, over a store wrapper
 //!    that timestamps each `Store::batch` when it returns (its revision is what it returns).
 //!    One task moves every device to the other instance; the clock runs from submission until the
-//!    task reads `Distributed` (polled every 50 ms). Then every device's record is read back from
+//!    return of the commit that settled it as `Distributed` (the task is read after every
+//!    commit, through a second plane on the unwrapped store). While it runs, every store call of
+//!    the control plane is counted and timed, to show where the time goes. Then every device's record is read back from
 //!    the store: each must sit on the destination, and the task must hold one succeeded record per
 //!    device, none twice.
 //! 4. **Feed lag**: for each commit the control plane made while the task ran, from the moment
@@ -24,6 +26,7 @@
 //! connect to all three seed URLs). Every round uses a new bucket.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -89,6 +92,25 @@ pub struct StoreRun {
     /// Commit returned → visible in the edge's routing table / the broker's view.
     pub edge_lag: Latency,
     pub broker_lag: Latency,
+    /// The store calls the control plane made while the task ran, and the time spent in them.
+    pub store_calls: Calls,
+}
+
+/// Calls of one kind: how many, items (keys read, ops written), bytes written, milliseconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Count {
+    pub calls: u64,
+    pub items: u64,
+    pub bytes: u64,
+    pub ms: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Calls {
+    pub get: Count,
+    pub get_many: Count,
+    pub scan_prefix: Count,
+    pub batch: Count,
 }
 
 /// Where the NATS backends run; started once, shared by every round (a new bucket per round).
@@ -142,6 +164,22 @@ pub async fn run(args: &StoreArgs) -> Result<Vec<StoreRun>> {
                 ms(run.edge_lag.p99_us),
                 ms(run.broker_lag.p50_us),
                 ms(run.broker_lag.p99_us),
+            );
+            let c = &run.store_calls;
+            println!(
+                "       executor store calls: get {} ({:.0} ms), get_many {} of {} keys ({:.0} ms), \
+                 scan {} ({:.0} ms), batch {} of {} ops, {:.1} MB ({:.0} ms)",
+                c.get.calls,
+                c.get.ms,
+                c.get_many.calls,
+                c.get_many.items,
+                c.get_many.ms,
+                c.scan_prefix.calls,
+                c.scan_prefix.ms,
+                c.batch.calls,
+                c.batch.items,
+                c.batch.bytes as f64 / 1e6,
+                c.batch.ms,
             );
             runs.push(run);
         }
@@ -236,7 +274,13 @@ async fn run_once(
 ) -> Result<StoreRun> {
     let load1 = load_average();
     let stores = open(servers, backend, round).await?;
-    let timed = Arc::new(Timed { inner: stores.writer.clone(), commits: Mutex::default() });
+    let timed = Arc::new(Timed {
+        inner: stores.writer.clone(),
+        commits: Mutex::default(),
+        committed: tokio::sync::Notify::new(),
+        recording: AtomicBool::new(false),
+        calls: Mutex::default(),
+    });
     let sealer = SecretKey::from_hex(&SecretKey::generate_hex()?)?;
     let registry = Registry::new(timed.clone(), sealer.clone(), Arc::new(SystemClock));
 
@@ -252,7 +296,7 @@ async fn run_once(
     let (changed, mut changes) = tokio::sync::mpsc::unbounded_channel();
     let broker_follow = tokio::spawn(meridian_broker::view::follow(
         stores.broker.clone(),
-        sealer,
+        sealer.clone(),
         view.clone(),
         changed,
     ));
@@ -293,6 +337,10 @@ async fn run_once(
     let executor = tokio::spawn(plane.clone().run_executor(async {
         let _ = stopped.await;
     }));
+    let watcher = ControlPlane::new(
+        Registry::new(stores.writer.clone(), sealer.clone(), Arc::new(SystemClock)),
+        "bench-operator-token",
+    );
     let caller = fleet::ACCOUNT.parse()?;
     let destination: InstanceId = fleet::DESTINATION.parse()?;
     let request = TaskRequest {
@@ -305,16 +353,26 @@ async fn run_once(
     let from_commit = timed.commits.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.len();
     let submitted = Instant::now();
     let id = plane.submit_task(&caller, request).await?.id;
+    timed.recording.store(true, Ordering::Release);
+    // Looked at after each commit, through a plane on the untimed store, so these reads are
+    // not counted as the executor's.
     let task = loop {
-        let task = plane.task(&caller, &id).await?;
+        let committed = timed.committed.notified();
+        tokio::pin!(committed);
+        committed.as_mut().enable();
+        let task = watcher.task(&caller, &id).await?;
         if task.state.settled() {
             break task;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), committed).await;
     };
-    let distribution_s = submitted.elapsed().as_secs_f64();
+    timed.recording.store(false, Ordering::Release);
     let commits: Vec<(Revision, Instant)> =
         timed.commits.lock().map_err(|_| anyhow::anyhow!("poisoned"))?[from_commit..].to_vec();
+    // Until the commit that settled it: the last one before it was seen settled.
+    let settled_at = commits.last().map_or_else(Instant::now, |(_, at)| *at);
+    let distribution_s = settled_at.saturating_duration_since(submitted).as_secs_f64();
+    let store_calls = timed.calls.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
     let _ = stop.send(());
     executor.await?;
     if task.state != meridian_control::model::TaskState::Distributed {
@@ -350,8 +408,14 @@ async fn run_once(
 
     // Lag: every commit against the first sample at or past it, once both followers have all.
     let last = commits.iter().map(|(revision, _)| *revision).max().unwrap_or(seeded);
-    table.caught_up(last).await;
-    view.caught_up(last).await;
+    for samples in [&edge_samples, &broker_samples] {
+        // The samplers record right after the watch moves; give them that moment.
+        while samples.lock().map_err(|_| anyhow::anyhow!("a sampler panicked"))?.last().map(|s| s.0)
+            < Some(last)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     for task in [edge_sampler, broker_sampler, drain] {
         task.abort();
     }
@@ -371,6 +435,7 @@ async fn run_once(
         commits: commits.len(),
         edge_lag,
         broker_lag,
+        store_calls,
     })
 }
 
@@ -412,32 +477,72 @@ fn load_average() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// The control plane's store, timestamping every batch when it returns.
+/// The control plane's store, timestamping every batch when it returns and, while recording,
+/// counting every call and the time spent in it.
 struct Timed {
     inner: Arc<dyn Store>,
     commits: Mutex<Vec<(Revision, Instant)>>,
+    committed: tokio::sync::Notify,
+    recording: AtomicBool,
+    calls: Mutex<Calls>,
+}
+
+impl Timed {
+    fn count(
+        &self,
+        which: fn(&mut Calls) -> &mut Count,
+        items: usize,
+        bytes: usize,
+        since: Instant,
+    ) {
+        if !self.recording.load(Ordering::Acquire) {
+            return;
+        }
+        if let Ok(mut calls) = self.calls.lock() {
+            let count = which(&mut calls);
+            count.calls += 1;
+            count.items += items as u64;
+            count.bytes += bytes as u64;
+            count.ms += since.elapsed().as_secs_f64() * 1e3;
+        }
+    }
 }
 
 #[async_trait]
 impl Store for Timed {
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        self.inner.get(key).await
+        let started = Instant::now();
+        let entry = self.inner.get(key).await;
+        self.count(|c| &mut c.get, 1, 0, started);
+        entry
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>, StoreError> {
-        self.inner.get_many(keys).await
+        let started = Instant::now();
+        let entries = self.inner.get_many(keys).await;
+        self.count(|c| &mut c.get_many, keys.len(), 0, started);
+        entries
     }
 
     async fn scan_prefix(&self, prefix: &str) -> Result<Snapshot, StoreError> {
-        self.inner.scan_prefix(prefix).await
+        let started = Instant::now();
+        let snapshot = self.inner.scan_prefix(prefix).await;
+        self.count(|c| &mut c.scan_prefix, 0, 0, started);
+        snapshot
     }
 
     async fn batch(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
-        let revision = self.inner.batch(ops).await?;
+        let started = Instant::now();
+        let (items, bytes) =
+            (ops.len(), ops.iter().map(|op| op.value.as_ref().map_or(0, |v| v.len())).sum());
+        let revision = self.inner.batch(ops).await;
+        self.count(|c| &mut c.batch, items, bytes, started);
+        let revision = revision?;
         let now = Instant::now();
         if let Ok(mut commits) = self.commits.lock() {
             commits.push((revision, now));
         }
+        self.committed.notify_waiters();
         Ok(revision)
     }
 
