@@ -94,6 +94,8 @@ pub struct StoreRun {
     pub broker_lag: Latency,
     /// The store calls the control plane made while the task ran, and the time spent in them.
     pub store_calls: Calls,
+    /// The same for the device creations.
+    pub create_calls: Calls,
 }
 
 /// Calls of one kind: how many, items (keys read, ops written), bytes written, milliseconds.
@@ -165,22 +167,23 @@ pub async fn run(args: &StoreArgs) -> Result<Vec<StoreRun>> {
                 ms(run.broker_lag.p50_us),
                 ms(run.broker_lag.p99_us),
             );
-            let c = &run.store_calls;
-            println!(
-                "       executor store calls: get {} ({:.0} ms), get_many {} of {} keys ({:.0} ms), \
+            for (what, c) in [("creations", &run.create_calls), ("executor", &run.store_calls)] {
+                println!(
+                    "       {what} store calls: get {} ({:.0} ms), get_many {} of {} keys ({:.0} ms), \
                  scan {} ({:.0} ms), batch {} of {} ops, {:.1} MB ({:.0} ms)",
-                c.get.calls,
-                c.get.ms,
-                c.get_many.calls,
-                c.get_many.items,
-                c.get_many.ms,
-                c.scan_prefix.calls,
-                c.scan_prefix.ms,
-                c.batch.calls,
-                c.batch.items,
-                c.batch.bytes as f64 / 1e6,
-                c.batch.ms,
-            );
+                    c.get.calls,
+                    c.get.ms,
+                    c.get_many.calls,
+                    c.get_many.items,
+                    c.get_many.ms,
+                    c.scan_prefix.calls,
+                    c.scan_prefix.ms,
+                    c.batch.calls,
+                    c.batch.items,
+                    c.batch.bytes as f64 / 1e6,
+                    c.batch.ms,
+                );
+            }
             runs.push(run);
         }
     }
@@ -285,9 +288,13 @@ async fn run_once(
     let registry = Registry::new(timed.clone(), sealer.clone(), Arc::new(SystemClock));
 
     fleet::seed_catalogue(&registry).await?;
+    timed.recording.store(true, Ordering::Release);
     let started = Instant::now();
     fleet::create_devices(&registry, 0..args.devices, args.per_call).await?;
     let create_per_s = args.devices as f64 / started.elapsed().as_secs_f64();
+    timed.recording.store(false, Ordering::Release);
+    let create_calls =
+        std::mem::take(&mut *timed.calls.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
 
     // The followers, each sampled on its applied-revision watch.
     let (table, writer) = meridian_edge::RoutingTable::new();
@@ -436,6 +443,7 @@ async fn run_once(
         edge_lag,
         broker_lag,
         store_calls,
+        create_calls,
     })
 }
 
