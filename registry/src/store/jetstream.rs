@@ -457,19 +457,8 @@ impl Store for JetStreamStore {
     /// all.
     async fn scan_prefix(&self, prefix: &str) -> Result<Snapshot, StoreError> {
         let before = self.revision().await?;
-        let consumer = self
-            .inner
-            .reader
-            .create_consumer(consumer::push::OrderedConfig {
-                deliver_subject: self.inner.home.client().new_inbox(),
-                description: Some("meridian scan".into()),
-                filter_subject: self.filter(prefix),
-                deliver_policy: consumer::DeliverPolicy::All,
-                replay_policy: consumer::ReplayPolicy::Instant,
-                ..Default::default()
-            })
-            .await
-            .map_err(backend)?;
+        let consumer =
+            self.ordered_consumer(self.filter(prefix), consumer::DeliverPolicy::All).await?;
         let mut snapshot = Snapshot { entries: Vec::new(), revision: before };
         if consumer.cached_info().num_pending == 0 {
             return Ok(snapshot);
@@ -654,20 +643,29 @@ impl JetStreamStore {
             0 => consumer::DeliverPolicy::All,
             after => consumer::DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
         };
-        let consumer = self
-            .inner
+        let filter = format!("{}>", self.inner.prefix);
+        self.ordered_consumer(filter, deliver_policy).await?.messages().await.map_err(backend)
+    }
+
+    /// An ordered (ephemeral, flow-controlled, self-healing) consumer on the stream reads come
+    /// from: what scans and the feed both read through.
+    async fn ordered_consumer(
+        &self,
+        filter_subject: String,
+        deliver_policy: consumer::DeliverPolicy,
+    ) -> Result<jetstream::consumer::Consumer<consumer::push::OrderedConfig>, StoreError> {
+        self.inner
             .reader
             .create_consumer(consumer::push::OrderedConfig {
                 deliver_subject: self.inner.home.client().new_inbox(),
-                description: Some("meridian feed".into()),
-                filter_subject: format!("{}>", self.inner.prefix),
+                description: Some("meridian".into()),
+                filter_subject,
                 deliver_policy,
                 replay_policy: consumer::ReplayPolicy::Instant,
                 ..Default::default()
             })
             .await
-            .map_err(backend)?;
-        consumer.messages().await.map_err(backend)
+            .map_err(backend)
     }
 }
 
